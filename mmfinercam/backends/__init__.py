@@ -1,0 +1,128 @@
+"""Backends: one module a model family, found through a registry instead of if-chains.
+
+A backend registers a loader and a ``claims`` test; :func:`create_backend` asks each registered
+backend in turn whether it recognises the model identifier, unless ``backend=`` names one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import WeightsNotFoundError
+from .base import Backend, ImageConfig, ModelInfo, TransformerBlock, VisionTower
+
+Loader = Callable[..., Backend]
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    name: str
+    loader: Loader
+    claims: Callable[[str], bool]
+    description: str = ""
+
+
+_REGISTRY: dict[str, BackendSpec] = {}
+
+
+def register_backend(name: str, loader: Loader, claims: Callable[[str], bool], description: str = "") -> None:
+    """Make a model family available to :func:`mmfinercam.load`."""
+    _REGISTRY[name] = BackendSpec(name, loader, claims, description)
+
+
+def available_backends() -> list[str]:
+    return list(_REGISTRY)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def create_backend(
+    model: str,
+    pretrained: str | None = None,
+    *,
+    backend: str | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | str | None = None,
+    **kwargs: Any,
+) -> Backend:
+    """Load ``model`` with the named backend, or with the first backend that claims it."""
+    device = torch.device(device) if device is not None else default_device()
+    dtype = parse_dtype(dtype)
+    if backend is not None:
+        if backend not in _REGISTRY:
+            raise ValueError(f"unknown backend {backend!r}; known: {', '.join(_REGISTRY)}")
+        spec = _REGISTRY[backend]
+    else:
+        spec = next((s for s in _REGISTRY.values() if s.claims(model)), None)
+        if spec is None:
+            raise WeightsNotFoundError(
+                f"no backend recognises {model!r}: not an open_clip model name, hf-hub: id, "
+                "local checkpoint folder or shipped model name (see `mmfinercam models`)"
+            )
+    return spec.loader(model, pretrained, device=device, dtype=dtype, **kwargs)
+
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """Accept ``torch.float16`` as well as ``"fp16"``/``"float16"``; None keeps the default."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def _claims_open_clip(model: str) -> bool:
+    if model.startswith(("hf-hub:", "local-dir:")):
+        return True
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return (path / "open_clip_config.json").is_file()
+    import open_clip
+
+    return model in open_clip.list_models()
+
+
+def _load_open_clip(*args: Any, **kwargs: Any) -> Backend:
+    from .open_clip import load_open_clip
+
+    return load_open_clip(*args, **kwargs)
+
+
+register_backend(
+    "open_clip",
+    _load_open_clip,
+    _claims_open_clip,
+    "open_clip ViTs: model names with pretrained tags, hf-hub: ids, local folders and files",
+)
+
+__all__ = [
+    "Backend",
+    "BackendSpec",
+    "ImageConfig",
+    "ModelInfo",
+    "TransformerBlock",
+    "VisionTower",
+    "available_backends",
+    "create_backend",
+    "default_device",
+    "parse_dtype",
+    "register_backend",
+]

@@ -1,0 +1,117 @@
+"""The small interface every model family implements.
+
+A backend owns a CLIP-like model and exposes two things:
+
+* a text encoder (:meth:`Backend.encode_text`), strings in, unnormalized embeddings out;
+* a :class:`VisionTower`: a view of the image transformer split into the pieces GEM needs
+  (patch embedding, one :class:`TransformerBlock` view per residual block, the pooling head
+  and the token projection).
+
+The views never change the wrapped modules: GEM (``mmfinercam.gem``) runs its own forward pass
+over them, so nothing in open_clip or transformers is patched.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+
+class TransformerBlock(ABC):
+    """A pre-norm ViT residual block: ``x + ls1(attn(norm1(x)))`` then ``x + ls2(mlp(norm2(x)))``."""
+
+    num_heads: int
+
+    @abstractmethod
+    def forward(self, x: Tensor) -> Tensor:
+        """The block unchanged (B×N×C in, B×N×C out)."""
+
+    @abstractmethod
+    def norm1(self, x: Tensor) -> Tensor:
+        """The pre-attention normalization."""
+
+    @abstractmethod
+    def qkv(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries, keys and values of the normalized tokens, each B×heads×N×head_dim."""
+
+    @abstractmethod
+    def attn_out(self, o: Tensor) -> Tensor:
+        """Merge heads (B×heads×N×head_dim), apply the output projection and layer scale."""
+
+    @abstractmethod
+    def mlp_residual(self, x: Tensor) -> Tensor:
+        """``x + ls2(mlp(norm2(x)))``."""
+
+    def attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """The block's own attention (scaled dot product); override for unusual variants."""
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+
+class VisionTower(ABC):
+    """The image transformer of a CLIP-like model, as GEM sees it."""
+
+    patch_size: tuple[int, int]
+    num_prefix_tokens: int
+    blocks: Sequence[TransformerBlock]
+
+    @abstractmethod
+    def embed(self, pixels: Tensor) -> Tensor:
+        """Patchify, add prefix tokens and (resampled) positions, pre-norm: B×N×C."""
+
+    @abstractmethod
+    def pool(self, x: Tensor) -> Tensor:
+        """Global image embedding (B×D, unnormalized) from the final tokens of the original path."""
+
+    @abstractmethod
+    def project_tokens(self, x: Tensor) -> Tensor:
+        """Final norm and projection into the joint space for every token: B×N×D."""
+
+
+@dataclass
+class ImageConfig:
+    """How images are prepared for a model."""
+
+    size: tuple[int, int] = (224, 224)
+    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class ModelInfo:
+    """What a loaded model is, for summaries and for honesty about random weights."""
+
+    name: str
+    pretrained: str | None = None
+    random_weights: bool = False
+    default_depth: int = 7
+    templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
+
+
+class Backend(ABC):
+    """One model family behind one interface."""
+
+    model: nn.Module
+    vision: VisionTower
+    image_config: ImageConfig
+    info: ModelInfo
+
+    @abstractmethod
+    def encode_text(self, prompts: Sequence[str]) -> Tensor:
+        """Embed prompts verbatim: K×D, unnormalized, on the model's device."""
+
+    @property
+    @abstractmethod
+    def logit_scale(self) -> float:
+        """The model's learned temperature (already exponentiated)."""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype

@@ -1,0 +1,236 @@
+"""The ``mmfinercam`` command line.
+
+    mmfinercam localize bird.jpg --target "Cape May warbler" --contrast "Magnolia warbler" --out out/
+    mmfinercam demo --out demo/
+    mmfinercam models
+
+Every error a user can cause prints one line (``mmfinercam: error: ...``) and exits 2; a batch
+where some images failed still writes the others and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import MMFinerCAMError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+DEFAULT_MODEL = "ViT-B-16"
+
+
+def _expand_images(items: Sequence[str]) -> list[str]:
+    """Folders expand to the image files inside them (sorted); other paths pass through."""
+    out: list[str] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            out += sorted(str(p) for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            out.append(item)
+    return out
+
+
+def _output_stems(sources: Sequence[str]) -> list[str]:
+    """File stems for outputs, made unique when two inputs share a name."""
+    stems = [Path(s).stem for s in sources]
+    seen: dict[str, int] = {}
+    out = []
+    for stem in stems:
+        n = seen.get(stem, 0)
+        seen[stem] = n + 1
+        out.append(stem if n == 0 else f"{stem}-{n}")
+    return out
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"open_clip name, hf-hub: id, local folder or shipped name (default {DEFAULT_MODEL})",
+    )
+    g.add_argument(
+        "--pretrained",
+        default=None,
+        help="pretrained tag (e.g. openai) or checkpoint file; omit for the model's own",
+    )
+    g.add_argument("--backend", default=None, help="force a backend (open_clip, ...)")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    g.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"])
+
+
+def _add_localize_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", required=True, help="the concept to localize")
+    c = p.add_mutually_exclusive_group()
+    c.add_argument("--contrast", nargs="+", default=None, help="similar concepts to subtract")
+    c.add_argument(
+        "--vocabulary",
+        default=None,
+        help="file or shipped vocabulary name; the closest entries become the contrasts",
+    )
+    p.add_argument(
+        "--ranks",
+        type=int,
+        nargs="+",
+        default=[1, 2, 3],
+        help="which vocabulary entries to contrast, by closeness rank (default 1 2 3)",
+    )
+    p.add_argument("--alpha", type=float, default=1.0, help="contrast strength (0 = plain map)")
+    p.add_argument("--weighting", choices=["softmax", "uniform"], default="softmax")
+    p.add_argument("--method", default="gem", choices=["gem", "raw"])
+    p.add_argument("--depth", type=int, default=None, help="GEM depth (default: the model's, 7)")
+    p.add_argument(
+        "--templates", default=None, help="template set name or file; 'verbatim' uses the prompts as written"
+    )
+    p.add_argument("--image-size", type=int, default=None, help="shorter side fed to the model")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--out", "-o", default="mmfinercam-out", help="output folder")
+    p.add_argument("--no-overlay", action="store_true", help="skip the PNG overlays (faster)")
+
+
+def _load(args: argparse.Namespace):
+    from .localizer import load
+
+    loc = load(
+        args.model,
+        args.pretrained,
+        backend=args.backend,
+        device=args.device,
+        dtype=args.dtype,
+        templates=getattr(args, "templates", None),
+    )
+    if loc.info.random_weights:
+        print(
+            f"WARNING: {args.model} has RANDOM weights (no pretrained weights given): the maps "
+            "show the method running, not what a trained model sees.",
+            file=sys.stderr,
+        )
+    return loc
+
+
+def localize(args: argparse.Namespace) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from .viz import overlay
+
+    if args.alpha < 0:
+        raise MMFinerCAMError(f"--alpha must be >= 0, got {args.alpha}")
+    images = _expand_images(args.image)
+    if not images:
+        raise MMFinerCAMError(
+            "no images given (folders are searched for " + ", ".join(sorted(IMAGE_SUFFIXES)) + ")"
+        )
+    loc = _load(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stems = _output_stems(images)
+    summaries, failures = [], []
+    bar = tqdm(total=len(images), unit="img", desc="localize", disable=None)
+    for start in range(0, len(images), args.batch_size):
+        chunk = images[start : start + args.batch_size]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            try:
+                res = loc.finer_cam(
+                    chunk,
+                    args.target,
+                    args.contrast,
+                    alpha=args.alpha,
+                    weighting=args.weighting,
+                    vocabulary=args.vocabulary,
+                    contrast_ranks=args.ranks,
+                    method=args.method,
+                    depth=args.depth,
+                    image_size=args.image_size,
+                    batch_size=args.batch_size,
+                )
+            except MMFinerCAMError as err:
+                if "no usable image" not in str(err):
+                    raise
+                failures += [{"source": s, "error": str(err)} for s in chunk]
+                bar.update(len(chunk))
+                continue
+        failures += [{"source": f.source, "error": f.message} for f in res.failed]
+        for i in range(len(res)):
+            stem = stems[start + res.indices[i]]
+            summary = res.summary(i)
+            summary.update(
+                model=loc.info.name, pretrained=loc.info.pretrained, random_weights=loc.info.random_weights
+            )
+            heat = res.heatmaps[i].numpy()
+            np.save(out / f"{stem}.npy", heat.astype(np.float32))
+            np.save(out / f"{stem}.scores.npy", res.scores[i].numpy().astype(np.float32))
+            files = {"heatmap": f"{stem}.npy", "scores": f"{stem}.scores.npy", "summary": f"{stem}.json"}
+            if not args.no_overlay:
+                fig = overlay(
+                    res.sources[i], heat, target=res.target, contrast=res.contrast[i], alpha=res.alpha
+                )
+                fig.savefig(out / f"{stem}.png", dpi=120)
+                plt.close(fig)
+                files["overlay"] = f"{stem}.png"
+            summary["files"] = files
+            (out / f"{stem}.json").write_text(json.dumps(summary, indent=2))
+            summaries.append(summary)
+        bar.update(len(chunk))
+    bar.close()
+    for f in failures:
+        print(f"mmfinercam: skipped {f['source']}: {f['error']}", file=sys.stderr)
+    (out / "summary.json").write_text(json.dumps({"results": summaries, "failed": failures}, indent=2))
+    print(
+        f"wrote {len(summaries)} map(s) to {out}/"
+        + (f"; {len(failures)} image(s) failed" if failures else "")
+    )
+    if not summaries:
+        return 2
+    return 1 if failures else 0
+
+
+def models(args: argparse.Namespace) -> int:
+    from .backends import _REGISTRY
+
+    for spec in _REGISTRY.values():
+        print(f"{spec.name:12s} {spec.description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mmfinercam",
+        description="Localize concepts named in words, and what separates them from similar ones.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("localize", help="Finer-CAM maps for images: overlay PNG, .npy map, JSON")
+    p.add_argument("image", nargs="+", help="image files or folders")
+    _add_localize_args(p)
+    _add_model_args(p)
+    p.set_defaults(func=localize)
+    p = sub.add_parser("models", help="list the model backends")
+    p.set_defaults(func=models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (MMFinerCAMError, ValueError, FileNotFoundError) as err:
+        print(f"mmfinercam: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mmfinercam: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""Exceptions raised by mmfinercam.
+
+Every error a user can cause has its own class and a one-line message that says what was
+wrong and how to fix it, so the command line can print it without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class MMFinerCAMError(Exception):
+    """Base class of every error mmfinercam raises on purpose."""
+
+
+class WeightsNotFoundError(MMFinerCAMError, FileNotFoundError):
+    """Model weights could not be found locally and could not be downloaded."""
+
+
+class ImageLoadError(MMFinerCAMError, ValueError):
+    """An image could not be read, or is unusable (e.g. smaller than one patch)."""
+
+
+class PromptError(MMFinerCAMError, ValueError):
+    """A prompt, contrast list or vocabulary is unusable (empty, repeated, ...)."""
+
+
+class UnsupportedModelError(MMFinerCAMError, TypeError):
+    """The model is of a kind this backend cannot run (e.g. a ResNet tower for GEM)."""

@@ -1,0 +1,103 @@
+"""The contrast math of multimodal Finer-CAM (dense path), on batched tensors.
+
+    finer(p) = s_c(p) - alpha * sum_d w_d s_d(p)
+    heatmap  = upsample(finer) -> ReLU -> min-max to [0, 1]
+
+Contrasts are combined on the raw similarity scores, before any ReLU or normalization: the
+paper found subtracting finished heatmaps to be noise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .errors import PromptError
+
+WEIGHTINGS = ("softmax", "uniform")
+
+
+def contrast_weights(contrast_similarity: Tensor, logit_scale: float, weighting: str = "softmax") -> Tensor:
+    """Weights of the D contrasts for each image (B×D, rows sum to 1).
+
+    ``softmax``: the softmax over {target, contrasts} of ``logit_scale * <z, t>`` restricted to
+    the contrasts and renormalized, which equals a softmax over the contrasts alone. More
+    plausible confusions weigh more. ``uniform``: 1/D each.
+    """
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    b, d = contrast_similarity.shape
+    if d == 0:
+        return contrast_similarity.new_zeros(b, 0)
+    if weighting == "uniform":
+        return contrast_similarity.new_full((b, d), 1.0 / d)
+    return torch.softmax(logit_scale * contrast_similarity.float(), dim=-1)
+
+
+def finer_scores(target_maps: Tensor, contrast_maps: Tensor, weights: Tensor, alpha: float) -> Tensor:
+    """``s_c - alpha * sum_d w_d s_d``: target B×h×w, contrasts B×D×h×w, weights B×D."""
+    if alpha < 0:
+        raise ValueError(f"alpha must be >= 0, got {alpha}")
+    if contrast_maps.shape[1] == 0:
+        return target_maps.clone()
+    mixed = torch.einsum("bdhw,bd->bhw", contrast_maps, weights.to(contrast_maps.dtype))
+    return target_maps - alpha * mixed
+
+
+def to_heatmap(scores: Tensor, size: tuple[int, int]) -> Tensor:
+    """Upsample B×h×w scores bilinearly to ``size``, ReLU, min-max each map to [0, 1].
+
+    A map with no positive evidence anywhere comes out all zeros (not NaN).
+    """
+    up = F.interpolate(scores[:, None].float(), size=size, mode="bilinear", align_corners=False)
+    up = up[:, 0].clamp_min_(0.0)
+    flat = up.flatten(1)
+    lo = flat.min(dim=1).values.view(-1, 1, 1)
+    hi = flat.max(dim=1).values.view(-1, 1, 1)
+    span = hi - lo
+    return torch.where(span > 0, (up - lo) / span.clamp_min(1e-12), torch.zeros_like(up))
+
+
+def rank_contrasts(target_similarity: Tensor, vocabulary_similarity: Tensor, ranks: Sequence[int]) -> Tensor:
+    """Indices (B×len(ranks)) of vocabulary entries closest to the target, per image.
+
+    Entries are sorted by ``|<z, t_i> - <z, t_c>|``; rank 0 is the target itself (the official
+    code's convention), so rank r is the r-th closest other entry. The vocabulary passed here
+    must not contain the target.
+    """
+    m = vocabulary_similarity.shape[1]
+    ranks = list(ranks)
+    if not ranks or min(ranks) < 1 or max(ranks) > m:
+        raise PromptError(
+            f"contrast ranks must be between 1 and the vocabulary size {m} (rank 0 is the "
+            f"target itself); got {ranks}"
+        )
+    gap = (vocabulary_similarity - target_similarity[:, None]).abs()
+    order = gap.argsort(dim=1, stable=True)
+    return order[:, [r - 1 for r in ranks]]
+
+
+def check_prompt(prompt: object, what: str = "prompt") -> str:
+    """A usable prompt is a non-empty, non-whitespace string."""
+    if not isinstance(prompt, str):
+        raise PromptError(f"the {what} must be a string, got {type(prompt).__name__}")
+    if not prompt.strip():
+        raise PromptError(f"the {what} is empty or only whitespace")
+    return prompt.strip()
+
+
+def check_contrasts(target: str, contrast: Sequence[str]) -> list[str]:
+    """Validate explicit contrasts: non-empty strings, none equal to the target, no repeats."""
+    if isinstance(contrast, str):
+        contrast = [contrast]
+    out = [check_prompt(c, "contrast prompt") for c in contrast]
+    if target in out:
+        raise PromptError(
+            f"the target {target!r} is also among the contrasts; a concept contrasted with itself cancels out"
+        )
+    if len(set(out)) != len(out):
+        raise PromptError(f"a contrast is repeated: {out}")
+    return out

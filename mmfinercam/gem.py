@@ -1,0 +1,140 @@
+"""GEM: spatially faithful ViT patch tokens from self-self attention (Bousselham et al., CVPR 2024).
+
+The last ``depth - 1`` blocks of the image transformer get a parallel path that carries only
+attention outputs. In each such block the queries, keys and values of the block's normalized
+input are each refined by self-self attention (``u <- softmax(t * u u^T) u`` on L2-normalized
+``u``), a final self-self attention of each is applied to the values, the three results are
+averaged, and the block's own output projection maps them back. The original path keeps running
+unchanged and feeds every block its input. Nothing in the wrapped model is modified: this module
+runs its own forward over a :class:`~mmfinercam.backends.base.VisionTower` view.
+
+Agrees with the reference ``gem_torch`` (``GEMWrapper``, ``ss_attn_temp=None``) to float
+rounding; see ``tests/test_gem_reference.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .backends.base import VisionTower
+
+
+def resample_pos_embed(
+    pos_embed: Tensor,
+    new_grid: tuple[int, int],
+    old_grid: tuple[int, int] | None = None,
+    num_prefix_tokens: int = 1,
+) -> Tensor:
+    """Resample an (N, C) absolute position table to ``new_grid`` (rows, cols).
+
+    Bicubic with antialiasing; the prefix (CLS) entries are kept apart. Rows stay rows and
+    columns stay columns, so non-square inputs are placed correctly.
+    """
+    prefix, grid = pos_embed[:num_prefix_tokens], pos_embed[num_prefix_tokens:]
+    if old_grid is None:
+        side = int(math.isqrt(grid.shape[0]))
+        old_grid = (side, side)
+    old_grid = (int(old_grid[0]), int(old_grid[1]))
+    new_grid = (int(new_grid[0]), int(new_grid[1]))
+    if old_grid == new_grid:
+        return pos_embed
+    c = grid.shape[-1]
+    grid = grid.reshape(1, old_grid[0], old_grid[1], c).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid.float(), size=new_grid, mode="bicubic", antialias=True)
+    grid = grid.permute(0, 2, 3, 1).reshape(new_grid[0] * new_grid[1], c).to(pos_embed.dtype)
+    return torch.cat([prefix, grid], dim=0)
+
+
+def gem_inverse_temperature(h: Tensor, head_dim: int) -> Tensor:
+    """GEM's default inverse temperature: mean token norm of ``h`` times ``head_dim ** -0.5``.
+
+    Returns a B×1×1×1 tensor (one temperature per image).
+    """
+    return h.norm(dim=-1).mean(dim=-1).view(-1, 1, 1, 1) * head_dim**-0.5
+
+
+def self_self_attention(
+    q: Tensor, k: Tensor, v: Tensor, inv_temp: Tensor | float, iterations: int = 1
+) -> Tensor:
+    """GEM's attention for one block: q, k, v are B×heads×N×head_dim; returns the same shape.
+
+    The three streams run stacked as one batch through fused scaled-dot-product attention
+    (the temperature is folded into the query, so ``scale=1``).
+    """
+    b, h, n, d = v.shape
+    if isinstance(inv_temp, Tensor):
+        inv_temp = inv_temp.view(1, -1, 1, 1, 1).to(v.dtype)
+    u = torch.stack([v, k, q])  # 3×B×H×N×d
+    for _ in range(iterations):
+        u = F.normalize(u, dim=-1)
+        u = _attend(u * inv_temp, u, u)
+    u = F.normalize(u, dim=-1)
+    out = _attend(u * inv_temp, u, v.unsqueeze(0).expand_as(u))
+    return out.mean(dim=0)
+
+
+def _attend(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
+    shape = query.shape
+    flat = (-1, *shape[-3:])
+    out = F.scaled_dot_product_attention(
+        query.reshape(flat), key.reshape(flat), value.reshape(flat), scale=1.0
+    )
+    return out.reshape(shape[:-1] + (value.shape[-1],))
+
+
+@dataclass
+class TowerOutput:
+    """Tokens of one image-tower pass (all B×N×D, projected into the joint space)."""
+
+    global_embedding: Tensor  #: B×D, the model's own pooled image embedding
+    tokens: Tensor  #: B×N×D, GEM tokens (method "gem") or last-layer tokens (method "raw")
+    grid: tuple[int, int]  #: patch rows, patch cols
+    num_prefix_tokens: int
+
+    @property
+    def patch_tokens(self) -> Tensor:
+        return self.tokens[:, self.num_prefix_tokens :]
+
+
+def run_tower(
+    tower: VisionTower,
+    pixels: Tensor,
+    *,
+    method: str = "gem",
+    depth: int = 7,
+    ss_attn_iter: int = 1,
+    ss_attn_temp: float | None = None,
+) -> TowerOutput:
+    """One forward pass of the image tower, with the GEM path when ``method == "gem"``.
+
+    ``method="raw"`` returns the plain last-layer tokens (final norm and projection applied).
+    """
+    if method not in ("gem", "raw"):
+        raise ValueError(f"method must be 'gem' or 'raw', got {method!r}")
+    blocks = tower.blocks
+    n_gem = depth - 1 if method == "gem" else 0
+    if method == "gem" and not 1 <= n_gem <= len(blocks):
+        raise ValueError(
+            f"depth must be between 2 and {len(blocks) + 1} for a tower of {len(blocks)} blocks, got {depth}"
+        )
+    grid = (pixels.shape[-2] // tower.patch_size[0], pixels.shape[-1] // tower.patch_size[1])
+    x = tower.embed(pixels)
+    first = len(blocks) - n_gem
+    for block in blocks[:first]:
+        x = block.forward(x)
+    if n_gem == 0:
+        return TowerOutput(tower.pool(x), tower.project_tokens(x), grid, tower.num_prefix_tokens)
+    gem = x
+    for block in blocks[first:]:
+        h = block.norm1(x)
+        q, k, v = block.qkv(h)
+        temp = gem_inverse_temperature(h, q.shape[-1]) if ss_attn_temp is None else ss_attn_temp
+        gem = gem + block.attn_out(self_self_attention(q, k, v, temp, ss_attn_iter))
+        x = x + block.attn_out(block.attention(q, k, v))
+        x = block.mlp_residual(x)
+    return TowerOutput(tower.pool(x), tower.project_tokens(gem), grid, tower.num_prefix_tokens)

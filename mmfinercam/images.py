@@ -1,0 +1,202 @@
+"""Reading images from anything a user has, and preparing them for a ViT.
+
+Documented conversions (never refusals): grayscale and palette images become RGB; an alpha
+channel is composited over white (specimen cut-outs on transparent backgrounds look as they do
+in a viewer); 16-bit images are scaled to 8 bits by their full range (65535), not clipped;
+float arrays are taken as values in [0, 1].
+
+Images are resized keeping their aspect ratio so that the shorter side is the model's input
+size, each side rounded to a whole number of patches; nothing is cropped, so a map covers the
+whole image and is resized back to the image's own size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+
+from .errors import ImageLoadError
+
+ImageInput = Union[str, Path, Image.Image, np.ndarray, Tensor]
+
+
+def _from_array(arr: np.ndarray) -> Image.Image:
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+        arr = np.moveaxis(arr, 0, -1)  # CHW -> HWC
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
+        raise ImageLoadError(f"an image array must be H×W, H×W×3 or H×W×4; got shape {arr.shape}")
+    if arr.dtype == np.uint16:
+        arr = (arr.astype(np.float32) / 65535.0 * 255.0 + 0.5).astype(np.uint8)
+    elif np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            raise ImageLoadError("an image array holds NaN or infinite values")
+        arr = (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    elif arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8) * 255
+    elif arr.dtype != np.uint8:
+        raise ImageLoadError(f"unsupported image array dtype {arr.dtype}")
+    return Image.fromarray(arr)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode to RGB by the module's documented rules."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(image)
+        top = 65535.0 if image.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = (np.clip(arr.astype(np.float32), 0, top) / top * 255.0 + 0.5).astype(np.uint8)
+        image = Image.fromarray(arr)
+    elif image.mode == "F":
+        return to_rgb(_from_array(np.asarray(image)))
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "La", "RGBa", "PA"):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image)
+    return image.convert("RGB")
+
+
+def read_image(source: ImageInput) -> Image.Image:
+    """Open a path, PIL image or array as an RGB PIL image; raise :class:`ImageLoadError`."""
+    if isinstance(source, (str, Path)):
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise ImageLoadError(f"image file not found: {path}")
+        if path.is_dir():
+            raise ImageLoadError(f"expected an image file, got a folder: {path}")
+        try:
+            with Image.open(path) as im:
+                im.load()
+                image = im.copy()
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+            raise ImageLoadError(f"cannot read image {path}: {err}") from err
+    elif isinstance(source, Image.Image):
+        image = source
+    elif isinstance(source, np.ndarray):
+        image = _from_array(source)
+    else:
+        raise ImageLoadError(
+            f"unsupported image type {type(source).__name__}; pass a path, PIL image, array or tensor"
+        )
+    if image.width == 0 or image.height == 0:
+        raise ImageLoadError("the image is empty (0 pixels)")
+    return to_rgb(image)
+
+
+def target_size(height: int, width: int, short_side: int, patch: tuple[int, int]) -> tuple[int, int]:
+    """Aspect-preserving size with the shorter side ``short_side``, sides multiples of the patch."""
+    scale = short_side / min(height, width)
+    h = max(patch[0], round(height * scale / patch[0]) * patch[0])
+    w = max(patch[1], round(width * scale / patch[1]) * patch[1])
+    return h, w
+
+
+def to_pixels(
+    image: Image.Image,
+    size: tuple[int, int],
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> Tensor:
+    """Resize (bicubic, antialiased) to ``size`` = (height, width) and normalize: 3×H×W float."""
+    arr = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+    x = arr.unsqueeze(0).float().div_(255.0)
+    if tuple(x.shape[-2:]) != tuple(size):
+        x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
+        x = x.clamp_(0.0, 1.0)
+    m = torch.tensor(mean).view(1, 3, 1, 1)
+    s = torch.tensor(std).view(1, 3, 1, 1)
+    return ((x - m) / s)[0]
+
+
+def check_pixel_batch(images: Tensor, patch: tuple[int, int]) -> Tensor:
+    """A preprocessed B×3×H×W (or 3×H×W) tensor at least one patch in size, as B×3×H×W."""
+    batch = images.unsqueeze(0) if images.dim() == 3 else images
+    if batch.dim() != 4 or batch.shape[1] != 3:
+        raise ImageLoadError(
+            f"a tensor of images must be B×3×H×W (preprocessed); got shape {tuple(images.shape)}"
+        )
+    if batch.shape[-2] < patch[0] or batch.shape[-1] < patch[1]:
+        raise ImageLoadError(
+            f"image of {batch.shape[-2]}×{batch.shape[-1]} px is smaller than one {patch[0]}×{patch[1]} patch"
+        )
+    return batch
+
+
+@dataclass
+class PreparedImage:
+    """One image ready for the model, with where it came from and its own size."""
+
+    index: int
+    source: str
+    pixels: Tensor  #: 3×h×w, normalized
+    original_size: tuple[int, int]  #: (height, width) of the image as given
+    image: Image.Image | None = None  #: the RGB image, for overlays
+
+
+@dataclass
+class FailedImage:
+    """An image of a batch that could not be used, and why."""
+
+    index: int
+    source: str
+    message: str
+
+
+def describe(source: object, index: int) -> str:
+    if isinstance(source, (str, Path)):
+        return str(source)
+    return f"<{type(source).__name__} #{index}>"
+
+
+def prepare_images(
+    images: ImageInput | Sequence[ImageInput],
+    *,
+    short_side: int,
+    patch: tuple[int, int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    keep_images: bool = False,
+) -> tuple[list[PreparedImage], list[FailedImage]]:
+    """Read and preprocess every image; a broken one is reported and the rest go on.
+
+    A 4-D tensor (B×3×H×W) or a 3-D tensor (3×H×W) is taken as already preprocessed.
+    """
+    if isinstance(images, Tensor):
+        batch = check_pixel_batch(images, patch)
+        h = batch.shape[-2] // patch[0] * patch[0]
+        w = batch.shape[-1] // patch[1] * patch[1]
+        size = (int(batch.shape[-2]), int(batch.shape[-1]))
+        return [PreparedImage(i, f"<tensor #{i}>", batch[i, :, :h, :w], size) for i in range(len(batch))], []
+    if isinstance(images, (str, Path, Image.Image, np.ndarray)):
+        images = [images]
+    prepared: list[PreparedImage] = []
+    failed: list[FailedImage] = []
+    for i, source in enumerate(images):
+        name = describe(source, i)
+        try:
+            image = read_image(source)
+            if image.height < patch[0] or image.width < patch[1]:
+                raise ImageLoadError(
+                    f"image of {image.height}×{image.width} px is smaller than one "
+                    f"{patch[0]}×{patch[1]} patch"
+                )
+            size = target_size(image.height, image.width, short_side, patch)
+            pixels = to_pixels(image, size, mean, std)
+        except ImageLoadError as err:
+            failed.append(FailedImage(i, name, str(err)))
+            continue
+        prepared.append(
+            PreparedImage(i, name, pixels, (image.height, image.width), image if keep_images else None)
+        )
+    return prepared, failed

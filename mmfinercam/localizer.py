@@ -1,0 +1,410 @@
+"""The user-facing object: a model plus cached text, turning images and words into maps.
+
+Data flows one way: images -> backend tokens (one image-tower pass for any number of prompts)
+-> cosine similarity with cached text embeddings -> Finer-CAM contrast -> heatmaps.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import prompts as prompt_library
+from .backends import Backend, create_backend
+from .backends.base import ModelInfo
+from .errors import ImageLoadError, PromptError
+from .finer import (
+    check_contrasts,
+    check_prompt,
+    contrast_weights,
+    finer_scores,
+    rank_contrasts,
+    to_heatmap,
+)
+from .gem import TowerOutput, run_tower
+from .images import FailedImage, ImageInput, PreparedImage, check_pixel_batch, prepare_images
+
+DENSE_METHODS = ("gem", "raw")
+
+
+@dataclass
+class FinerCAMResult:
+    """Maps and the numbers behind them, for the images that could be used.
+
+    ``heatmaps`` and ``scores`` are stacked tensors when every image has the same size, lists of
+    per-image tensors otherwise. ``indices[i]`` is the position of result ``i`` in the input;
+    ``failed`` lists the inputs that could not be used and why.
+    """
+
+    heatmaps: Tensor | list[Tensor]  #: B×H×W in [0, 1], each at its image's own size
+    scores: Tensor | list[Tensor]  #: B×h×w raw Finer-CAM scores on the patch grid
+    target: str
+    contrast: list[list[str]]  #: the contrast prompts used, per image
+    weights: Tensor  #: B×D contrast weights (rows sum to 1)
+    alpha: float
+    method: str
+    target_similarity: Tensor  #: B, cosine of the global image embedding and the target
+    contrast_similarity: Tensor  #: B×D, the same for each contrast
+    sources: list[str]
+    indices: list[int]
+    failed: list[FailedImage] = field(default_factory=list)
+    target_scores: Tensor | list[Tensor] | None = None  #: B×h×w plain target map (alpha = 0)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def summary(self, i: int) -> dict[str, Any]:
+        """JSON-ready numbers for result ``i``: where the map peaks, contrasts, weights."""
+        heat = self.heatmaps[i]
+        score = self.scores[i]
+        peak = int(torch.argmax(heat))
+        height, width = heat.shape
+        return {
+            "source": self.sources[i],
+            "target": self.target,
+            "contrast": self.contrast[i],
+            "weights": [round(float(w), 6) for w in self.weights[i]],
+            "alpha": self.alpha,
+            "method": self.method,
+            "image_size": [height, width],
+            "grid_size": list(score.shape),
+            "peak_xy": [peak % width, peak // width],
+            "score_min": float(score.min()),
+            "score_max": float(score.max()),
+            "score_mean": float(score.mean()),
+            "positive_fraction": float((heat > 0).float().mean()),
+            "target_similarity": float(self.target_similarity[i]),
+            "contrast_similarity": [float(s) for s in self.contrast_similarity[i]],
+        }
+
+
+def _stack_if_uniform(items: list[Tensor]) -> Tensor | list[Tensor]:
+    if items and all(t.shape == items[0].shape for t in items):
+        return torch.stack(items)
+    return items
+
+
+class Localizer:
+    """A CLIP-like model ready to localize concepts named in words.
+
+    Build one with :func:`mmfinercam.load` or :meth:`Localizer.from_open_clip`.
+    """
+
+    def __init__(self, backend: Backend, *, templates: Sequence[str] | str | None = None):
+        self.backend = backend
+        if isinstance(templates, str):
+            templates = prompt_library.load_templates(templates)
+        self.templates: list[str] = list(templates or backend.info.templates)
+        self._text_cache: dict[str, Tensor] = {}
+
+    # construction -------------------------------------------------------------------------
+    @classmethod
+    def from_open_clip(
+        cls,
+        model: nn.Module,
+        tokenizer: Callable[[Sequence[str]], Tensor],
+        preprocess: Any = None,
+        *,
+        templates: Sequence[str] | str | None = None,
+        name: str | None = None,
+    ) -> Localizer:
+        """Wrap an open_clip model the user already built (weights as they are)."""
+        from .backends.open_clip import OpenCLIPBackend, image_config_of
+
+        config = image_config_of(model)
+        normalize = _find_normalize(preprocess)
+        if normalize is not None:
+            config.mean = tuple(float(m) for m in normalize.mean)
+            config.std = tuple(float(s) for s in normalize.std)
+        info = ModelInfo(name=name or type(model).__name__)
+        return cls(OpenCLIPBackend(model, tokenizer, config, info), templates=templates)
+
+    # properties ---------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.backend.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.backend.dtype
+
+    @property
+    def info(self) -> ModelInfo:
+        return self.backend.info
+
+    @property
+    def patch_size(self) -> tuple[int, int]:
+        return self.backend.vision.patch_size
+
+    def default_depth(self) -> int:
+        return min(self.info.default_depth, len(self.backend.vision.blocks) + 1)
+
+    # text -----------------------------------------------------------------------------------
+    def encode_text(self, prompts: Sequence[str] | str, templates: Sequence[str] | None = None) -> Tensor:
+        """L2-normalized text embeddings, K×D float32 on the model's device.
+
+        With ``templates`` each prompt is embedded in every template, the embeddings normalized,
+        averaged and normalized again. Every distinct string is encoded once and cached, so a
+        stream of images scored against the same prompts never re-encodes them.
+        """
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        prompts = [check_prompt(p) for p in prompts]
+        if not prompts:
+            raise PromptError("no prompts given")
+        templates = list(templates) if templates else ["{}"]
+        texts = [t.format(p) for p in prompts for t in templates]
+        missing = list(dict.fromkeys(s for s in texts if s not in self._text_cache))
+        if missing:
+            emb = F.normalize(self.backend.encode_text(missing).float(), dim=-1)
+            self._text_cache.update(zip(missing, emb))
+        emb = torch.stack([self._text_cache[s] for s in texts]).view(len(prompts), len(templates), -1)
+        return F.normalize(emb.mean(dim=1), dim=-1)
+
+    def _text_embeddings(self, prompts: Sequence[str] | Tensor) -> Tensor:
+        if isinstance(prompts, Tensor):
+            emb = prompts.unsqueeze(0) if prompts.dim() == 1 else prompts
+            return F.normalize(emb.to(self.device).float(), dim=-1)
+        return self.encode_text(prompts)
+
+    def clear_cache(self) -> None:
+        self._text_cache.clear()
+
+    # images ---------------------------------------------------------------------------------
+    def prepare(
+        self, images: ImageInput | Sequence[ImageInput], *, image_size: int | None = None
+    ) -> tuple[list[PreparedImage], list[FailedImage]]:
+        """Read and preprocess images for this model (see :mod:`mmfinercam.images`)."""
+        cfg = self.backend.image_config
+        return prepare_images(
+            images,
+            short_side=image_size or min(cfg.size),
+            patch=self.patch_size,
+            mean=cfg.mean,
+            std=cfg.std,
+        )
+
+    @torch.inference_mode()
+    def image_tokens(self, pixels: Tensor, *, method: str = "gem", depth: int | None = None) -> TowerOutput:
+        """One image-tower pass over a preprocessed B×3×H×W batch; tokens in float32."""
+        if method not in DENSE_METHODS:
+            raise ValueError(f"dense method must be one of {DENSE_METHODS}, got {method!r}")
+        pixels = pixels.to(self.device, self.dtype, non_blocking=True)
+        out = run_tower(self.backend.vision, pixels, method=method, depth=depth or self.default_depth())
+        return TowerOutput(out.global_embedding.float(), out.tokens.float(), out.grid, out.num_prefix_tokens)
+
+    def similarity_maps(
+        self,
+        images: Tensor,
+        prompts: Sequence[str] | Tensor,
+        *,
+        method: str = "gem",
+        depth: int | None = None,
+    ) -> Tensor:
+        """Raw cosine similarity of every patch with every prompt: B×K×h×w.
+
+        ``images`` is a preprocessed batch (B×3×H×W); ``prompts`` are strings used verbatim or
+        text embeddings (K×D). All K prompts cost one image-tower pass.
+        """
+        images = check_pixel_batch(images, self.patch_size)
+        text = self._text_embeddings(prompts)
+        out = self.image_tokens(images, method=method, depth=depth)
+        patches = F.normalize(out.patch_tokens, dim=-1)
+        sims = torch.einsum("bnd,kd->bkn", patches, text)
+        return sims.reshape(sims.shape[0], sims.shape[1], *out.grid)
+
+    # Finer-CAM ------------------------------------------------------------------------------
+    def finer_cam(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        target: str,
+        contrast: Sequence[str] | str | None = None,
+        *,
+        alpha: float = 1.0,
+        weighting: str = "softmax",
+        vocabulary: Sequence[str] | str | Path | None = None,
+        contrast_ranks: Sequence[int] = (1, 2, 3),
+        method: str = "gem",
+        depth: int | None = None,
+        templates: Sequence[str] | None = None,
+        image_size: int | None = None,
+        batch_size: int = 16,
+    ) -> FinerCAMResult:
+        """Where is the evidence for ``target`` and not for the contrasting concepts?
+
+        ``contrast`` lists the similar concepts explicitly; or ``vocabulary`` (a list, a file
+        or a shipped vocabulary name) supplies candidates, of which those at ``contrast_ranks``
+        by ``|<z,t_i> - <z,t_c>|`` are taken for each image. ``alpha=0`` gives the plain target
+        map; larger values keep only what differs. Prompts are wrapped in ``templates``
+        (default: the model's own, e.g. ``"a photo of a {}."``; ``["{}"]`` uses them verbatim).
+
+        Broken images do not stop the batch: they are listed in ``result.failed``; if no image
+        can be used, :class:`~mmfinercam.errors.ImageLoadError` is raised.
+        """
+        if method not in DENSE_METHODS:
+            raise ValueError(f"method must be one of {DENSE_METHODS}, got {method!r}")
+        target = check_prompt(target, "target prompt")
+        if alpha < 0:
+            raise ValueError(f"alpha must be >= 0, got {alpha}")
+        if contrast is not None and vocabulary is not None:
+            raise PromptError("give either explicit contrasts or a vocabulary, not both")
+        templates = self.templates if templates is None else list(templates)
+        target_text = self.encode_text([target], templates)[0]
+        if vocabulary is not None:
+            entries = _vocabulary_entries(vocabulary, target)
+            candidate_text = self.encode_text(entries, templates)
+        else:
+            entries = check_contrasts(target, contrast) if contrast is not None else []
+            candidate_text = (
+                self.encode_text(entries, templates)
+                if entries
+                else target_text.new_zeros(0, target_text.shape[0])
+            )
+
+        prepared, failed = self.prepare(images, image_size=image_size)
+        for f in failed:
+            warnings.warn(f"skipped image {f.source}: {f.message}", stacklevel=2)
+        if not prepared:
+            raise ImageLoadError("no usable image: " + "; ".join(f"{f.source}: {f.message}" for f in failed))
+
+        per_image: dict[int, dict[str, Any]] = {}
+        for start in range(0, len(prepared), batch_size):
+            chunk = prepared[start : start + batch_size]
+            groups: dict[tuple[int, ...], list[PreparedImage]] = defaultdict(list)
+            for item in chunk:
+                groups[tuple(item.pixels.shape)].append(item)
+            for items in groups.values():
+                pixels = torch.stack([item.pixels for item in items])
+                out = self.image_tokens(pixels, method=method, depth=depth)
+                parts = self._contrast_batch(
+                    out,
+                    target_text,
+                    candidate_text,
+                    vocabulary is not None,
+                    contrast_ranks,
+                    alpha,
+                    weighting,
+                )
+                for j, item in enumerate(items):
+                    per_image[item.index] = {k: v[j] for k, v in parts.items()}
+
+        ordered = [per_image[item.index] for item in prepared]
+        heatmaps = self._heatmaps([p["scores"] for p in ordered], [item.original_size for item in prepared])
+        return FinerCAMResult(
+            heatmaps=_stack_if_uniform(heatmaps),
+            scores=_stack_if_uniform([p["scores"] for p in ordered]),
+            target=target,
+            contrast=[[entries[int(i)] for i in p["contrast_index"]] for p in ordered],
+            weights=torch.stack([p["weights"] for p in ordered]),
+            alpha=float(alpha),
+            method=method,
+            target_similarity=torch.stack([p["target_similarity"] for p in ordered]),
+            contrast_similarity=torch.stack([p["contrast_similarity"] for p in ordered]),
+            sources=[item.source for item in prepared],
+            indices=[item.index for item in prepared],
+            failed=failed,
+            target_scores=_stack_if_uniform([p["target_scores"] for p in ordered]),
+        )
+
+    def _contrast_batch(
+        self,
+        out: TowerOutput,
+        target_text: Tensor,
+        candidate_text: Tensor,
+        automatic: bool,
+        ranks: Sequence[int],
+        alpha: float,
+        weighting: str,
+    ) -> dict[str, Tensor]:
+        """Finer-CAM for one batch of same-sized images: every prompt in one matmul."""
+        z = F.normalize(out.global_embedding, dim=-1)
+        b = z.shape[0]
+        target_similarity = z @ target_text
+        candidate_similarity = z @ candidate_text.T  # B×M
+        if automatic:
+            index = rank_contrasts(target_similarity, candidate_similarity, ranks)
+        else:
+            index = torch.arange(candidate_text.shape[0], device=z.device).expand(b, -1)
+        contrast_text = candidate_text[index]  # B×D×E
+        contrast_similarity = candidate_similarity.gather(1, index)
+        weights = contrast_weights(contrast_similarity, self.backend.logit_scale, weighting)
+        text = torch.cat([target_text.expand(b, 1, -1), contrast_text], dim=1)  # B×(1+D)×E
+        patches = F.normalize(out.patch_tokens, dim=-1)
+        maps = torch.einsum("bnd,bkd->bkn", patches, text).reshape(b, -1, *out.grid)
+        scores = finer_scores(maps[:, 0], maps[:, 1:], weights, alpha)
+        return {
+            "scores": scores.cpu(),
+            "target_scores": maps[:, 0].cpu(),
+            "weights": weights.cpu(),
+            "contrast_index": index.cpu(),
+            "target_similarity": target_similarity.cpu(),
+            "contrast_similarity": contrast_similarity.cpu(),
+        }
+
+    @staticmethod
+    def _heatmaps(scores: list[Tensor], sizes: list[tuple[int, int]]) -> list[Tensor]:
+        """Heatmaps at each image's own size, upsampling same-sized images together."""
+        out: list[Tensor | None] = [None] * len(scores)
+        groups: dict[tuple[tuple[int, int], tuple[int, ...]], list[int]] = defaultdict(list)
+        for i, (s, size) in enumerate(zip(scores, sizes)):
+            groups[(size, tuple(s.shape))].append(i)
+        for (size, _), idx in groups.items():
+            maps = to_heatmap(torch.stack([scores[i] for i in idx]), size)
+            for j, i in enumerate(idx):
+                out[i] = maps[j]
+        return out  # type: ignore[return-value]
+
+    def __repr__(self) -> str:
+        info = self.info
+        weights = "RANDOM weights" if info.random_weights else f"pretrained={info.pretrained}"
+        return f"Localizer({info.name}, {weights}, device={self.device}, dtype={self.dtype})"
+
+
+def _vocabulary_entries(vocabulary: Sequence[str] | str | Path, target: str) -> list[str]:
+    if isinstance(vocabulary, (str, Path)):
+        entries = prompt_library.load(vocabulary)
+    else:
+        entries = [check_prompt(v, "vocabulary entry") for v in vocabulary]
+    entries = [e for e in dict.fromkeys(entries) if e != target]
+    if not entries:
+        raise PromptError("the vocabulary holds no entry other than the target")
+    return entries
+
+
+def _find_normalize(preprocess: Any) -> Any:
+    """The ``Normalize`` step of a torchvision ``Compose``, if any."""
+    for t in getattr(preprocess, "transforms", []) or []:
+        if hasattr(t, "mean") and hasattr(t, "std"):
+            return t
+    return None
+
+
+def load(
+    model: str,
+    pretrained: str | None = None,
+    *,
+    backend: str | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | str | None = None,
+    templates: Sequence[str] | str | None = None,
+    **kwargs: Any,
+) -> Localizer:
+    """Load a CLIP-like model as a :class:`Localizer`.
+
+    ``model`` is an open_clip name (with ``pretrained`` a tag such as ``"openai"`` or a local
+    checkpoint file), an ``hf-hub:`` id, a local folder, or a shipped model name such as
+    ``"testbed"``. ``pretrained=None`` on an architecture name builds random weights (tests).
+    ``device`` defaults to CUDA when available.
+    """
+    return Localizer(
+        create_backend(model, pretrained, backend=backend, device=device, dtype=dtype, **kwargs),
+        templates=templates,
+    )

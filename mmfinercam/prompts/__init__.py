@@ -1,0 +1,89 @@
+"""Prompt templates and concept vocabularies, shipped as plain text and JSON.
+
+* ``templates/NAME.txt``: one template a line, ``{}`` standing for the concept.
+* ``vocabularies/NAME.txt``: one concept a line; ``vocabularies/NAME.json``: a list of strings,
+  or an object whose values are lists (flattened in order).
+
+``load("birds-parts")`` reads a shipped vocabulary by name; ``load("my/file.txt")`` reads a file.
+Blank lines and lines starting with ``#`` are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import PromptError
+
+HERE = Path(__file__).parent
+TEMPLATES_DIR = HERE / "templates"
+VOCABULARIES_DIR = HERE / "vocabularies"
+
+
+def _read_lines(path: Path) -> list[str]:
+    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    return [ln for ln in lines if ln and not ln.startswith("#")]
+
+
+def _read_entries(path: Path) -> list[str]:
+    if path.suffix == ".json":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data, dict):
+            data = [item for values in data.values() for item in values]
+        if not isinstance(data, list) or not all(isinstance(s, str) for s in data):
+            raise PromptError(f"{path}: a JSON vocabulary is a list of strings or a dict of lists")
+        entries = [s.strip() for s in data if s.strip()]
+    else:
+        entries = _read_lines(path)
+    if not entries:
+        raise PromptError(f"{path} holds no prompts")
+    return list(dict.fromkeys(entries))
+
+
+def _shipped(folder: Path) -> dict[str, Path]:
+    return {p.stem: p for p in sorted(folder.glob("*")) if p.suffix in (".txt", ".json")}
+
+
+def available() -> list[str]:
+    """Names of the shipped vocabularies."""
+    return list(_shipped(VOCABULARIES_DIR))
+
+
+def available_templates() -> list[str]:
+    """Names of the shipped template sets."""
+    return list(_shipped(TEMPLATES_DIR))
+
+
+def load(name_or_path: str | Path) -> list[str]:
+    """A vocabulary by shipped name or by file path, duplicates removed in order."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return _read_entries(path)
+    shipped = _shipped(VOCABULARIES_DIR)
+    if str(name_or_path) in shipped:
+        return _read_entries(shipped[str(name_or_path)])
+    raise PromptError(
+        f"no vocabulary file or shipped vocabulary named {str(name_or_path)!r}; shipped: "
+        + ", ".join(shipped)
+    )
+
+
+def load_templates(name_or_path: str | Path) -> list[str]:
+    """A template set by shipped name (``single``, ``short``, ``ensemble``, ...) or file path."""
+    path = Path(name_or_path).expanduser()
+    if not path.is_file():
+        shipped = _shipped(TEMPLATES_DIR)
+        if str(name_or_path) not in shipped:
+            raise PromptError(
+                f"no template file or shipped template set named {str(name_or_path)!r}; "
+                "shipped: " + ", ".join(shipped)
+            )
+        path = shipped[str(name_or_path)]
+    templates = _read_lines(path)
+    bad = [t for t in templates if t.count("{}") != 1]
+    if bad or not templates:
+        raise PromptError(f"{path}: each template needs exactly one '{{}}'; bad: {bad[:3]}")
+    return templates
+
+
+__all__ = ["available", "available_templates", "load", "load_templates"]

@@ -1,0 +1,73 @@
+"""Pictures of maps: an overlay with a colour bar and a title that says what was contrasted."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from torch import Tensor
+
+from .images import ImageInput, read_image
+
+
+def _as_array(heatmap: Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(heatmap, Tensor):
+        heatmap = heatmap.detach().float().cpu().numpy()
+    heatmap = np.asarray(heatmap, dtype=np.float32)
+    if heatmap.ndim != 2:
+        raise ValueError(f"a heatmap is H×W; got shape {heatmap.shape}")
+    return heatmap
+
+
+def describe_contrast(target: str | None, contrast: Sequence[str] | None, alpha: float | None) -> str:
+    """``"Cape May warbler vs Magnolia warbler, ... (alpha=1.0)"``."""
+    parts = []
+    if target:
+        parts.append(target)
+    if contrast:
+        parts.append("vs " + ", ".join(contrast))
+    if alpha is not None:
+        parts.append(f"(alpha={alpha:g})")
+    return " ".join(parts)
+
+
+def overlay(
+    image: ImageInput,
+    heatmap: Tensor | np.ndarray,
+    *,
+    target: str | None = None,
+    contrast: Sequence[str] | None = None,
+    alpha: float | None = None,
+    title: str | None = None,
+    cmap: str = "jet",
+    opacity: float = 0.5,
+    colorbar: bool = True,
+    ax=None,
+):
+    """Draw ``heatmap`` over ``image``; returns the matplotlib Figure.
+
+    The heatmap is resized to the image if their sizes differ. The title defaults to the
+    target, the contrasts and alpha, so a saved picture says what it shows.
+    """
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    rgb = read_image(image)
+    heat = _as_array(heatmap)
+    if heat.shape != (rgb.height, rgb.width):
+        heat = np.asarray(Image.fromarray(heat).resize((rgb.width, rgb.height), Image.Resampling.BILINEAR))
+    if ax is None:
+        aspect = rgb.width / max(rgb.height, 1)
+        fig, ax = plt.subplots(figsize=(4.5 * aspect + (0.8 if colorbar else 0), 4.5))
+    else:
+        fig = ax.figure
+    ax.imshow(rgb)
+    im = ax.imshow(heat, cmap=cmap, alpha=opacity, vmin=0.0, vmax=1.0)
+    ax.set_axis_off()
+    text = title if title is not None else describe_contrast(target, contrast, alpha)
+    if text:
+        ax.set_title(text, fontsize=9, wrap=True)
+    if colorbar:
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    return fig

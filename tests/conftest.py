@@ -1,0 +1,59 @@
+"""Shared fixtures: a tiny random open_clip ViT (CPU) and a synthetic backend with known tokens."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import mmfinercam as mf
+from mmfinercam.testing import TINY_VIT_CONFIG, build_tiny_open_clip
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    return build_tiny_open_clip(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_localizer(tiny_model):
+    import open_clip
+
+    return mf.Localizer.from_open_clip(tiny_model, open_clip.get_tokenizer("ViT-B-16"), name="tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_model):
+    """The tiny model saved as an open_clip folder (config + safetensors), loadable by path."""
+    from safetensors.torch import save_file
+
+    folder = tmp_path_factory.mktemp("tiny-open-clip")
+    (folder / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": TINY_VIT_CONFIG, "preprocess_cfg": {}})
+    )
+    state = {k: v.contiguous() for k, v in tiny_model.state_dict().items()}
+    save_file(state, str(folder / "open_clip_model.safetensors"))
+    return folder
+
+
+@pytest.fixture()
+def rgb_image(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "bird.png"
+    Image.fromarray(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def sample_images():
+    rng = np.random.default_rng(1)
+    return [rng.integers(0, 255, (96 + 16 * i, 128, 3), dtype=np.uint8) for i in range(3)]
+
+
+@pytest.fixture()
+def no_torch_grad():
+    with torch.no_grad():
+        yield

@@ -1,0 +1,93 @@
+"""The command line end to end: outputs per image, broken inputs, one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmfinercam.cli import main
+
+
+@pytest.fixture()
+def images(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    paths = []
+    for i, size in enumerate([(80, 120), (96, 96)]):
+        p = folder / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    return paths
+
+
+def test_localize_writes_overlay_map_and_json(tiny_model_dir, images, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main([
+        "localize", *map(str, images), "--target", "a bird", "--contrast", "a fish", "a cat",
+        "--alpha", "0.8", "--model", str(tiny_model_dir), "--device", "cpu", "--out", str(out),
+    ])
+    assert code == 0
+    for i, size in enumerate([(80, 120), (96, 96)]):
+        heat = np.load(out / f"img{i}.npy")
+        assert heat.shape == size and heat.min() >= 0 and heat.max() <= 1
+        assert Image.open(out / f"img{i}.png").size[0] > 100
+        summary = json.loads((out / f"img{i}.json").read_text())
+        assert summary["target"] == "a bird" and summary["contrast"] == ["a fish", "a cat"]
+        assert summary["alpha"] == 0.8 and abs(sum(summary["weights"]) - 1) < 1e-5
+        assert summary["random_weights"] is False
+        scores = np.load(out / f"img{i}.scores.npy")
+        assert list(scores.shape) == summary["grid_size"]
+    assert "wrote 2 map(s)" in capsys.readouterr().out
+
+
+def test_folder_input_vocabulary_and_broken_image(tiny_model_dir, images, tmp_path, capsys):
+    (images[0].parent / "broken.png").write_bytes(b"garbage")
+    out = tmp_path / "out"
+    code = main([
+        "localize", str(images[0].parent), "--target", "red wing", "--vocabulary", "birds-parts",
+        "--model", str(tiny_model_dir), "--device", "cpu", "--out", str(out), "--no-overlay",
+    ])
+    assert code == 1  # some images failed, the others were written
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["results"]) == 2 and len(summary["failed"]) == 1
+    assert summary["failed"][0]["source"].endswith("broken.png")
+    assert len(summary["results"][0]["contrast"]) == 3
+    assert "skipped" in capsys.readouterr().err
+
+
+def test_random_weights_say_so(images, tmp_path, capsys):
+    code = main([
+        "localize", str(images[1]), "--target", "a bird", "--contrast", "a fish",
+        "--model", "ViT-B-32", "--device", "cpu", "--out", str(tmp_path / "o"), "--no-overlay",
+    ])
+    assert code == 0
+    assert "RANDOM weights" in capsys.readouterr().err
+    assert json.loads((tmp_path / "o" / "img1.json").read_text())["random_weights"] is True
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--target", "  "], "empty"),
+        (["--target", "a bird", "--contrast", "a bird"], "also among the contrasts"),
+        (["--target", "a bird", "--alpha", "-1"], "alpha"),
+        (["--target", "a bird", "--vocabulary", "nope-vocab"], "no vocabulary"),
+    ],
+)
+def test_bad_input_is_one_line(tiny_model_dir, images, tmp_path, capsys, extra, message):
+    code = main(["localize", str(images[0]), *extra, "--model", str(tiny_model_dir),
+                 "--device", "cpu", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("mmfinercam: error:") and message in err[0]
+
+
+def test_only_broken_images(tiny_model_dir, tmp_path, capsys):
+    code = main(["localize", str(tmp_path / "missing.png"), "--target", "a bird",
+                 "--model", str(tiny_model_dir), "--device", "cpu", "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "not found" in capsys.readouterr().err

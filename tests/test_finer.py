@@ -1,0 +1,223 @@
+"""Dense Finer-CAM: the contrast math, automatic contrasts, batching, sizes and orientation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from synthetic_backend import SyntheticBackend, basis, bird_image
+
+import mmfinercam as mf
+from mmfinercam.finer import contrast_weights, finer_scores, rank_contrasts, to_heatmap
+
+TARGET, CONTRAST = "red-winged bird", "plain bird"
+
+
+@pytest.fixture()
+def synthetic():
+    texts = {
+        TARGET: F.normalize(basis(0, 1), dim=0),  # shared body (e0) + red wing (e1)
+        CONTRAST: F.normalize(basis(0, 2), dim=0),  # shared body + something absent (e2)
+        "background": basis(3),
+        "other": F.normalize(basis(0, 4), dim=0),
+    }
+    return mf.Localizer(SyntheticBackend(texts))
+
+
+def test_finer_peaks_on_the_differing_part(synthetic):
+    image = bird_image()
+    res = synthetic.finer_cam(image, TARGET, [CONTRAST], alpha=1.0, method="raw")
+    plain = synthetic.finer_cam(image, TARGET, [CONTRAST], alpha=0.0, method="raw")
+    heat, plain_heat = res.heatmaps[0], plain.heatmaps[0]
+    wing = torch.zeros_like(heat, dtype=torch.bool)
+    wing[24:40, 32:48] = True
+    near_wing = torch.zeros_like(wing)  # bilinear upsampling spreads half a patch (4 px)
+    near_wing[20:44, 28:52] = True
+    # the Finer map's peak is on the wing, and all its energy is there
+    assert wing.flatten()[int(heat.argmax())]
+    assert heat[near_wing].sum() / heat.sum() > 0.999
+    # the plain map lights up the whole bird: most of its energy is off the wing
+    assert plain_heat[near_wing].sum() / plain_heat.sum() < 0.5
+    # on the body (shared evidence) the raw Finer score cancels to zero
+    assert res.scores[0][3, 2].abs() < 1e-6
+
+
+def test_alpha_zero_is_plain_target_map(tiny_localizer, sample_images):
+    res = tiny_localizer.finer_cam(sample_images[0], "a bird", ["a fish", "a cat"], alpha=0.0)
+    prepared, _ = tiny_localizer.prepare(sample_images[0])
+    plain = tiny_localizer.similarity_maps(
+        prepared[0].pixels, tiny_localizer.encode_text(["a bird"], tiny_localizer.templates)
+    )
+    torch.testing.assert_close(res.scores[0], plain[0, 0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(res.target_scores[0], plain[0, 0], atol=1e-6, rtol=0)
+
+
+def test_scores_are_linear_in_alpha(tiny_localizer, sample_images):
+    run = lambda a: tiny_localizer.finer_cam(sample_images[1], "a bird", ["a fish", "a cat"], alpha=a)
+    s0, s1, s07 = run(0.0).scores[0], run(1.0).scores[0], run(0.7).scores[0]
+    torch.testing.assert_close(s07, s0 + 0.7 * (s1 - s0), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("weighting", ["softmax", "uniform"])
+def test_weights_sum_to_one(tiny_localizer, sample_images, weighting):
+    res = tiny_localizer.finer_cam(sample_images, "a bird", ["a fish", "a cat", "a dog"], weighting=weighting)
+    assert res.weights.shape == (3, 3)
+    torch.testing.assert_close(res.weights.sum(dim=1), torch.ones(3))
+    if weighting == "uniform":
+        torch.testing.assert_close(res.weights, torch.full((3, 3), 1 / 3))
+    else:
+        scale = tiny_localizer.backend.logit_scale
+        expected = torch.softmax(scale * res.contrast_similarity, dim=1)
+        torch.testing.assert_close(res.weights, expected)
+
+
+def test_softmax_weights_restricted_and_renormalized():
+    sims = torch.tensor([[0.30, 0.25, 0.10]])
+    target = torch.tensor([[0.35]])
+    full = torch.softmax(10.0 * torch.cat([target, sims], dim=1), dim=1)[:, 1:]
+    torch.testing.assert_close(contrast_weights(sims, 10.0), full / full.sum())
+
+
+def test_finer_scores_formula():
+    t = torch.randn(2, 3, 4)
+    c = torch.randn(2, 2, 3, 4)
+    w = torch.tensor([[0.25, 0.75], [0.5, 0.5]])
+    expected = t - 0.8 * (w[:, 0, None, None] * c[:, 0] + w[:, 1, None, None] * c[:, 1])
+    torch.testing.assert_close(finer_scores(t, c, w, 0.8), expected)
+    with pytest.raises(ValueError, match="alpha"):
+        finer_scores(t, c, w, -0.1)
+
+
+def test_heatmap_range_and_all_negative():
+    scores = torch.tensor([[[-1.0, 0.5], [2.0, 1.0]], [[-1.0, -2.0], [-0.5, -3.0]]])
+    heat = to_heatmap(scores, (8, 8))
+    assert heat.shape == (2, 8, 8)
+    assert heat[0].min() == 0 and heat[0].max() == 1
+    assert torch.count_nonzero(heat[1]) == 0  # no positive evidence: zeros, not NaN
+
+
+def test_rank_contrasts_hand_case():
+    target = torch.tensor([0.50])
+    vocab = torch.tensor([[0.10, 0.45, 0.52, 0.30, 0.49]])  # gaps .40 .05 .02 .20 .01
+    assert rank_contrasts(target, vocab, [1, 2, 3]).tolist() == [[4, 2, 1]]
+    assert rank_contrasts(target, vocab, [2]).tolist() == [[2]]
+    with pytest.raises(mf.PromptError):
+        rank_contrasts(target, vocab, [0])
+    with pytest.raises(mf.PromptError):
+        rank_contrasts(target, vocab, [6])
+
+
+def test_automatic_contrasts_from_vocabulary(tiny_localizer, sample_images):
+    vocab = ["a fish", "a cat", "a dog", "a tree", "a car", "a bird"]
+    res = tiny_localizer.finer_cam(sample_images, "a bird", vocabulary=vocab)
+    entries = vocab[:-1]  # the target is dropped from the candidates
+    text = tiny_localizer.encode_text(entries, tiny_localizer.templates)
+    for i in range(len(res)):
+        gaps = (res.target_similarity[i] - text @ _global(tiny_localizer, sample_images[i])).abs()
+        expected = [entries[j] for j in gaps.argsort()[:3].tolist()]
+        assert res.contrast[i] == expected
+        assert "a bird" not in res.contrast[i]
+
+
+def _global(loc, image):
+    prepared, _ = loc.prepare(image)
+    out = loc.image_tokens(prepared[0].pixels[None])
+    return F.normalize(out.global_embedding[0], dim=-1)
+
+
+def test_vocabulary_by_shipped_name(tiny_localizer, sample_images):
+    res = tiny_localizer.finer_cam(sample_images[0], "red wing", vocabulary="birds-parts")
+    assert len(res.contrast[0]) == 3
+    assert set(res.contrast[0]) <= set(mf.prompts.load("birds-parts"))
+
+
+def test_batch_equals_single(tiny_localizer, sample_images):
+    kwargs = dict(target="a bird", contrast=["a fish", "a cat"], alpha=0.8)
+    batch = tiny_localizer.finer_cam(sample_images, **kwargs)
+    for i, image in enumerate(sample_images):
+        single = tiny_localizer.finer_cam(image, **kwargs)
+        torch.testing.assert_close(batch.scores[i], single.scores[0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(batch.heatmaps[i], single.heatmaps[0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(batch.weights[i], single.weights[0], atol=1e-6, rtol=0)
+
+
+def test_batch_of_same_size_equals_single_with_small_batches(tiny_localizer, sample_images):
+    same = [sample_images[0]] * 2 + [sample_images[0][::-1].copy()]
+    a = tiny_localizer.finer_cam(same, "a bird", ["a fish"], batch_size=1)
+    b = tiny_localizer.finer_cam(same, "a bird", ["a fish"], batch_size=8)
+    assert isinstance(a.heatmaps, torch.Tensor) and a.heatmaps.shape == (3, 96, 128)
+    torch.testing.assert_close(a.scores, b.scores, atol=1e-5, rtol=0)
+
+
+def test_non_square_images_keep_orientation(synthetic):
+    # a wide image with the red wing in the top-right corner only
+    image = torch.zeros(3, 64, 160)
+    image[2] = 1.0
+    image[1, 8:56, 16:150] = 1.0
+    image[0, 8:24, 120:150] = 1.0
+    res = synthetic.finer_cam(image, TARGET, [CONTRAST], method="raw")
+    heat = res.heatmaps[0]
+    assert heat.shape == (64, 160)
+    assert res.scores[0].shape == (8, 20)
+    y, x = divmod(int(heat.argmax()), heat.shape[1])
+    assert y < 32 and x > 100
+
+
+def test_non_square_real_model(tiny_localizer, sample_images):
+    res = tiny_localizer.finer_cam(sample_images[2], "a bird", ["a fish"])  # 128×128
+    wide = tiny_localizer.finer_cam(sample_images[0], "a bird", ["a fish"])  # 96×128
+    assert wide.heatmaps[0].shape == (96, 128)
+    assert wide.scores[0].shape == (14, 19)  # shorter side 224 px -> 14 rows, 298.7 -> 19 cols
+    assert res.heatmaps[0].shape == (128, 128)
+
+
+def test_mixed_sizes_give_lists(tiny_localizer, sample_images):
+    res = tiny_localizer.finer_cam(sample_images, "a bird", ["a fish"])
+    assert isinstance(res.heatmaps, list)
+    assert [tuple(h.shape) for h in res.heatmaps] == [(96, 128), (112, 128), (128, 128)]
+    for h in res.heatmaps:
+        assert 0.0 <= float(h.min()) and float(h.max()) <= 1.0
+
+
+def test_no_contrast_is_plain_map(tiny_localizer, sample_images):
+    res = tiny_localizer.finer_cam(sample_images[0], "a bird")
+    assert res.weights.shape == (1, 0) and res.contrast == [[]]
+    torch.testing.assert_close(res.scores[0], res.target_scores[0])
+
+
+def test_templates_are_averaged(tiny_localizer):
+    templates = ["a photo of a {}.", "a drawing of a {}."]
+    emb = tiny_localizer.encode_text(["bird"], templates)
+    parts = tiny_localizer.encode_text(["a photo of a bird.", "a drawing of a bird."])
+    torch.testing.assert_close(emb[0], F.normalize(parts.mean(0), dim=0))
+    torch.testing.assert_close(emb.norm(dim=-1), torch.ones(1))
+
+
+def test_text_embeddings_are_cached(tiny_localizer):
+    tiny_localizer.clear_cache()
+    calls = []
+    backend = tiny_localizer.backend
+    original = backend.encode_text
+    backend.encode_text = lambda prompts: calls.append(list(prompts)) or original(prompts)
+    try:
+        tiny_localizer.encode_text(["a", "b"])
+        tiny_localizer.encode_text(["b", "c", "a"])
+    finally:
+        del backend.encode_text
+    assert calls == [["a", "b"], ["c"]]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_close_to_fp32(tiny_model, sample_images, dtype):
+    import copy
+
+    import open_clip
+
+    tok = open_clip.get_tokenizer("ViT-B-16")
+    fp32 = mf.Localizer.from_open_clip(tiny_model, tok)
+    half = mf.Localizer.from_open_clip(copy.deepcopy(tiny_model).to(dtype), tok)
+    assert half.dtype == dtype
+    a = fp32.finer_cam(sample_images[2], "a bird", ["a fish"])
+    b = half.finer_cam(sample_images[2], "a bird", ["a fish"])
+    assert b.scores.dtype == torch.float32
+    assert torch.corrcoef(torch.stack([a.scores.flatten(), b.scores.flatten()]))[0, 1] > 0.95

@@ -1,0 +1,60 @@
+"""GEM equals the reference gem_torch 1.0.1 (open_clip 2.23) on the same weights and prompts.
+
+The reference maps were made by ``scripts/gem_reference.py make``; the weights are rebuilt from
+their names and the seed, so no checkpoint is stored.
+"""
+
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+
+import mmfinercam as mf
+from mmfinercam.testing import build_tiny_open_clip, deterministic_image
+
+DATA = Path(__file__).parent / "data" / "gem_reference.pt"
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return torch.load(DATA)
+
+
+@pytest.fixture(scope="module")
+def localizer(reference):
+    model = build_tiny_open_clip(reference["seed"], reference["config"])
+    return mf.Localizer.from_open_clip(model, open_clip.get_tokenizer("ViT-B-16"))
+
+
+@pytest.mark.parametrize("size", [224, 448])
+def test_gem_maps_equal_reference(reference, localizer, size):
+    image = deterministic_image(size, seed=size)
+    prompts = [reference["template"].format(p) for p in reference["prompts"]]
+    grid = localizer.similarity_maps(image, prompts, method="gem", depth=reference["depth"])
+    assert grid.shape == (1, len(prompts), size // 16, size // 16)
+    full = F.interpolate(grid, size=(size, size), mode="bilinear")
+    stride = reference["stride"]
+    ours = full[..., ::stride, ::stride]
+    expected = reference["maps"][size]
+    assert ours.shape == expected.shape
+    assert (ours - expected).abs().max() <= 1e-4
+    # the maps are not trivially flat: the comparison means something
+    assert expected.std() > 0.01
+
+
+def test_raw_method_differs_from_gem(localizer):
+    image = deterministic_image(224, seed=3)
+    gem = localizer.similarity_maps(image, ["a photo of a bird."], method="gem")
+    raw = localizer.similarity_maps(image, ["a photo of a bird."], method="raw")
+    assert gem.shape == raw.shape
+    assert not torch.allclose(gem, raw, atol=1e-3)
+
+
+def test_depth_out_of_range(localizer):
+    image = deterministic_image(224, seed=3)
+    with pytest.raises(ValueError, match="depth"):
+        localizer.similarity_maps(image, ["x"], depth=20)
+    with pytest.raises(ValueError, match="depth"):
+        localizer.similarity_maps(image, ["x"], depth=1)

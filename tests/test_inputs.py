@@ -1,0 +1,136 @@
+"""Bad input gets a clear error or a documented conversion, and a batch loses nothing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import mmfinercam as mf
+from mmfinercam.images import read_image, target_size
+
+
+def test_grayscale_rgba_palette_16bit_are_converted(tmp_path):
+    gray = Image.fromarray(np.full((20, 30), 128, np.uint8), "L")
+    assert read_image(gray).mode == "RGB"
+    rgba = Image.new("RGBA", (10, 10), (255, 0, 0, 0))  # fully transparent red
+    assert read_image(rgba).getpixel((0, 0)) == (255, 255, 255)  # composited over white
+    half = Image.new("RGBA", (10, 10), (0, 0, 0, 128))
+    assert read_image(half).getpixel((0, 0)) == (127, 127, 127)
+    pal = Image.new("P", (10, 10))
+    assert read_image(pal).mode == "RGB"
+    deep = np.full((8, 8), 65535, np.uint16)
+    deep[0, 0] = 32768
+    path = tmp_path / "deep.png"
+    Image.fromarray(deep).save(path)
+    rgb = read_image(path)
+    assert rgb.getpixel((1, 1)) == (255, 255, 255)  # scaled by the 16-bit range, not clipped
+    assert rgb.getpixel((0, 0))[0] == 128
+    floats = np.zeros((6, 6, 3), np.float32)
+    floats[..., 1] = 0.5
+    assert read_image(floats).getpixel((0, 0)) == (0, 128, 0)
+    chw = np.zeros((3, 6, 9), np.uint8)
+    assert read_image(chw).size == (9, 6)
+
+
+def test_bad_images_are_clear_errors(tmp_path):
+    with pytest.raises(mf.ImageLoadError, match="not found"):
+        read_image(tmp_path / "nope.jpg")
+    junk = tmp_path / "junk.png"
+    junk.write_text("not an image")
+    with pytest.raises(mf.ImageLoadError, match="cannot read"):
+        read_image(junk)
+    with pytest.raises(mf.ImageLoadError, match="folder"):
+        read_image(tmp_path)
+    with pytest.raises(mf.ImageLoadError, match="shape"):
+        read_image(np.zeros((5, 4, 7), np.uint8))
+    with pytest.raises(mf.ImageLoadError, match="NaN"):
+        read_image(np.full((4, 4), np.nan, np.float32))
+    with pytest.raises(mf.ImageLoadError, match="unsupported"):
+        read_image(42)
+
+
+def test_target_size_keeps_aspect_and_patches():
+    assert target_size(480, 640, 224, (16, 16)) == (224, 304)
+    assert target_size(640, 480, 224, (16, 16)) == (304, 224)
+    assert target_size(10, 1000, 224, (14, 14)) == (224, 22400)
+    assert target_size(100, 100, 8, (16, 16)) == (16, 16)  # at least one patch
+
+
+def test_image_smaller_than_a_patch(tiny_localizer):
+    with pytest.raises(mf.ImageLoadError, match="smaller than one"):
+        tiny_localizer.finer_cam(np.zeros((8, 40, 3), np.uint8), "a bird")
+    with pytest.raises(mf.ImageLoadError, match="smaller than one"):
+        tiny_localizer.similarity_maps(torch.zeros(1, 3, 8, 8), ["a bird"])
+
+
+def test_batch_with_broken_image_keeps_the_rest(tiny_localizer, sample_images, tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff garbage")
+    images = [sample_images[0], broken, sample_images[1], tmp_path / "missing.png"]
+    with pytest.warns(UserWarning, match="skipped image"):
+        res = tiny_localizer.finer_cam(images, "a bird", ["a fish"])
+    assert res.indices == [0, 2]
+    assert [f.index for f in res.failed] == [1, 3]
+    assert "cannot read" in res.failed[0].message and "not found" in res.failed[1].message
+    alone = tiny_localizer.finer_cam(sample_images[1], "a bird", ["a fish"])
+    torch.testing.assert_close(res.scores[1], alone.scores[0], atol=1e-5, rtol=0)
+
+
+def test_all_images_broken_raises(tiny_localizer, tmp_path):
+    with pytest.warns(UserWarning), pytest.raises(mf.ImageLoadError, match="no usable image"):
+        tiny_localizer.finer_cam(tmp_path / "missing.png", "a bird")
+
+
+@pytest.mark.parametrize("prompt", ["", "   ", "\n"])
+def test_empty_prompts(tiny_localizer, sample_images, prompt):
+    with pytest.raises(mf.PromptError, match="empty"):
+        tiny_localizer.finer_cam(sample_images[0], prompt, ["a fish"])
+    with pytest.raises(mf.PromptError, match="empty"):
+        tiny_localizer.finer_cam(sample_images[0], "a bird", ["a fish", prompt])
+    with pytest.raises(mf.PromptError, match="empty"):
+        tiny_localizer.encode_text([prompt])
+
+
+def test_target_among_contrasts_and_repeats(tiny_localizer, sample_images):
+    with pytest.raises(mf.PromptError, match="also among the contrasts"):
+        tiny_localizer.finer_cam(sample_images[0], "a bird", ["a fish", "a bird"])
+    with pytest.raises(mf.PromptError, match="repeated"):
+        tiny_localizer.finer_cam(sample_images[0], "a bird", ["a fish", "a fish"])
+    with pytest.raises(mf.PromptError, match="either"):
+        tiny_localizer.finer_cam(sample_images[0], "a bird", ["a fish"], vocabulary=["a cat"])
+    with pytest.raises(mf.PromptError, match="no entry other"):
+        tiny_localizer.finer_cam(sample_images[0], "a bird", vocabulary=["a bird"])
+
+
+def test_negative_alpha_and_bad_options(tiny_localizer, sample_images):
+    with pytest.raises(ValueError, match="alpha"):
+        tiny_localizer.finer_cam(sample_images[0], "a bird", ["a fish"], alpha=-0.5)
+    with pytest.raises(ValueError, match="weighting"):
+        tiny_localizer.finer_cam(sample_images[0], "a bird", ["a fish"], weighting="max")
+    with pytest.raises(ValueError, match="method"):
+        tiny_localizer.finer_cam(sample_images[0], "a bird", ["a fish"], method="magic")
+
+
+def test_wrong_tensor_shape(tiny_localizer):
+    with pytest.raises(mf.ImageLoadError, match="B×3×H×W"):
+        tiny_localizer.finer_cam(torch.zeros(2, 1, 64, 64), "a bird")
+
+
+def test_prompt_library(tmp_path):
+    assert "birds-parts" in mf.prompts.available()
+    assert "red wing" in mf.prompts.load("birds-parts")
+    assert mf.prompts.load_templates("single") == ["a photo of a {}."]
+    vocab = tmp_path / "v.txt"
+    vocab.write_text("# comment\nred wing\n\nblue wing\nred wing\n")
+    assert mf.prompts.load(vocab) == ["red wing", "blue wing"]
+    js = tmp_path / "v.json"
+    js.write_text('{"wing": ["red wing"], "tail": ["forked tail"]}')
+    assert mf.prompts.load(js) == ["red wing", "forked tail"]
+    with pytest.raises(mf.PromptError, match="no vocabulary"):
+        mf.prompts.load("no-such-vocabulary")
+    bad = tmp_path / "t.txt"
+    bad.write_text("a photo\n")
+    with pytest.raises(mf.PromptError, match="exactly one"):
+        mf.prompts.load_templates(bad)

@@ -1,0 +1,94 @@
+"""Model loading: random weights, local folders and files, and one-line errors offline."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import mmfinercam as mf
+
+
+def test_random_weights_are_flagged():
+    loc = mf.load("ViT-B-32", device="cpu")
+    assert loc.info.random_weights
+    assert "RANDOM" in repr(loc)
+    assert loc.device == torch.device("cpu")
+
+
+def test_dtype_argument():
+    loc = mf.load("ViT-B-32", device="cpu", dtype="bf16")
+    assert loc.dtype == torch.bfloat16
+
+
+def test_local_open_clip_folder(tiny_model_dir, tiny_model, sample_images):
+    loc = mf.load(str(tiny_model_dir), device="cpu")
+    assert not loc.info.random_weights
+    for (name, a), b in zip(tiny_model.state_dict().items(), loc.backend.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    res = loc.finer_cam(sample_images[0], "a bird", ["a fish"])
+    assert res.heatmaps.shape == (1, 96, 128)
+
+
+def test_checkpoint_file_for_a_named_architecture(tmp_path):
+    import open_clip
+
+    model = open_clip.create_model("ViT-B-32")
+    path = tmp_path / "ckpt.pt"
+    torch.save(model.state_dict(), path)
+    loc = mf.load("ViT-B-32", str(path), device="cpu")
+    assert not loc.info.random_weights
+    torch.testing.assert_close(loc.backend.model.visual.proj, model.visual.proj)
+
+
+def test_missing_checkpoint_file():
+    with pytest.raises(mf.WeightsNotFoundError, match="checkpoint file not found: /no/such/ckpt.pt"):
+        mf.load("ViT-B-32", "/no/such/ckpt.pt")
+
+
+def test_unknown_tag_and_model():
+    with pytest.raises(mf.WeightsNotFoundError, match="no pretrained tag 'nonsense'.*openai"):
+        mf.load("ViT-B-32", "nonsense")
+    with pytest.raises(mf.WeightsNotFoundError, match="no backend recognises"):
+        mf.load("NoSuchNet-99")
+
+
+def test_folder_without_config(tmp_path):
+    (tmp_path / "open_clip_config.json").write_text("{}")
+    os.remove(tmp_path / "open_clip_config.json")
+    with pytest.raises(mf.WeightsNotFoundError):
+        mf.load(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--model", "ViT-B-32", "--pretrained", "openai"], "timm/vit_base_patch32_clip_224.openai"),
+        (["--model", "hf-hub:imageomics/bioclip"], "imageomics/bioclip"),
+    ],
+)
+def test_offline_weights_error_is_one_line(tmp_path, args, needle):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "mmfinercam.cli", "localize", "x.png", "--target", "a bird", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("mmfinercam: error: could not load weights")
+    assert needle in lines[0] and str(tmp_path / "hf") in lines[0]
+
+
+def test_gem_refuses_non_vit_towers():
+    import open_clip
+
+    model = open_clip.create_model("RN50")
+    with pytest.raises(mf.UnsupportedModelError, match="VisionTransformer"):
+        mf.Localizer.from_open_clip(model, open_clip.get_tokenizer("RN50"))
