@@ -1,0 +1,163 @@
+"""Gradient CAMs and classifier Finer-CAM, against pytorch-grad-cam on the same weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mmfinercam as mf
+from mmfinercam.cams import (
+    ClassifierFinerCAM,
+    GradCAM,
+    finer_target,
+    logit_score,
+    reference_classes,
+)
+
+timm = pytest.importorskip("timm")
+pgc = pytest.importorskip("pytorch_grad_cam")
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    torch.manual_seed(0)
+    return timm.create_model("resnet18", pretrained=False, num_classes=10).eval()
+
+
+@pytest.fixture(scope="module")
+def vit():
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=96).eval()
+
+
+def _vit_reshape(tensor, height=6, width=6):
+    return tensor[:, 1:, :].reshape(tensor.size(0), height, width, tensor.size(2)).permute(0, 3, 1, 2)
+
+
+def _images(n=3, size=96, seed=1):
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("arch", ["resnet", "vit"])
+@pytest.mark.parametrize("alpha", [1.0, 0.6])
+def test_finer_cam_equals_pytorch_grad_cam(request, arch, alpha):
+    model = request.getfixturevalue(arch)
+    x = _images()
+    if arch == "resnet":
+        layer, reshape = model.layer4[-1], None
+    else:
+        layer, reshape = model.blocks[-1].norm1, _vit_reshape
+    ref = pgc.FinerCAM(model, [layer], reshape_transform=reshape)(
+        x, alpha=alpha, comparison_categories=[1, 2, 3]
+    )
+    ours = ClassifierFinerCAM(model, method="gradcam")(x, alpha=alpha)
+    assert ours.heatmaps.shape == (3, 96, 96)
+    assert (ours.heatmaps - torch.from_numpy(ref)).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("arch", ["resnet", "vit"])
+def test_plain_gradcam_equals_pytorch_grad_cam(request, arch):
+    model = request.getfixturevalue(arch)
+    x = _images(seed=2)
+    if arch == "resnet":
+        layer, reshape = model.layer4[-1], None
+    else:
+        layer, reshape = model.blocks[-1].norm1, _vit_reshape
+    ref = pgc.GradCAM(model, [layer], reshape_transform=reshape)(x, targets=None)
+    from mmfinercam.cams import find_target_layer
+
+    found, grid = find_target_layer(model)
+    assert found is layer
+    with torch.no_grad():
+        top = model(x).argmax(dim=1)
+    out = GradCAM(model, [found], grid)(x, logit_score(top))
+    assert (out.heatmaps - torch.from_numpy(ref)).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("method", ["gradcam++", "layercam"])
+def test_other_bases_equal_pytorch_grad_cam(resnet, method):
+    x = _images(seed=3)
+    ref_cls = {"gradcam++": pgc.GradCAMPlusPlus, "layercam": pgc.LayerCAM}[method]
+    ref = pgc.FinerCAM(resnet, [resnet.layer4[-1]], base_method=ref_cls)(x, alpha=1.0)
+    ours = ClassifierFinerCAM(resnet, method=method)(x, alpha=1.0)
+    assert (ours.heatmaps - torch.from_numpy(ref)).abs().max() <= 1e-5
+
+
+def test_scorecam_runs_and_localizes_a_planted_class():
+    """A model whose class 1 fires on a bright top-left square: Score-CAM points there."""
+
+    class Planted(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = torch.nn.Conv2d(3, 4, 8, stride=8)
+            with torch.no_grad():
+                self.features.weight.zero_()
+                self.features.bias.zero_()
+                self.features.weight[0] = 1.0 / 192
+
+        def forward(self, x):
+            f = torch.relu(self.features(x))
+            s = f[:, 0].amax(dim=(1, 2))
+            return torch.stack([torch.zeros_like(s), 4 * s, 2 * s], dim=1)
+
+    x = torch.zeros(1, 3, 32, 32)
+    x[:, :, :8, :8] = 1.0
+    res = ClassifierFinerCAM(Planted(), target_layer="features", method="scorecam")(x, target=[1])
+    y, xx = divmod(int(res.heatmaps[0].argmax()), 32)
+    assert y < 12 and xx < 12
+
+
+def test_alpha_zero_equals_plain_base(resnet):
+    x = _images(seed=4)
+    finer = ClassifierFinerCAM(resnet)(x, alpha=0.0)
+    with torch.no_grad():
+        top = resnet(x).argmax(dim=1)
+    plain = GradCAM(resnet, [resnet.layer4[-1]])(x, logit_score(top))
+    # alpha=0 explains y_c * s / (s + 1e-9) with s = sum_i p_i: the plain logit up to 1e-9
+    torch.testing.assert_close(finer.heatmaps, plain.heatmaps, atol=1e-4, rtol=0)
+    no_refs = ClassifierFinerCAM(resnet)(x, references=torch.empty(3, 0, dtype=torch.long))
+    torch.testing.assert_close(no_refs.heatmaps, plain.heatmaps, atol=1e-6, rtol=0)
+
+
+def test_batch_equals_one_by_one(vit):
+    x = _images(n=3, seed=5)
+    cam = ClassifierFinerCAM(vit)
+    batch = cam(x, alpha=1.0)
+    for i in range(3):
+        single = cam(x[i : i + 1], alpha=1.0)
+        torch.testing.assert_close(batch.heatmaps[i], single.heatmaps[0], atol=1e-5, rtol=0)
+        assert batch.references[i].tolist() == single.references[0].tolist()
+
+
+def test_explicit_references_and_targets(resnet):
+    x = _images(n=2, seed=6)
+    res = ClassifierFinerCAM(resnet)(x, target=[3, 7], references=[[4, 5], [1, 2]], alpha=0.8)
+    assert res.target.tolist() == [3, 7] and res.references.tolist() == [[4, 5], [1, 2]]
+    torch.testing.assert_close(res.weights.sum(dim=1), torch.ones(2))
+
+
+def test_references_by_rank_and_finer_target_formula():
+    logits = torch.tensor([[2.0, 1.9, 0.0, 1.5, 2.3]])
+    target, refs = reference_classes(logits, torch.tensor([0]))
+    assert target.tolist() == [0] and refs.tolist() == [[1, 4, 3]]  # |gaps| .1 .3 .5
+    y = logits.clone().requires_grad_(True)
+    value = finer_target(y, target, refs, 1.0)
+    p = torch.softmax(logits, dim=1)[0]
+    expected = sum(p[i] * (2.0 - logits[0, i]) for i in (1, 4, 3)) / (p[[1, 4, 3]].sum() + 1e-9)
+    torch.testing.assert_close(value, expected.view(1))
+    value.sum().backward()
+    assert y.grad.abs().sum() > 0  # the softmax weights are not detached
+
+
+def test_bad_input(resnet):
+    x = _images(n=1)
+    with pytest.raises(mf.MMFinerCAMError, match="out of range"):
+        ClassifierFinerCAM(resnet)(x, target=[12])
+    with pytest.raises(mf.MMFinerCAMError, match="out of range"):
+        ClassifierFinerCAM(resnet)(x, target=[1], references=[[2, 99]])
+    with pytest.raises(mf.MMFinerCAMError, match="no layer named 'layer9'"):
+        ClassifierFinerCAM(resnet, target_layer="layer9")
+    with pytest.raises(ValueError, match="unknown CAM method"):
+        ClassifierFinerCAM(resnet, method="magic")
+    with pytest.raises(ValueError, match="alpha"):
+        ClassifierFinerCAM(resnet)(x, alpha=-1)
