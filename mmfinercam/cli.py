@@ -17,10 +17,12 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from .cams import CAM_METHODS
 from .errors import MMFinerCAMError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
-DEFAULT_MODEL = "ViT-B-16"
+DEFAULT_MODEL = "testbed"
+SAMPLES_DIR = Path(__file__).resolve().parent / "data" / "samples"
 
 
 def _expand_images(items: Sequence[str]) -> list[str]:
@@ -82,7 +84,12 @@ def _add_localize_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--alpha", type=float, default=1.0, help="contrast strength (0 = plain map)")
     p.add_argument("--weighting", choices=["softmax", "uniform"], default="softmax")
-    p.add_argument("--method", default="gem", choices=["gem", "raw"])
+    p.add_argument(
+        "--method",
+        default="gem",
+        choices=["gem", "raw", *CAM_METHODS],
+        help="gem (default), raw last-layer tokens, or a gradient CAM on the CLIP similarity",
+    )
     p.add_argument("--depth", type=int, default=None, help="GEM depth (default: the model's, 7)")
     p.add_argument(
         "--templates", default=None, help="template set name or file; 'verbatim' uses the prompts as written"
@@ -130,7 +137,7 @@ def localize(args: argparse.Namespace) -> int:
         raise MMFinerCAMError(
             "no images given (folders are searched for " + ", ".join(sorted(IMAGE_SUFFIXES)) + ")"
         )
-    loc = _load(args)
+    loc = _load_cached(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stems = _output_stems(images)
@@ -195,6 +202,98 @@ def localize(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def evaluate_cmd(args: argparse.Namespace) -> int:
+    import time
+
+    from .evaluate import default_methods, evaluate, folder_items, testbed_items, write_report
+
+    loc = _load(args)
+    if args.folder:
+        items, names = folder_items(args.folder)
+        what = f"folder {args.folder} ({len(items)} images)"
+    else:
+        items, names = testbed_items(args.n, start=args.start)
+        what = f"testbed held-out split, {len(items)} images from held-out index {args.start}"
+    methods = default_methods(args.alphas, args.cams)
+    if args.methods:
+        methods = [m for m in methods if any(key in m.name for key in args.methods)]
+    start = time.time()
+    scores, maps = evaluate(loc, items, names, methods, auc_steps=args.auc_steps, keep_maps=args.gallery)
+    command = "mmfinercam eval " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else "mmfinercam eval"
+    header = (
+        f"# mmfinercam eval\n\nModel: {loc.info.name} ({loc.info.pretrained}). Data: {what}. "
+        f"Targets vs their contrasts; the part mask is what separates them.\n\nCommand: `{command}` "
+        f"({time.time() - start:.0f} s)."
+    )
+    files = write_report(scores, args.out, items=items, maps=maps, header=header)
+    print((Path(args.out) / "table.md").read_text())
+    print("wrote " + ", ".join(str(f) for f in files.values()))
+    return 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    """Localize the shipped sample birds' discriminative part with the shipped model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .viz import compare
+
+    samples = json.loads((SAMPLES_DIR / "samples.json").read_text())
+    out = Path(args.out)
+    code = 0
+    for s in samples:
+        image = SAMPLES_DIR / s["image"]
+        ns = build_parser().parse_args(
+            [
+                "localize",
+                str(image),
+                "--target",
+                s["target"],
+                "--contrast",
+                *s["contrast"],
+                "--alpha",
+                str(args.alpha),
+                "--model",
+                args.model,
+                "--out",
+                str(out),
+                *(["--device", args.device] if args.device else []),
+            ]
+        )
+        code = max(code, localize(ns))
+        loc = _load_cached(ns)
+        plain = loc.finer_cam(image, s["target"], s["contrast"], alpha=0.0)
+        finer = loc.finer_cam(image, s["target"], s["contrast"], alpha=args.alpha)
+        fig = compare(
+            image,
+            [
+                (f"plain map: {s['target']}", plain.heatmaps[0]),
+                (f"Finer-CAM (alpha={args.alpha:g})", finer.heatmaps[0]),
+            ],
+            title=f"{s['target']} vs {', '.join(s['contrast'])}: they differ in the {s['differs_in']}",
+        )
+        path = out / f"{Path(s['image']).stem}_compare.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        print(
+            f"{s['target']}: Finer-CAM peak at {finer.summary(0)['peak_xy']} (x, y); "
+            f"the {s['differs_in']} is what separates it from {', '.join(s['contrast'])} -> {path}"
+        )
+    return code
+
+
+_LOADED: dict[tuple, object] = {}
+
+
+def _load_cached(args: argparse.Namespace):
+    key = (args.model, args.pretrained, args.device, args.dtype)
+    if key not in _LOADED:
+        _LOADED[key] = _load(args)
+    return _LOADED[key]
+
+
 def models(args: argparse.Namespace) -> int:
     from .backends import _REGISTRY
 
@@ -214,6 +313,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_localize_args(p)
     _add_model_args(p)
     p.set_defaults(func=localize)
+    p = sub.add_parser("eval", help="score methods on the testbed (or an annotated folder)")
+    p.add_argument("--n", type=int, default=500, help="held-out testbed images")
+    p.add_argument("--start", type=int, default=0, help="first held-out index (the split's seed offset)")
+    p.add_argument("--folder", default=None, help="annotated folder (annotations.json) instead")
+    p.add_argument("--alphas", type=float, nargs="+", default=[0.4, 0.6, 0.8, 1.0, 1.5])
+    p.add_argument(
+        "--cams",
+        nargs="*",
+        default=["gradcam", "layercam"],
+        help="gradient CAMs to compare, plain and Finer (gradcam gradcam++ layercam scorecam)",
+    )
+    p.add_argument("--methods", nargs="+", default=None, help="keep methods whose name contains one")
+    p.add_argument("--auc-steps", type=int, default=8, help="deletion/insertion steps (0 = skip)")
+    p.add_argument("--gallery", type=int, default=6, help="images in the gallery")
+    p.add_argument("--out", "-o", default="mmfinercam-eval")
+    _add_model_args(p)
+    p.set_defaults(func=evaluate_cmd, model="testbed")
+    p = sub.add_parser("demo", help="the shipped model on the shipped sample birds")
+    p.add_argument("--alpha", type=float, default=1.0)
+    p.add_argument("--out", "-o", default="mmfinercam-demo")
+    _add_model_args(p)
+    p.set_defaults(func=demo, model="testbed")
     p = sub.add_parser("models", help="list the model backends")
     p.set_defaults(func=models)
     return parser

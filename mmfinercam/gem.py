@@ -109,10 +109,14 @@ def run_tower(
     depth: int = 7,
     ss_attn_iter: int = 1,
     ss_attn_temp: float | None = None,
+    gem_attention_grad: bool = True,
 ) -> TowerOutput:
     """One forward pass of the image tower, with the GEM path when ``method == "gem"``.
 
     ``method="raw"`` returns the plain last-layer tokens (final norm and projection applied).
+    ``gem_attention_grad=False`` stops gradients through the self-self attention (its outputs
+    still reach the tokens through the block's output projection): training through the GEM
+    path then costs about a third; inference is unaffected.
     """
     if method not in ("gem", "raw"):
         raise ValueError(f"method must be 'gem' or 'raw', got {method!r}")
@@ -134,7 +138,12 @@ def run_tower(
         h = block.norm1(x)
         q, k, v = block.qkv(h)
         temp = gem_inverse_temperature(h, q.shape[-1]) if ss_attn_temp is None else ss_attn_temp
-        gem = gem + block.attn_out(self_self_attention(q, k, v, temp, ss_attn_iter))
+        if gem_attention_grad:
+            ss = self_self_attention(q, k, v, temp, ss_attn_iter)
+        else:
+            with torch.no_grad():
+                ss = self_self_attention(q, k, v, temp, ss_attn_iter)
+        gem = gem + block.attn_out(ss)
         x = x + block.attn_out(block.attention(q, k, v))
         x = block.mlp_residual(x)
     return TowerOutput(tower.pool(x), tower.project_tokens(gem), grid, tower.num_prefix_tokens)

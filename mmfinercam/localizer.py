@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from . import prompts as prompt_library
 from .backends import Backend, create_backend
 from .backends.base import ModelInfo
+from .cams import CAM_METHODS, cam_heatmap, clip_cam, finer_score
 from .errors import ImageLoadError, PromptError
 from .finer import (
     check_contrasts,
@@ -221,6 +222,27 @@ class Localizer:
         sims = torch.einsum("bnd,kd->bkn", patches, text)
         return sims.reshape(sims.shape[0], sims.shape[1], *out.grid)
 
+    def zero_shot(
+        self,
+        images: Tensor,
+        prompts: Sequence[str] | Tensor,
+        *,
+        templates: Sequence[str] | None = None,
+    ) -> Tensor:
+        """Class probabilities (B×K) of a preprocessed batch over ``prompts``.
+
+        The model's own global embedding and temperature, prompts wrapped in ``templates``
+        (default: the model's). Used by the metrics to re-score masked images.
+        """
+        images = check_pixel_batch(images, self.patch_size)
+        if isinstance(prompts, Tensor):
+            text = self._text_embeddings(prompts)
+        else:
+            text = self.encode_text(prompts, self.templates if templates is None else templates)
+        out = self.image_tokens(images, method="raw")
+        z = F.normalize(out.global_embedding, dim=-1)
+        return torch.softmax(self.backend.logit_scale * z @ text.T, dim=-1)
+
     # Finer-CAM ------------------------------------------------------------------------------
     def finer_cam(
         self,
@@ -249,8 +271,8 @@ class Localizer:
         Broken images do not stop the batch: they are listed in ``result.failed``; if no image
         can be used, :class:`~mmfinercam.errors.ImageLoadError` is raised.
         """
-        if method not in DENSE_METHODS:
-            raise ValueError(f"method must be one of {DENSE_METHODS}, got {method!r}")
+        if method not in DENSE_METHODS and method not in CAM_METHODS:
+            raise ValueError(f"method must be one of {DENSE_METHODS + tuple(CAM_METHODS)}, got {method!r}")
         target = check_prompt(target, "target prompt")
         if alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}")
@@ -275,6 +297,7 @@ class Localizer:
         if not prepared:
             raise ImageLoadError("no usable image: " + "; ".join(f"{f.source}: {f.message}" for f in failed))
 
+        gradient = method not in DENSE_METHODS
         per_image: dict[int, dict[str, Any]] = {}
         for start in range(0, len(prepared), batch_size):
             chunk = prepared[start : start + batch_size]
@@ -283,21 +306,23 @@ class Localizer:
                 groups[tuple(item.pixels.shape)].append(item)
             for items in groups.values():
                 pixels = torch.stack([item.pixels for item in items])
-                out = self.image_tokens(pixels, method=method, depth=depth)
-                parts = self._contrast_batch(
-                    out,
-                    target_text,
-                    candidate_text,
-                    vocabulary is not None,
-                    contrast_ranks,
-                    alpha,
-                    weighting,
-                )
+                out = self.image_tokens(pixels, method="raw" if gradient else method, depth=depth)
+                z = F.normalize(out.global_embedding, dim=-1)
+                pick = _pick_contrasts(z, target_text, candidate_text, vocabulary is not None, contrast_ranks)
+                if gradient:
+                    parts = self._gradient_batch(pixels, target_text, candidate_text, pick, alpha, method)
+                else:
+                    parts = self._dense_batch(out, target_text, candidate_text, pick, alpha, weighting)
+                parts.update({k: v.cpu() for k, v in pick.items()})
                 for j, item in enumerate(items):
                     per_image[item.index] = {k: v[j] for k, v in parts.items()}
 
         ordered = [per_image[item.index] for item in prepared]
-        heatmaps = self._heatmaps([p["scores"] for p in ordered], [item.original_size for item in prepared])
+        heatmaps = self._heatmaps(
+            [p["scores"] for p in ordered],
+            [item.original_size for item in prepared],
+            cam_heatmap if gradient else to_heatmap,
+        )
         return FinerCAMResult(
             heatmaps=_stack_if_uniform(heatmaps),
             scores=_stack_if_uniform([p["scores"] for p in ordered]),
@@ -311,53 +336,62 @@ class Localizer:
             sources=[item.source for item in prepared],
             indices=[item.index for item in prepared],
             failed=failed,
-            target_scores=_stack_if_uniform([p["target_scores"] for p in ordered]),
+            target_scores=None if gradient else _stack_if_uniform([p["target_scores"] for p in ordered]),
         )
 
-    def _contrast_batch(
+    def _dense_batch(
         self,
         out: TowerOutput,
         target_text: Tensor,
         candidate_text: Tensor,
-        automatic: bool,
-        ranks: Sequence[int],
+        pick: dict[str, Tensor],
         alpha: float,
         weighting: str,
     ) -> dict[str, Tensor]:
-        """Finer-CAM for one batch of same-sized images: every prompt in one matmul."""
-        z = F.normalize(out.global_embedding, dim=-1)
-        b = z.shape[0]
-        target_similarity = z @ target_text
-        candidate_similarity = z @ candidate_text.T  # B×M
-        if automatic:
-            index = rank_contrasts(target_similarity, candidate_similarity, ranks)
-        else:
-            index = torch.arange(candidate_text.shape[0], device=z.device).expand(b, -1)
-        contrast_text = candidate_text[index]  # B×D×E
-        contrast_similarity = candidate_similarity.gather(1, index)
-        weights = contrast_weights(contrast_similarity, self.backend.logit_scale, weighting)
+        """Dense Finer-CAM for one batch of same-sized images: every prompt in one matmul."""
+        b = out.tokens.shape[0]
+        weights = contrast_weights(pick["contrast_similarity"], self.backend.logit_scale, weighting)
+        contrast_text = candidate_text[pick["contrast_index"]]  # B×D×E
         text = torch.cat([target_text.expand(b, 1, -1), contrast_text], dim=1)  # B×(1+D)×E
         patches = F.normalize(out.patch_tokens, dim=-1)
         maps = torch.einsum("bnd,bkd->bkn", patches, text).reshape(b, -1, *out.grid)
         scores = finer_scores(maps[:, 0], maps[:, 1:], weights, alpha)
-        return {
-            "scores": scores.cpu(),
-            "target_scores": maps[:, 0].cpu(),
-            "weights": weights.cpu(),
-            "contrast_index": index.cpu(),
-            "target_similarity": target_similarity.cpu(),
-            "contrast_similarity": contrast_similarity.cpu(),
-        }
+        return {"scores": scores.cpu(), "target_scores": maps[:, 0].cpu(), "weights": weights.cpu()}
+
+    def _gradient_batch(
+        self,
+        pixels: Tensor,
+        target_text: Tensor,
+        candidate_text: Tensor,
+        pick: dict[str, Tensor],
+        alpha: float,
+        method: str,
+    ) -> dict[str, Tensor]:
+        """Gradient Finer-CAM on CLIP: explain sum_i p_i (y_c - alpha y_i) / sum_i p_i.
+
+        ``y_k = logit_scale * cos(z, t_k)`` over the target (k = 0) and every candidate; the
+        references are the picked contrasts. The CAM layer is the last block's normalized input.
+        """
+        text = torch.cat([target_text[None], candidate_text])
+        b = pixels.shape[0]
+        target = torch.zeros(b, dtype=torch.long, device=self.device)
+        refs = pick["contrast_index"].to(self.device) + 1
+        out = clip_cam(self.backend, method)(pixels, text, finer_score(target, refs, alpha))
+        p = torch.softmax(out.outputs, dim=-1).gather(1, refs)
+        weights = p / (p.sum(dim=1, keepdim=True) + 1e-9)
+        return {"scores": out.layer_maps[0].cpu(), "weights": weights.cpu()}
 
     @staticmethod
-    def _heatmaps(scores: list[Tensor], sizes: list[tuple[int, int]]) -> list[Tensor]:
+    def _heatmaps(
+        scores: list[Tensor], sizes: list[tuple[int, int]], make: Callable[[Tensor, tuple[int, int]], Tensor]
+    ) -> list[Tensor]:
         """Heatmaps at each image's own size, upsampling same-sized images together."""
         out: list[Tensor | None] = [None] * len(scores)
         groups: dict[tuple[tuple[int, int], tuple[int, ...]], list[int]] = defaultdict(list)
         for i, (s, size) in enumerate(zip(scores, sizes)):
             groups[(size, tuple(s.shape))].append(i)
         for (size, _), idx in groups.items():
-            maps = to_heatmap(torch.stack([scores[i] for i in idx]), size)
+            maps = make(torch.stack([scores[i] for i in idx]), size)
             for j, i in enumerate(idx):
                 out[i] = maps[j]
         return out  # type: ignore[return-value]
@@ -366,6 +400,23 @@ class Localizer:
         info = self.info
         weights = "RANDOM weights" if info.random_weights else f"pretrained={info.pretrained}"
         return f"Localizer({info.name}, {weights}, device={self.device}, dtype={self.dtype})"
+
+
+def _pick_contrasts(
+    z: Tensor, target_text: Tensor, candidate_text: Tensor, automatic: bool, ranks: Sequence[int]
+) -> dict[str, Tensor]:
+    """Which candidates each image is contrasted with, and the global similarities."""
+    target_similarity = z @ target_text
+    candidate_similarity = z @ candidate_text.T  # B×M
+    if automatic:
+        index = rank_contrasts(target_similarity, candidate_similarity, ranks)
+    else:
+        index = torch.arange(candidate_text.shape[0], device=z.device).expand(z.shape[0], -1)
+    return {
+        "contrast_index": index,
+        "target_similarity": target_similarity,
+        "contrast_similarity": candidate_similarity.gather(1, index),
+    }
 
 
 def _vocabulary_entries(vocabulary: Sequence[str] | str | Path, target: str) -> list[str]:

@@ -71,3 +71,28 @@ def overlay(
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
     return fig
+
+
+def compare(
+    image: ImageInput,
+    maps: Sequence[tuple[str, Tensor | np.ndarray]],
+    *,
+    title: str | None = None,
+    cmap: str = "jet",
+    opacity: float = 0.5,
+):
+    """The image beside each labelled map (e.g. plain map vs Finer-CAM); returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    rgb = read_image(image)
+    fig, axes = plt.subplots(1, len(maps) + 1, figsize=(3.2 * (len(maps) + 1), 3.5))
+    axes[0].imshow(rgb)
+    axes[0].set_title("image", fontsize=9)
+    for ax, (label, heat) in zip(axes[1:], maps):
+        overlay(rgb, heat, title=label, cmap=cmap, opacity=opacity, colorbar=False, ax=ax)
+    for ax in axes:
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -26,10 +26,25 @@ def images(tmp_path):
 
 def test_localize_writes_overlay_map_and_json(tiny_model_dir, images, tmp_path, capsys):
     out = tmp_path / "out"
-    code = main([
-        "localize", *map(str, images), "--target", "a bird", "--contrast", "a fish", "a cat",
-        "--alpha", "0.8", "--model", str(tiny_model_dir), "--device", "cpu", "--out", str(out),
-    ])
+    code = main(
+        [
+            "localize",
+            *map(str, images),
+            "--target",
+            "a bird",
+            "--contrast",
+            "a fish",
+            "a cat",
+            "--alpha",
+            "0.8",
+            "--model",
+            str(tiny_model_dir),
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     for i, size in enumerate([(80, 120), (96, 96)]):
         heat = np.load(out / f"img{i}.npy")
@@ -47,10 +62,23 @@ def test_localize_writes_overlay_map_and_json(tiny_model_dir, images, tmp_path, 
 def test_folder_input_vocabulary_and_broken_image(tiny_model_dir, images, tmp_path, capsys):
     (images[0].parent / "broken.png").write_bytes(b"garbage")
     out = tmp_path / "out"
-    code = main([
-        "localize", str(images[0].parent), "--target", "red wing", "--vocabulary", "birds-parts",
-        "--model", str(tiny_model_dir), "--device", "cpu", "--out", str(out), "--no-overlay",
-    ])
+    code = main(
+        [
+            "localize",
+            str(images[0].parent),
+            "--target",
+            "red wing",
+            "--vocabulary",
+            "birds-parts",
+            "--model",
+            str(tiny_model_dir),
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--no-overlay",
+        ]
+    )
     assert code == 1  # some images failed, the others were written
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["results"]) == 2 and len(summary["failed"]) == 1
@@ -60,10 +88,23 @@ def test_folder_input_vocabulary_and_broken_image(tiny_model_dir, images, tmp_pa
 
 
 def test_random_weights_say_so(images, tmp_path, capsys):
-    code = main([
-        "localize", str(images[1]), "--target", "a bird", "--contrast", "a fish",
-        "--model", "ViT-B-32", "--device", "cpu", "--out", str(tmp_path / "o"), "--no-overlay",
-    ])
+    code = main(
+        [
+            "localize",
+            str(images[1]),
+            "--target",
+            "a bird",
+            "--contrast",
+            "a fish",
+            "--model",
+            "ViT-B-32",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "o"),
+            "--no-overlay",
+        ]
+    )
     assert code == 0
     assert "RANDOM weights" in capsys.readouterr().err
     assert json.loads((tmp_path / "o" / "img1.json").read_text())["random_weights"] is True
@@ -79,15 +120,38 @@ def test_random_weights_say_so(images, tmp_path, capsys):
     ],
 )
 def test_bad_input_is_one_line(tiny_model_dir, images, tmp_path, capsys, extra, message):
-    code = main(["localize", str(images[0]), *extra, "--model", str(tiny_model_dir),
-                 "--device", "cpu", "--out", str(tmp_path / "o")])
+    code = main(
+        [
+            "localize",
+            str(images[0]),
+            *extra,
+            "--model",
+            str(tiny_model_dir),
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and err[0].startswith("mmfinercam: error:") and message in err[0]
 
 
 def test_only_broken_images(tiny_model_dir, tmp_path, capsys):
-    code = main(["localize", str(tmp_path / "missing.png"), "--target", "a bird",
-                 "--model", str(tiny_model_dir), "--device", "cpu", "--out", str(tmp_path / "o")])
+    code = main(
+        [
+            "localize",
+            str(tmp_path / "missing.png"),
+            "--target",
+            "a bird",
+            "--model",
+            str(tiny_model_dir),
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     assert code == 2
     assert "not found" in capsys.readouterr().err

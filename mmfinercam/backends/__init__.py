@@ -113,6 +113,20 @@ register_backend(
     "open_clip ViTs: model names with pretrained tags, hf-hub: ids, local folders and files",
 )
 
+
+def _load_testbed(*args: Any, **kwargs: Any) -> Backend:
+    from ..testbed.model import load_testbed
+
+    return load_testbed(*args, **kwargs)
+
+
+register_backend(
+    "testbed",
+    _load_testbed,
+    lambda model: model == "testbed",
+    "the shipped tiny CLIP trained on the synthetic birds (mf.load('testbed'))",
+)
+
 __all__ = [
     "Backend",
     "BackendSpec",

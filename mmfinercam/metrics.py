@@ -1,0 +1,189 @@
+"""How an explanation is judged (design §5), batched on tensors.
+
+Maps are B×H×W (any non-negative scale), masks B×H×W bool, images B×C×H×W (preprocessed, so
+``fill=0`` is the dataset mean colour). A *predictor* maps a batch of images to B×K class
+probabilities.
+
+* :func:`relative_confidence_drop` — Finer-CAM's headline metric: mask the top k% pixels,
+  ``RD = (p_c - p*_c) - (p_d - p*_d)``; higher means the map found what separates c from d.
+* :func:`deletion_auc` / :func:`insertion_auc` — RISE (Petsiuk et al. 2018).
+* :func:`pointing_game` — does the map's maximum fall on the part (Zhang et al. 2016)?
+* :func:`energy_pointing_game` — the share of the map's mass inside the part (Score-CAM).
+* :func:`mask_iou` — IoU of the thresholded map with the part.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+Predictor = Callable[[Tensor], Tensor]
+
+
+def _check_maps(maps: Tensor, masks: Tensor | None = None) -> None:
+    if maps.dim() != 3:
+        raise ValueError(f"maps must be B×H×W, got shape {tuple(maps.shape)}")
+    if masks is not None and masks.shape != maps.shape:
+        raise ValueError(f"masks {tuple(masks.shape)} must match maps {tuple(maps.shape)}")
+
+
+def top_fraction_mask(maps: Tensor, fraction: float) -> Tensor:
+    """B×H×W bool: the ``fraction`` of pixels with the highest values in each map.
+
+    Exactly ``round(fraction * H * W)`` pixels per map (ties broken by position).
+    """
+    _check_maps(maps)
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    b, h, w = maps.shape
+    k = int(round(fraction * h * w))
+    flat = maps.reshape(b, -1).float()
+    out = torch.zeros_like(flat, dtype=torch.bool)
+    if k > 0:
+        idx = flat.topk(k, dim=1, sorted=False).indices
+        out.scatter_(1, idx, True)
+    return out.view(b, h, w)
+
+
+def apply_mask(images: Tensor, mask: Tensor, fill: float | Tensor = 0.0) -> Tensor:
+    """Replace the pixels where ``mask`` (B×H×W) is True by ``fill``."""
+    return torch.where(mask[:, None].to(images.device), torch.as_tensor(fill, dtype=images.dtype), images)
+
+
+def relative_confidence_drop(
+    predict: Predictor,
+    images: Tensor,
+    maps: Tensor,
+    target: Tensor,
+    contrast: Tensor,
+    fraction: float = 0.05,
+    fill: float = 0.0,
+    probs_before: Tensor | None = None,
+) -> Tensor:
+    """Finer-CAM's RD for each image (B): ``(p_c - p*_c) - (p_d - p*_d)``.
+
+    ``target`` and ``contrast`` are B class indices (c and the most similar class d); ``*``
+    marks probabilities after masking the top ``fraction`` of the map's pixels.
+    """
+    _check_maps(maps)
+    before = predict(images) if probs_before is None else probs_before
+    after = predict(apply_mask(images, top_fraction_mask(maps, fraction), fill))
+    rows = torch.arange(len(images), device=before.device)
+    target, contrast = target.to(before.device), contrast.to(before.device)
+    drop_c = before[rows, target] - after[rows, target]
+    drop_d = before[rows, contrast] - after[rows, contrast]
+    return drop_c - drop_d
+
+
+def _order_curve(
+    predict: Predictor, start: Tensor, end: Tensor, maps: Tensor, target: Tensor, steps: int
+) -> Tensor:
+    """Probability of ``target`` as pixels switch from ``start`` to ``end`` in map order."""
+    b, h, w = maps.shape
+    order = maps.reshape(b, -1).float().argsort(dim=1, descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(h * w, device=order.device).expand(b, -1))
+    rank = rank.view(b, h, w)
+    rows = torch.arange(b)
+    curve = []
+    for i in range(steps + 1):
+        n = round(i * h * w / steps)
+        switched = (rank < n)[:, None]
+        probs = predict(torch.where(switched, end, start))
+        curve.append(probs[rows, target])
+    return torch.stack(curve, dim=1)  # B×(steps+1)
+
+
+def _auc(curve: Tensor) -> Tensor:
+    """Trapezoid area under a curve sampled at evenly spaced fractions of [0, 1]."""
+    return torch.trapezoid(curve, dx=1.0 / (curve.shape[1] - 1), dim=1)
+
+
+def deletion_auc(
+    predict: Predictor, images: Tensor, maps: Tensor, target: Tensor, steps: int = 16, fill: float = 0.0
+) -> Tensor:
+    """RISE deletion: remove pixels most-important first; lower area = better map (B)."""
+    _check_maps(maps)
+    return _auc(_order_curve(predict, images, torch.full_like(images, fill), maps, target, steps))
+
+
+def insertion_auc(
+    predict: Predictor,
+    images: Tensor,
+    maps: Tensor,
+    target: Tensor,
+    steps: int = 16,
+    blur_sigma: float = 5.0,
+) -> Tensor:
+    """RISE insertion: reveal pixels most-important first on a blurred copy; higher = better (B)."""
+    _check_maps(maps)
+    return _auc(_order_curve(predict, gaussian_blur(images, blur_sigma), images, maps, target, steps))
+
+
+def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian blur with reflect padding (the RISE insertion baseline)."""
+    radius = max(1, int(3 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    c = images.shape[1]
+    pad = min(radius, images.shape[-1] - 1, images.shape[-2] - 1)
+    out = F.pad(images, (pad, pad, pad, pad), mode="reflect")
+    if pad < radius:
+        out = F.pad(out, (radius - pad,) * 4, mode="replicate")
+    out = F.conv2d(out, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(out, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def pointing_game(maps: Tensor, masks: Tensor, tolerance: int = 0) -> Tensor:
+    """B bools: whether each map's maximum lies on its mask (within ``tolerance`` pixels).
+
+    Ties go to the first maximum in row-major order. An all-equal map points nowhere and counts
+    as a miss.
+    """
+    _check_maps(maps, masks)
+    b, h, w = maps.shape
+    flat = maps.reshape(b, -1)
+    peak = flat.argmax(dim=1)
+    target = masks.bool()
+    if tolerance > 0:
+        k = 2 * tolerance + 1
+        target = F.max_pool2d(target[:, None].float(), k, stride=1, padding=tolerance)[:, 0] > 0
+    hit = target.reshape(b, -1).gather(1, peak[:, None])[:, 0]
+    flat_map = flat.max(dim=1).values == flat.min(dim=1).values
+    return hit & ~flat_map
+
+
+def energy_pointing_game(maps: Tensor, masks: Tensor) -> Tensor:
+    """B floats: the share of each (non-negative) map's total mass that lies on the mask."""
+    _check_maps(maps, masks)
+    maps = maps.clamp_min(0).float()
+    total = maps.flatten(1).sum(dim=1)
+    inside = (maps * masks.float()).flatten(1).sum(dim=1)
+    return torch.where(total > 0, inside / total.clamp_min(1e-12), torch.zeros_like(total))
+
+
+def mask_iou(maps: Tensor, masks: Tensor, threshold: float = 0.5) -> Tensor:
+    """B floats: IoU between ``maps >= threshold`` and the mask (0 when both are empty)."""
+    _check_maps(maps, masks)
+    pred = maps >= threshold
+    gt = masks.bool()
+    inter = (pred & gt).flatten(1).sum(dim=1).float()
+    union = (pred | gt).flatten(1).sum(dim=1).float()
+    return torch.where(union > 0, inter / union.clamp_min(1), torch.zeros_like(union))
+
+
+__all__ = [
+    "apply_mask",
+    "deletion_auc",
+    "energy_pointing_game",
+    "gaussian_blur",
+    "insertion_auc",
+    "mask_iou",
+    "pointing_game",
+    "relative_confidence_drop",
+    "top_fraction_mask",
+]

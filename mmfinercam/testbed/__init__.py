@@ -1,0 +1,27 @@
+"""A synthetic fine-grained testbed: generated birds with part masks, and a tiny CLIP trained on them.
+
+No pretrained weights can be downloaded everywhere, so the project proves on data it makes
+that Finer-CAM finds what separates similar concepts:
+
+* :mod:`.species` — 24 species in 8 families; siblings differ in exactly one part;
+* :mod:`.generator` — deterministic images with every part's mask, train/held-out by seed;
+* :mod:`.train` — ``python -m mmfinercam.testbed.train`` trains the shipped model on a CPU;
+* :mod:`.model` — ``mf.load("testbed")`` loads it offline.
+"""
+
+from .generator import HELD_OUT_SEEDS, IMAGE_SIZE, TRAIN_SEEDS, Sample, held_out, render, sample
+from .species import SPECIES, Species, siblings, trait_vocabulary
+
+__all__ = [
+    "HELD_OUT_SEEDS",
+    "IMAGE_SIZE",
+    "SPECIES",
+    "TRAIN_SEEDS",
+    "Sample",
+    "Species",
+    "held_out",
+    "render",
+    "sample",
+    "siblings",
+    "trait_vocabulary",
+]

@@ -1,0 +1,176 @@
+"""The testbed's fine-grained taxonomy: families of sibling species differing in one part.
+
+Each family has a base look (a colour for every part, a wing pattern, a tail shape, a beak shape)
+and one *varying trait*; its three siblings take three different values of that trait and agree
+on everything else. So any two siblings differ in exactly one part, the ground truth that
+Finer-CAM should find.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (215, 40, 35),
+    "orange": (240, 140, 25),
+    "yellow": (240, 215, 40),
+    "green": (50, 160, 60),
+    "blue": (40, 90, 220),
+    "purple": (140, 60, 170),
+    "black": (25, 25, 25),
+    "white": (240, 240, 240),
+    "brown": (130, 80, 40),
+    "gray": (130, 130, 130),
+}
+PARTS = ("body", "head", "wing", "tail", "beak", "eye")
+PART_IDS = {name: i + 1 for i, name in enumerate(PARTS)}  # 0 is background
+WING_PATTERNS = ("plain", "striped", "spotted")
+TAIL_SHAPES = ("fan", "forked", "pointed")
+BEAK_SHAPES = ("short", "long", "hooked")
+
+
+@dataclass(frozen=True)
+class Species:
+    name: str
+    family: str
+    body: str
+    head: str
+    wing: str
+    tail: str
+    beak: str
+    wing_pattern: str = "plain"
+    tail_shape: str = "fan"
+    beak_shape: str = "short"
+    varying: str = "wing"  #: the attribute that differs between siblings
+    varying_part: str = "wing"  #: the part it belongs to
+
+    def traits(self) -> dict[str, str]:
+        """Trait phrase of every part, e.g. ``{"wing": "red striped wing", ...}``."""
+        wing = (
+            f"{self.wing} {self.wing_pattern} wing" if self.wing_pattern != "plain" else f"{self.wing} wing"
+        )
+        return {
+            "body": f"{self.body} body",
+            "head": f"{self.head} head",
+            "wing": wing,
+            "tail": f"{self.tail} {self.tail_shape} tail",
+            "beak": f"{self.beak} {self.beak_shape} beak",
+        }
+
+    def trait_of_varying(self) -> str:
+        """The phrase naming this species' value of the family's varying trait."""
+        attr = self.varying
+        value = getattr(self, attr)
+        part = self.varying_part
+        return f"{value} {part}"
+
+
+# (family, base look, varying attribute, its part, the three sibling values)
+_FAMILIES = [
+    (
+        "finch",
+        dict(body="brown", head="brown", wing="red", tail="brown", beak="yellow"),
+        "wing",
+        "wing",
+        ("red", "blue", "yellow"),
+    ),
+    (
+        "warbler",
+        dict(body="yellow", head="gray", wing="gray", tail="gray", beak="black"),
+        "head",
+        "head",
+        ("red", "black", "blue"),
+    ),
+    (
+        "tanager",
+        dict(body="red", head="red", wing="black", tail="black", beak="gray"),
+        "tail_shape",
+        "tail",
+        ("fan", "forked", "pointed"),
+    ),
+    (
+        "sparrow",
+        dict(body="gray", head="brown", wing="brown", tail="brown", beak="gray"),
+        "wing_pattern",
+        "wing",
+        ("plain", "striped", "spotted"),
+    ),
+    (
+        "thrush",
+        dict(body="white", head="brown", wing="brown", tail="brown", beak="black"),
+        "body",
+        "body",
+        ("white", "yellow", "gray"),
+    ),
+    (
+        "oriole",
+        dict(body="orange", head="black", wing="black", tail="black", beak="gray"),
+        "tail",
+        "tail",
+        ("orange", "white", "blue"),
+    ),
+    (
+        "shrike",
+        dict(body="white", head="gray", wing="black", tail="black", beak="black"),
+        "beak_shape",
+        "beak",
+        ("short", "long", "hooked"),
+    ),
+    (
+        "bunting",
+        dict(body="blue", head="blue", wing="blue", tail="blue", beak="gray"),
+        "wing",
+        "wing",
+        ("green", "orange", "purple"),
+    ),
+]
+_PREFIXES = [
+    "Alder",
+    "Birch",
+    "Cedar",
+    "Dune",
+    "Elm",
+    "Fern",
+    "Glen",
+    "Heath",
+    "Iris",
+    "Juniper",
+    "Kelp",
+    "Larch",
+    "Moss",
+    "Nettle",
+    "Oak",
+    "Pine",
+    "Quarry",
+    "Reed",
+    "Sedge",
+    "Thistle",
+    "Umber",
+    "Vale",
+    "Willow",
+    "Yarrow",
+]
+
+
+def _build() -> list[Species]:
+    species = []
+    prefixes = iter(_PREFIXES)
+    for family, base, attr, part, values in _FAMILIES:
+        proto = Species(name="", family=family, varying=attr, varying_part=part, **base)
+        for value in values:
+            species.append(replace(proto, name=f"{next(prefixes)} {family}", **{attr: value}))
+    return species
+
+
+SPECIES: list[Species] = _build()
+SPECIES_BY_NAME: dict[str, Species] = {s.name: s for s in SPECIES}
+
+
+def siblings(species: Species) -> list[Species]:
+    """The other species of the same family."""
+    return [s for s in SPECIES if s.family == species.family and s.name != species.name]
+
+
+def trait_vocabulary() -> list[str]:
+    """Every trait phrase any species has, sorted: the testbed's concept vocabulary."""
+    return sorted({t for s in SPECIES for t in s.traits().values()})

@@ -1,0 +1,301 @@
+"""Train the testbed's tiny CLIP on generated birds, on a CPU, and ship it.
+
+    python -m mmfinercam.testbed.train                 # ~25 min on 2 cores, writes the shipped model
+    python -m mmfinercam.testbed.train --steps 20 --out /tmp/tb   # a smoke run
+
+The model is a plain open_clip CLIP from a custom config (ViT image tower, small text tower),
+so it loads with ``open_clip.create_model("local-dir:...")`` and ``mf.load("testbed")``.
+
+Two contrastive objectives share the weights, neither ever sees a mask:
+
+* the usual CLIP loss on the model's own (CLS) image embedding, for zero-shot classification;
+* the same loss on the mean of the L2-normalized GEM patch tokens, computed through exactly the
+  path :func:`mmfinercam.gem.run_tower` uses at inference. With GEM over every block, each token
+  starts from its own patch embedding and adds self-self attention outputs, so the only way for
+  the average to name a trait is for the patches showing it to carry it: token-level alignment
+  without supervision of where anything is.
+
+Captions are species names, full trait descriptions or single trait phrases; the loss counts
+every caption that is true of an image as a positive (many images share "a photo of a X.").
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import random
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..gem import run_tower
+from .generator import IMAGE_SIZE, TRAIN_SEEDS, captions, held_out, sample
+from .species import SPECIES
+
+MODEL_CONFIG = {
+    "embed_dim": 128,
+    "vision_cfg": {
+        "image_size": IMAGE_SIZE,
+        "patch_size": 8,
+        "layers": 4,
+        "width": 128,
+        "head_width": 32,
+        "mlp_ratio": 2.0,
+    },
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 3},
+}
+MEAN = (0.5, 0.5, 0.5)
+STD = (0.25, 0.25, 0.25)
+GEM_DEPTH = MODEL_CONFIG["vision_cfg"]["layers"] + 1  # GEM over every block
+TEMPLATES = ["a photo of a {}."]
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "data" / "testbed"
+
+
+def _render_chunk(seeds: list[int]) -> np.ndarray:
+    return np.stack([np.asarray(sample(s).image) for s in seeds])
+
+
+def make_training_set(n: int, workers: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` training images (uint8 N×H×W×3) and their species indices, from the training seeds."""
+    seeds = list(TRAIN_SEEDS[:n])
+    chunks = [seeds[i : i + 512] for i in range(0, n, 512)]
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            images = np.concatenate(list(pool.map(_render_chunk, chunks)))
+    else:
+        images = np.concatenate([_render_chunk(c) for c in chunks])
+    labels = np.array([s % len(SPECIES) for s in seeds])
+    return images, labels
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
+    return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+
+
+def caption_truth(caption: str) -> set[int]:
+    """Indices of the species a generated caption is true of."""
+    for sp in SPECIES:
+        if sp.name in caption:
+            return {SPECIES.index(sp)}
+    text = caption.removeprefix("a bird with a ").rstrip(".")
+    wanted = [t.strip() for t in text.replace(" and a ", ", a ").split(", a ")]
+    return {i for i, sp in enumerate(SPECIES) if all(w in sp.traits().values() for w in wanted)}
+
+
+def multi_positive_nce(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE where every true pair counts: -log of the softmax mass on positives."""
+
+    def one_way(lg: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        log_p = lg.log_softmax(dim=1)
+        return -(torch.logsumexp(log_p.masked_fill(~pos, -torch.inf), dim=1)).mean()
+
+    return 0.5 * (one_way(logits, positives) + one_way(logits.T, positives.T))
+
+
+def batch_loss(
+    model,
+    tokenizer,
+    x: torch.Tensor,
+    species,
+    texts: list[str],
+    gem_weight: float = 1.0,
+    gem_attention_grad: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Total, CLS and GEM-token contrastive losses of one batch (see the module docstring)."""
+    truth = [caption_truth(t) for t in texts]
+    positives = torch.tensor([[int(s) in t for t in truth] for s in species])
+    out = run_tower(_tower(model), x, method="gem", depth=GEM_DEPTH, gem_attention_grad=gem_attention_grad)
+    z = F.normalize(out.global_embedding, dim=-1)
+    g = F.normalize(F.normalize(out.patch_tokens, dim=-1).mean(dim=1), dim=-1)
+    t = F.normalize(model.encode_text(tokenizer(texts)), dim=-1)
+    scale = model.logit_scale.exp().clamp(max=100)
+    loss_cls = multi_positive_nce(scale * z @ t.T, positives)
+    loss_gem = multi_positive_nce(scale * g @ t.T, positives)
+    return loss_cls + gem_weight * loss_gem, loss_cls, loss_gem
+
+
+def build_model():
+    from open_clip.model import CLIP
+
+    return CLIP(**MODEL_CONFIG)
+
+
+def zero_shot_accuracy(model, tokenizer, images: torch.Tensor, labels: torch.Tensor) -> float:
+    model.eval()
+    with torch.inference_mode():
+        text = F.normalize(
+            model.encode_text(tokenizer([TEMPLATES[0].format(s.name) for s in SPECIES])), dim=-1
+        )
+        pred = []
+        for chunk in images.split(256):
+            z = F.normalize(model.encode_image(chunk), dim=-1)
+            pred.append((z @ text.T).argmax(dim=1))
+    model.train()
+    return float((torch.cat(pred) == labels).float().mean())
+
+
+def train(args: argparse.Namespace) -> dict:
+    import open_clip
+
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    torch.set_num_threads(args.threads)
+    start = time.time()
+    images, labels = make_training_set(args.images, workers=args.workers)
+    print(f"rendered {len(images)} training images in {time.time() - start:.0f}s", flush=True)
+    val = held_out(args.val_images)
+    val_x = to_tensor(np.stack([np.asarray(s.image) for s in val]))
+    val_y = torch.tensor([s.species_index for s in val])
+
+    model = build_model()
+    model.train()
+    tokenizer = open_clip.get_tokenizer("ViT-B-16", context_length=MODEL_CONFIG["text_cfg"]["context_length"])
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+    )
+    warmup = max(1, args.steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps)))
+    )
+    rng = random.Random(args.seed)
+    log = []
+    deadline = start + 60 * args.minutes
+    step = 0
+    for step in range(1, args.steps + 1):
+        idx = torch.randint(len(images), (args.batch_size,))
+        x = to_tensor(images[idx.numpy()])
+        species = labels[idx.numpy()]
+        texts = [captions(SPECIES[s], rng) for s in species]
+        loss, loss_cls, loss_gem = batch_loss(
+            model, tokenizer, x, species, texts, args.gem_weight, args.gem_attention_grad
+        )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % args.log_every == 0 or step == args.steps:
+            row = {
+                "step": step,
+                "minutes": round((time.time() - start) / 60, 2),
+                "loss": round(loss.item(), 4),
+                "loss_cls": round(loss_cls.item(), 4),
+                "loss_gem": round(loss_gem.item(), 4),
+                "lr": round(sched.get_last_lr()[0], 6),
+            }
+            if step % (args.log_every * 5) == 0 or step == args.steps:
+                row["val_accuracy"] = round(zero_shot_accuracy(model, tokenizer, val_x, val_y), 4)
+            log.append(row)
+            print(json.dumps(row), flush=True)
+        if time.time() > deadline:
+            print(f"time limit of {args.minutes} min reached at step {step}", flush=True)
+            break
+    model.eval()
+    accuracy = zero_shot_accuracy(model, tokenizer, val_x, val_y)
+    result = {"steps": step, "minutes": round((time.time() - start) / 60, 2), "val_accuracy": accuracy}
+    save(model, args, log, result)
+    return result
+
+
+def _tower(model):
+    from ..backends.open_clip import OpenCLIPVisionTower
+
+    if not hasattr(model, "_mf_tower"):
+        model._mf_tower = OpenCLIPVisionTower(model.visual)
+    return model._mf_tower
+
+
+def save(model, args: argparse.Namespace, log: list[dict], result: dict) -> None:
+    from safetensors.torch import save_file
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = {
+        "model_cfg": MODEL_CONFIG,
+        "preprocess_cfg": {
+            "mean": list(MEAN),
+            "std": list(STD),
+            "size": IMAGE_SIZE,
+            "interpolation": "bicubic",
+            "resize_mode": "shortest",
+        },
+    }
+    (out / "open_clip_config.json").write_text(json.dumps(config, indent=2))
+    state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out / "open_clip_model.safetensors"))
+    meta = {
+        "name": "testbed",
+        "description": "tiny CLIP trained on mmfinercam.testbed birds (24 species, 8 families)",
+        "gem_depth": GEM_DEPTH,
+        "templates": TEMPLATES,
+        "seed": args.seed,
+        "training": {k: v for k, v in vars(args).items() if k != "out"},
+        "result": result,
+        "species": [s.name for s in SPECIES],
+        "command": "python -m mmfinercam.testbed.train " + " ".join(args.argv),
+    }
+    (out / "testbed.json").write_text(json.dumps(meta, indent=2))
+    with open(out / "train_log.csv", "w", newline="") as f:
+        keys = sorted(
+            {k for row in log for k in row}, key=lambda k: list(log[-1]).index(k) if k in log[-1] else 99
+        )
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(log)
+    print(f"saved to {out}: {json.dumps(result)}", flush=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=700)
+    p.add_argument("--minutes", type=float, default=29.0, help="stop early at this wall time")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--gem-weight", type=float, default=1.0, help="weight of the GEM-token loss")
+    p.add_argument(
+        "--gem-attention-grad",
+        action="store_true",
+        help="backpropagate through GEM's self-self attention too (3x slower)",
+    )
+    p.add_argument("--images", type=int, default=24000, help="training images rendered up front")
+    p.add_argument("--val-images", type=int, default=480)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--log-every", type=int, default=25)
+    p.add_argument("--out", default=str(DEFAULT_OUT))
+    import sys
+
+    args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    train(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
+
+__all__ = [
+    "MODEL_CONFIG",
+    "batch_loss",
+    "build_model",
+    "caption_truth",
+    "main",
+    "multi_positive_nce",
+    "train",
+]

@@ -1,0 +1,146 @@
+"""The synthetic testbed: determinism, masks, the taxonomy, training, the shipped model, eval."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import mmfinercam as mf
+from mmfinercam.testbed import HELD_OUT_SEEDS, SPECIES, TRAIN_SEEDS, held_out, render, sample, siblings
+from mmfinercam.testbed.generator import captions
+from mmfinercam.testbed.species import COLOURS, PART_IDS
+from mmfinercam.testbed.train import batch_loss, build_model, caption_truth, to_tensor
+
+
+def test_generator_is_deterministic():
+    a, b = sample(1234), sample(1234)
+    assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    for part in a.masks:
+        assert np.array_equal(a.masks[part], b.masks[part])
+    assert not np.array_equal(np.asarray(sample(1235).image), np.asarray(a.image))
+
+
+def test_splits_are_disjoint():
+    assert TRAIN_SEEDS.stop <= HELD_OUT_SEEDS.start
+    assert held_out(2)[0].seed == HELD_OUT_SEEDS.start
+
+
+def test_masks_are_disjoint_and_nonempty():
+    for i in range(len(SPECIES)):
+        s = render(i, seed=42)
+        stack = np.stack(list(s.masks.values()))
+        assert stack.sum(axis=0).max() <= 1  # every pixel belongs to one part at most
+        assert s.masks[s.species.varying_part].sum() > 20  # the differing part is visible
+        assert np.array_equal(s.label_map > 0, stack.any(axis=0))
+        assert set(np.unique(s.label_map)) <= {0, *PART_IDS.values()}
+
+
+@pytest.mark.parametrize("family", ["finch", "warbler", "oriole", "thrush", "bunting"])
+def test_part_mask_is_exactly_where_a_colour_change_shows(family):
+    """Redraw the same scene with a sibling whose part colour differs: only that part changes."""
+    for seed in (3, 4, 5):
+        index = next(i for i, sp in enumerate(SPECIES) if sp.family == family)
+        a = render(index, seed)
+        b = render(index, seed, species=siblings(a.species)[0])
+        changed = np.abs(np.asarray(a.image, int) - np.asarray(b.image, int)).sum(axis=-1) > 24
+        part = a.masks[a.species.varying_part]
+        assert changed.sum() > 20
+        assert (changed & ~part).sum() <= 0.02 * changed.sum()  # nothing changes off the part
+        assert (changed & part).sum() >= 0.9 * part.sum()  # and the part changes almost everywhere
+        assert (
+            COLOURS[getattr(a.species, a.species.varying)] != COLOURS[getattr(b.species, b.species.varying)]
+        )
+
+
+def test_siblings_differ_in_exactly_one_part():
+    for sp in SPECIES:
+        for sib in siblings(sp):
+            diff = {k for k, v in sp.traits().items() if sib.traits()[k] != v}
+            assert diff == {sp.varying_part}, (sp.name, sib.name, diff)
+    assert len({s.name for s in SPECIES}) == len(SPECIES) == 24
+
+
+def test_captions_are_true_of_their_species():
+    rng = random.Random(0)
+    for _ in range(200):
+        sp = SPECIES[rng.randrange(len(SPECIES))]
+        text = captions(sp, rng)
+        assert SPECIES.index(sp) in caption_truth(text), text
+
+
+def test_training_steps_lower_the_loss():
+    torch.manual_seed(0)
+    import open_clip
+
+    model = build_model().train()
+    tok = open_clip.get_tokenizer("ViT-B-16", context_length=32)
+    batch = [sample(s) for s in range(16)]
+    x = to_tensor(np.stack([np.asarray(b.image) for b in batch]))
+    species = [b.species_index for b in batch]
+    texts = [f"a photo of a {b.species.name}." for b in batch]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(8):
+        loss, _, _ = batch_loss(model, tok, x, species, texts)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.85 * losses[0]
+
+
+@pytest.fixture(scope="module")
+def testbed():
+    return mf.load("testbed", device="cpu")
+
+
+def test_shipped_model_loads_and_classifies(testbed):
+    assert testbed.info.name == "testbed" and not testbed.info.random_weights
+    meta = json.loads((mf.testbed.model.MODEL_DIR / "testbed.json").read_text())
+    assert meta["result"]["val_accuracy"] >= 0.9
+    items = held_out(96, start=5000)  # outside the indices the training log validated on
+    prepared, _ = testbed.prepare([s.image for s in items])
+    probs = testbed.zero_shot(torch.stack([p.pixels for p in prepared]), [s.name for s in SPECIES])
+    accuracy = (probs.argmax(dim=1) == torch.tensor([s.species_index for s in items])).float().mean()
+    assert accuracy >= 0.85
+
+
+def test_eval_end_to_end(tmp_path):
+    from mmfinercam.cli import main
+
+    out = tmp_path / "eval"
+    code = main(
+        [
+            "eval",
+            "--n",
+            "24",
+            "--auc-steps",
+            "2",
+            "--alphas",
+            "1.0",
+            "--gallery",
+            "2",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    table = (out / "table.md").read_text()
+    assert "plain GEM" in table and "Finer GEM (a=1)" in table and "RD@5%" in table
+    rows = (out / "table.csv").read_text().splitlines()
+    # header + plain GEM, plain raw, Finer raw, Finer GEM (a=1), Grad-CAM and Layer-CAM plain/Finer
+    assert len(rows) == 1 + 8
+    assert "Finer Grad-CAM (a=1)" in table and "plain Layer-CAM" in table
+    for f in ("metric_vs_alpha.png", "gallery.png"):
+        assert (out / f).stat().st_size > 1000
+
+
+def test_testbed_missing_folder_is_clear(tmp_path):
+    with pytest.raises(mf.WeightsNotFoundError, match="mmfinercam.testbed.train"):
+        mf.load("testbed", str(tmp_path))
