@@ -295,10 +295,16 @@ def _load_cached(args: argparse.Namespace):
 
 
 def models(args: argparse.Namespace) -> int:
-    from .backends import _REGISTRY
+    from .backends import _REGISTRY, known_models, weights_present
 
+    print("Known models (mmfinercam localize --model NAME, mf.load(NAME)):")
+    for name, entry in known_models().items():
+        present = "present" if weights_present(entry) else "absent"
+        source = entry["model"] + (f" / {entry['pretrained']}" if entry.get("pretrained") else "")
+        print(f"  {name:18s} {present:15s} {entry['backend']:13s} {source}  - {entry['description']}")
+    print("\nBackends (any name or path they recognise also works):")
     for spec in _REGISTRY.values():
-        print(f"{spec.name:12s} {spec.description}")
+        print(f"  {spec.name:13s} {spec.description}")
     return 0
 
 

@@ -128,6 +128,33 @@ class Localizer:
         info = ModelInfo(name=name or type(model).__name__)
         return cls(OpenCLIPBackend(model, tokenizer, config, info), templates=templates)
 
+    @classmethod
+    def from_transformers(
+        cls,
+        model: nn.Module,
+        tokenizer: Callable[..., Any],
+        *,
+        image_size: int | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        templates: Sequence[str] | str | None = None,
+        name: str | None = None,
+    ) -> Localizer:
+        """Wrap a transformers ``CLIPModel``/``SiglipModel`` and its tokenizer."""
+        from .backends.base import ImageConfig
+        from .backends.transformers import TransformersBackend
+
+        backend = TransformersBackend(model, tokenizer)
+        cfg = backend.image_config
+        backend.image_config = ImageConfig(
+            size=(image_size, image_size) if image_size else cfg.size,
+            mean=tuple(mean) if mean else cfg.mean,
+            std=tuple(std) if std else cfg.std,
+        )
+        if name:
+            backend.info.name = name
+        return cls(backend, templates=templates)
+
     # properties ---------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
@@ -455,7 +482,10 @@ def load(
     ``"testbed"``. ``pretrained=None`` on an architecture name builds random weights (tests).
     ``device`` defaults to CUDA when available.
     """
+    from .backends import known_models
+
+    alias = known_models().get(model, {})
     return Localizer(
         create_backend(model, pretrained, backend=backend, device=device, dtype=dtype, **kwargs),
-        templates=templates,
+        templates=templates if templates is not None else alias.get("templates"),
     )

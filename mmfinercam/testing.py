@@ -87,3 +87,94 @@ def build_tiny_open_clip(seed: int = 0, config: dict[str, Any] | None = None) ->
     model = CLIP(**(config or TINY_VIT_CONFIG))
     model.load_state_dict(deterministic_state_dict(model, seed))
     return model.eval()
+
+
+def open_clip_to_transformers(model: nn.Module) -> nn.Module:
+    """A transformers ``CLIPModel`` holding the same weights as an open_clip ViT CLIP.
+
+    Supports the plain open_clip layout (GELU, pre-norm blocks, CLS pooling, projections);
+    used by the parity tests between the two backends.
+    """
+    from transformers import CLIPConfig, CLIPModel
+
+    v, t = model.visual, model.transformer
+    vb, tb = v.transformer.resblocks, t.resblocks
+    width_v, width_t = v.conv1.out_channels, model.token_embedding.embedding_dim
+    act = "quick_gelu" if type(vb[0].mlp.gelu).__name__ == "QuickGELU" else "gelu"
+    cfg = CLIPConfig(
+        projection_dim=v.proj.shape[1],
+        vision_config=dict(
+            hidden_size=width_v,
+            intermediate_size=vb[0].mlp.c_fc.out_features,
+            num_hidden_layers=len(vb),
+            num_attention_heads=vb[0].attn.num_heads,
+            image_size=v.image_size[0],
+            patch_size=v.patch_size[0],
+            hidden_act=act,
+            layer_norm_eps=1e-5,
+        ),
+        text_config=dict(
+            hidden_size=width_t,
+            intermediate_size=tb[0].mlp.c_fc.out_features,
+            num_hidden_layers=len(tb),
+            num_attention_heads=tb[0].attn.num_heads,
+            vocab_size=model.vocab_size,
+            max_position_embeddings=model.context_length,
+            hidden_act=act,
+            layer_norm_eps=1e-5,
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=0,
+        ),
+    )
+    hf = CLIPModel(cfg).eval()
+    sd = model.state_dict()
+    out: dict[str, torch.Tensor] = {
+        "vision_model.embeddings.patch_embedding.weight": sd["visual.conv1.weight"],
+        "vision_model.embeddings.class_embedding": sd["visual.class_embedding"],
+        "vision_model.embeddings.position_embedding.weight": sd["visual.positional_embedding"],
+        "vision_model.pre_layrnorm.weight": sd["visual.ln_pre.weight"],
+        "vision_model.pre_layrnorm.bias": sd["visual.ln_pre.bias"],
+        "vision_model.post_layernorm.weight": sd["visual.ln_post.weight"],
+        "vision_model.post_layernorm.bias": sd["visual.ln_post.bias"],
+        "visual_projection.weight": sd["visual.proj"].T,
+        "text_model.embeddings.token_embedding.weight": sd["token_embedding.weight"],
+        "text_model.embeddings.position_embedding.weight": sd["positional_embedding"],
+        "text_model.final_layer_norm.weight": sd["ln_final.weight"],
+        "text_model.final_layer_norm.bias": sd["ln_final.bias"],
+        "text_projection.weight": sd["text_projection"].T,
+        "logit_scale": sd["logit_scale"],
+    }
+    for src, dst, n in (
+        ("visual.transformer", "vision_model.encoder", len(vb)),
+        ("transformer", "text_model.encoder", len(tb)),
+    ):
+        for i in range(n):
+            a, b = f"{src}.resblocks.{i}", f"{dst}.layers.{i}"
+            q, k, val = sd[f"{a}.attn.in_proj_weight"].chunk(3)
+            qb, kb, vb_ = sd[f"{a}.attn.in_proj_bias"].chunk(3)
+            out.update(
+                {
+                    f"{b}.self_attn.q_proj.weight": q,
+                    f"{b}.self_attn.q_proj.bias": qb,
+                    f"{b}.self_attn.k_proj.weight": k,
+                    f"{b}.self_attn.k_proj.bias": kb,
+                    f"{b}.self_attn.v_proj.weight": val,
+                    f"{b}.self_attn.v_proj.bias": vb_,
+                    f"{b}.self_attn.out_proj.weight": sd[f"{a}.attn.out_proj.weight"],
+                    f"{b}.self_attn.out_proj.bias": sd[f"{a}.attn.out_proj.bias"],
+                    f"{b}.layer_norm1.weight": sd[f"{a}.ln_1.weight"],
+                    f"{b}.layer_norm1.bias": sd[f"{a}.ln_1.bias"],
+                    f"{b}.layer_norm2.weight": sd[f"{a}.ln_2.weight"],
+                    f"{b}.layer_norm2.bias": sd[f"{a}.ln_2.bias"],
+                    f"{b}.mlp.fc1.weight": sd[f"{a}.mlp.c_fc.weight"],
+                    f"{b}.mlp.fc1.bias": sd[f"{a}.mlp.c_fc.bias"],
+                    f"{b}.mlp.fc2.weight": sd[f"{a}.mlp.c_proj.weight"],
+                    f"{b}.mlp.fc2.bias": sd[f"{a}.mlp.c_proj.bias"],
+                }
+            )
+    missing, unexpected = hf.load_state_dict(out, strict=False)
+    missing = [m for m in missing if not m.endswith("position_ids")]
+    if missing or unexpected:
+        raise ValueError(f"state dict mapping incomplete: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return hf

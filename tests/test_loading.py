@@ -92,3 +92,43 @@ def test_gem_refuses_non_vit_towers():
     model = open_clip.create_model("RN50")
     with pytest.raises(mf.UnsupportedModelError, match="VisionTransformer"):
         mf.Localizer.from_open_clip(model, open_clip.get_tokenizer("RN50"))
+
+
+def test_known_model_names_resolve_offline(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    code = (
+        "import mmfinercam as mf\n"
+        "for name in ['bioclip', 'clip-vit-b-16']:\n"
+        "    try:\n        mf.load(name)\n"
+        "    except mf.WeightsNotFoundError as e:\n        print(e)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    assert len(lines) == 2, proc.stdout + proc.stderr
+    assert "imageomics/bioclip" in lines[0]
+    assert "ViT-B-16 pretrained='openai'" in lines[1]
+
+
+def test_models_command_lists_known_and_present(capsys):
+    from mmfinercam.cli import main
+
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "bioclip" in out and "siglip-base" in out
+    assert "testbed            present" in out  # the shipped model is always there
+
+
+def test_vit_l_14_non_square(sample_images):
+    torch.manual_seed(0)
+    loc = mf.load("ViT-L-14", device="cpu")
+    x = torch.randn(1, 3, 224, 280)
+    maps = loc.similarity_maps(x, ["a bird", "a fish"])
+    assert maps.shape == (1, 2, 16, 20)  # 14-px patches, rows stay rows
+
+
+def test_open_clip_timm_towers_are_refused_clearly():
+    import open_clip
+
+    model = open_clip.create_model("ViT-B-16-SigLIP")
+    with pytest.raises(mf.UnsupportedModelError, match="VisionTransformer"):
+        mf.Localizer.from_open_clip(model, open_clip.get_tokenizer("ViT-B-16"))

@@ -43,6 +43,40 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+KNOWN_MODELS_FILE = Path(__file__).resolve().parents[1] / "models.json"
+
+
+def known_models() -> dict[str, dict[str, str]]:
+    """Short names for models users ask for by name (``mf.load("bioclip")``), kept as data."""
+    import json
+
+    return json.loads(KNOWN_MODELS_FILE.read_text())
+
+
+def weights_present(entry: dict[str, str]) -> bool:
+    """Whether a known model's weights are on this machine (shipped or in the HF cache)."""
+    if entry["backend"] == "testbed":
+        from ..testbed.model import MODEL_DIR
+
+        return (MODEL_DIR / "testbed.json").is_file()
+    from huggingface_hub import try_to_load_from_cache
+
+    if entry["backend"] == "open_clip":
+        if entry["model"].startswith("hf-hub:"):
+            repo = entry["model"][len("hf-hub:") :]
+        else:
+            import open_clip
+
+            repo = (
+                open_clip.get_pretrained_cfg(entry["model"], entry["pretrained"]).get("hf_hub") or ""
+            ).rstrip("/")
+        names = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "open_clip_config.json")
+    else:
+        repo = entry["model"]
+        names = ("model.safetensors", "pytorch_model.bin")
+    return bool(repo) and any(isinstance(try_to_load_from_cache(repo, n), str) for n in names)
+
+
 def create_backend(
     model: str,
     pretrained: str | None = None,
@@ -55,6 +89,10 @@ def create_backend(
     """Load ``model`` with the named backend, or with the first backend that claims it."""
     device = torch.device(device) if device is not None else default_device()
     dtype = parse_dtype(dtype)
+    alias = known_models().get(model)
+    if alias is not None and backend is None:
+        model, backend = alias["model"], alias["backend"]
+        pretrained = pretrained or alias.get("pretrained")
     if backend is not None:
         if backend not in _REGISTRY:
             raise ValueError(f"unknown backend {backend!r}; known: {', '.join(_REGISTRY)}")
@@ -111,6 +149,27 @@ register_backend(
     _load_open_clip,
     _claims_open_clip,
     "open_clip ViTs: model names with pretrained tags, hf-hub: ids, local folders and files",
+)
+
+
+def _claims_transformers(model: str) -> bool:
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return (path / "config.json").is_file() and not (path / "open_clip_config.json").is_file()
+    return "/" in model and not model.startswith(("hf-hub:", "local-dir:", "/", ".", "~"))
+
+
+def _load_transformers(*args: Any, **kwargs: Any) -> Backend:
+    from .transformers import load_transformers
+
+    return load_transformers(*args, **kwargs)
+
+
+register_backend(
+    "transformers",
+    _load_transformers,
+    _claims_transformers,
+    "transformers CLIPModel / SiglipModel: hub ids (openai/clip-vit-base-patch16) and saved folders",
 )
 
 

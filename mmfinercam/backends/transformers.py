@@ -1,0 +1,235 @@
+"""Hugging Face transformers backend: ``CLIPModel`` and ``SiglipModel`` (and SigLIP 2 where present).
+
+Loads by hub id or local folder with ``from_pretrained`` (``HF_HUB_OFFLINE`` honoured; a
+missing model gives one line naming what was looked for), or wraps a built model with
+:meth:`TransformersBackend.from_model`.
+
+SigLIP has no CLS token and pools with an attention head (a learned probe attends over all
+tokens, then layer norm and an MLP). Here:
+
+* the global embedding is the model's own pooled output (probe attention over all tokens);
+* a patch token is mapped into the joint space by the same head applied to that token alone:
+  attention over a single key is the identity, leaving the value and output projections, then
+  the head's residual MLP. GEM tokens go through the same map, after ``post_layernorm``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import UnsupportedModelError, WeightsNotFoundError
+from ..gem import resample_pos_embed
+from .base import Backend, ImageConfig, ModelInfo, TransformerBlock, VisionTower
+
+
+class HFBlock(TransformerBlock):
+    """View of a CLIP/SigLIP encoder layer (layer_norm1, self_attn q/k/v/out_proj, layer_norm2, mlp)."""
+
+    def __init__(self, layer: nn.Module):
+        attn = layer.self_attn
+        if not all(hasattr(attn, a) for a in ("q_proj", "k_proj", "v_proj", "out_proj")):
+            raise UnsupportedModelError(f"GEM needs q/k/v projections; {type(attn).__name__} has none")
+        self.layer = layer
+        self.attn = attn
+        self.num_heads = int(getattr(attn, "num_heads", attn.embed_dim // attn.head_dim))
+        self.scale = float(attn.scale)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.layer(x, None)
+        return out[0] if isinstance(out, tuple) else out
+
+    def norm1(self, x: Tensor) -> Tensor:
+        return self.layer.layer_norm1(x)
+
+    def qkv(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        b, n, c = h.shape
+
+        def split(t: Tensor) -> Tensor:
+            return t.view(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
+
+        return split(self.attn.q_proj(h)), split(self.attn.k_proj(h)), split(self.attn.v_proj(h))
+
+    def attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        return F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+
+    def attn_out(self, o: Tensor) -> Tensor:
+        b, h, n, d = o.shape
+        return self.attn.out_proj(o.transpose(1, 2).reshape(b, n, h * d))
+
+    def mlp_residual(self, x: Tensor) -> Tensor:
+        return x + self.layer.mlp(self.layer.layer_norm2(x))
+
+
+class HFVisionTower(VisionTower):
+    """View of a transformers CLIP or SigLIP vision model plus its projection."""
+
+    def __init__(self, vision: nn.Module, projection: nn.Module | None):
+        emb = vision.embeddings
+        self.vision = vision
+        self.projection = projection
+        self.has_cls = hasattr(emb, "class_embedding")
+        self.num_prefix_tokens = 1 if self.has_cls else 0
+        ps = emb.patch_embedding.kernel_size
+        self.patch_size = (int(ps[0]), int(ps[1]))
+        n_pos = emb.position_embedding.weight.shape[0] - self.num_prefix_tokens
+        side = int(n_pos**0.5)
+        self.grid_size = (side, side)
+        self.blocks = [HFBlock(layer) for layer in vision.encoder.layers]
+        self.head = getattr(vision, "head", None)
+
+    def embed(self, pixels: Tensor) -> Tensor:
+        emb = self.vision.embeddings
+        x = emb.patch_embedding(pixels.to(emb.patch_embedding.weight.dtype))
+        b, c, gh, gw = x.shape
+        x = x.flatten(2).transpose(1, 2)
+        if self.has_cls:
+            x = torch.cat([emb.class_embedding.to(x.dtype).view(1, 1, c).expand(b, 1, c), x], dim=1)
+        pos = resample_pos_embed(
+            emb.position_embedding.weight, (gh, gw), self.grid_size, self.num_prefix_tokens
+        )
+        x = x + pos.to(x.dtype)
+        pre = getattr(self.vision, "pre_layrnorm", None)
+        return pre(x) if pre is not None else x
+
+    def pool(self, x: Tensor) -> Tensor:
+        if self.has_cls:
+            pooled = self.vision.post_layernorm(x[:, 0])
+            return self.projection(pooled) if self.projection is not None else pooled
+        return self.head(self.vision.post_layernorm(x))
+
+    def project_tokens(self, x: Tensor) -> Tensor:
+        x = self.vision.post_layernorm(x)
+        if self.has_cls:
+            return self.projection(x) if self.projection is not None else x
+        attn = self.head.attention  # nn.MultiheadAttention: one key -> value and output projections
+        w_v = attn.in_proj_weight[2 * attn.embed_dim :]
+        b_v = attn.in_proj_bias[2 * attn.embed_dim :] if attn.in_proj_bias is not None else None
+        y = attn.out_proj(F.linear(x, w_v, b_v))
+        return y + self.head.mlp(self.head.layernorm(y))
+
+
+class TransformersBackend(Backend):
+    """A transformers dual encoder (CLIPModel, SiglipModel, Siglip2Model) and its tokenizer."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Callable[..., Any],
+        image_config: ImageConfig | None = None,
+        info: ModelInfo | None = None,
+    ):
+        if not hasattr(model, "vision_model") or not hasattr(model, "text_model"):
+            raise UnsupportedModelError(
+                f"expected a transformers CLIPModel/SiglipModel, got {type(model).__name__}"
+            )
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.vision = HFVisionTower(model.vision_model, getattr(model, "visual_projection", None))
+        cfg = model.config.vision_config
+        self.image_config = image_config or ImageConfig(size=(cfg.image_size, cfg.image_size))
+        self.is_siglip = not self.vision.has_cls
+        self.info = info or ModelInfo(name=type(model).__name__)
+        if self.is_siglip and info is None:
+            self.info.templates = ["This is a photo of {}."]
+
+    @classmethod
+    def from_model(
+        cls, model: nn.Module, tokenizer: Callable[..., Any], **kwargs: Any
+    ) -> TransformersBackend:
+        return cls(model, tokenizer, **kwargs)
+
+    def _tokens(self, prompts: Sequence[str]) -> dict[str, Tensor]:
+        out = self.tokenizer(list(prompts))
+        if isinstance(out, Tensor):  # an open_clip-style tokenizer: ids only, padded with 0
+            if self.is_siglip:
+                return {"input_ids": out.to(self.device)}
+            mask = (out != 0).long()
+            mask[:, 0] = 1
+            return {"input_ids": out.to(self.device), "attention_mask": mask.to(self.device)}
+        padding = "max_length" if self.is_siglip else True
+        enc = self.tokenizer(list(prompts), padding=padding, truncation=True, return_tensors="pt")
+        keep = ("input_ids", "attention_mask") if not self.is_siglip else ("input_ids",)
+        return {k: v.to(self.device) for k, v in enc.items() if k in keep}
+
+    @torch.inference_mode()
+    def encode_text(self, prompts: Sequence[str]) -> Tensor:
+        out = self.model.get_text_features(**self._tokens(prompts))
+        return _as_tensor(out)
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.detach().exp())
+
+
+def _as_tensor(out: Any) -> Tensor:
+    """transformers >= 5 returns output objects from get_*_features; we want the embedding."""
+    if isinstance(out, Tensor):
+        return out
+    for name in ("pooler_output", "text_embeds", "image_embeds"):
+        value = getattr(out, name, None)
+        if isinstance(value, Tensor):
+            return value
+    raise UnsupportedModelError(f"cannot find an embedding in {type(out).__name__}")
+
+
+def image_config_from_processor(folder_or_id: str) -> ImageConfig | None:
+    """Size, mean and std from a saved image processor, if one is there."""
+    try:
+        from transformers import AutoImageProcessor
+
+        proc = AutoImageProcessor.from_pretrained(folder_or_id)
+    except Exception:  # noqa: BLE001 - any failure means "no processor config"
+        return None
+    size = getattr(proc, "crop_size", None) or getattr(proc, "size", None) or {}
+    side = size.get("height") or size.get("shortest_edge") or 224
+    return ImageConfig(size=(side, side), mean=tuple(proc.image_mean), std=tuple(proc.image_std))
+
+
+def load_transformers(
+    model: str,
+    pretrained: str | None = None,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+    **kwargs: Any,
+) -> TransformersBackend:
+    """Load a transformers CLIP/SigLIP by hub id or local folder."""
+    from transformers import AutoModel, AutoTokenizer
+
+    source = pretrained or model
+    path = Path(source).expanduser()
+    local = path.exists()
+    if local and not (path / "config.json").is_file():
+        raise WeightsNotFoundError(f"{path} has no config.json: not a transformers model folder")
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    try:
+        net = AutoModel.from_pretrained(
+            str(path) if local else source, dtype=dtype or torch.float32, **kwargs
+        )
+        tokenizer = AutoTokenizer.from_pretrained(str(path) if local else source)
+    except OSError as err:
+        cache = os.environ.get("HF_HUB_CACHE") or str(
+            Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
+        )
+        where = f"the folder {path}" if local else f"the Hugging Face cache {cache}"
+        how = "" if local else (" (offline mode)" if offline else " and could not download it")
+        raise WeightsNotFoundError(
+            f"could not load transformers model {source!r}: not found in {where}{how}; "
+            f"run `hf download {source}` on a connected machine and copy the cache, or pass a "
+            "local folder saved with save_pretrained"
+        ) from err
+    net = net.to(device)
+    info = ModelInfo(name=model, pretrained=source)
+    backend = TransformersBackend(
+        net, tokenizer, image_config_from_processor(str(path) if local else source), info
+    )
+    if backend.is_siglip:
+        backend.info.templates = ["This is a photo of {}."]
+    return backend
