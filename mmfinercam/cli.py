@@ -294,6 +294,44 @@ def _load_cached(args: argparse.Namespace):
     return _LOADED[key]
 
 
+def bench(args: argparse.Namespace) -> int:
+    from .bench import run, write_markdown
+
+    model, tokenizer, config = None, None, None
+    if args.model == "tiny":
+        import open_clip
+
+        from .testing import TINY_VIT_CONFIG, build_tiny_open_clip
+
+        model, tokenizer, config = (
+            build_tiny_open_clip(),
+            open_clip.get_tokenizer("ViT-B-16"),
+            TINY_VIT_CONFIG,
+        )
+    report = run(
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        batch=args.batch,
+        size=args.size,
+        concepts=tuple(args.concepts),
+        sizes=tuple(args.sizes),
+        batches=tuple(args.batches),
+        repeats=args.repeats,
+        peers=not args.no_peers,
+        ref_dir=args.ref_dir,
+        model=model,
+        tokenizer=tokenizer,
+        model_config=config,
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(report, indent=2))
+    write_markdown(report, out / "bench.md", "mmfinercam bench " + " ".join(sys.argv[2:]))
+    print(f"wrote {out / 'bench.json'} and {out / 'bench.md'}")
+    return 0
+
+
 def models(args: argparse.Namespace) -> int:
     from .backends import _REGISTRY, known_models, weights_present
 
@@ -341,6 +379,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", default="mmfinercam-demo")
     _add_model_args(p)
     p.set_defaults(func=demo, model="testbed")
+    p = sub.add_parser("bench", help="throughput of the dense path against its peers")
+    p.add_argument("--model", default="ViT-B-16", help="open_clip architecture (random weights) or 'tiny'")
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--concepts", type=int, nargs="+", default=[1, 10, 100, 1000])
+    p.add_argument("--sizes", type=int, nargs="*", default=[224, 448, 896])
+    p.add_argument("--batches", type=int, nargs="*", default=[1, 4, 16])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--no-peers", action="store_true", help="skip gem_torch and grad-cam")
+    p.add_argument("--ref-dir", default=".gem-ref", help="where gem_torch + open_clip 2.23 are installed")
+    p.add_argument("--out", "-o", default="mmfinercam-bench")
+    p.set_defaults(func=bench)
     p = sub.add_parser("models", help="list the model backends")
     p.set_defaults(func=models)
     return parser

@@ -134,3 +134,17 @@ def test_prompt_library(tmp_path):
     bad.write_text("a photo\n")
     with pytest.raises(mf.PromptError, match="exactly one"):
         mf.prompts.load_templates(bad)
+
+
+def test_shipped_vocabularies_and_taxon():
+    for name in ("birds-parts", "fish-traits", "testbed-species", "testbed-traits"):
+        assert len(mf.prompts.load(name)) >= 20
+    assert "adipose fin" in mf.prompts.load("fish-traits")
+    assert "Alder finch" in mf.prompts.load("testbed-species")
+    ranks = ["Animalia", "Chordata", "Aves", "Passeriformes", "Parulidae", "Setophaga", "tigrina"]
+    assert mf.prompts.taxon(ranks) == "Setophaga tigrina"
+    assert mf.prompts.taxon(ranks, form="taxonomic") == " ".join(ranks)
+    assert mf.prompts.taxon(ranks, common="Cape May warbler").endswith("with common name Cape May warbler")
+    with pytest.raises(mf.PromptError, match="genus"):
+        mf.prompts.taxon({"family": "Parulidae"})
+    assert "bioclip" in mf.prompts.available_templates()

@@ -85,7 +85,7 @@ def test_training_steps_lower_the_loss():
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     losses = []
     for _ in range(8):
-        loss, _, _ = batch_loss(model, tok, x, species, texts)
+        loss, _, _ = batch_loss(model, tok, x, species, texts, token_path="gem")
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -86,4 +86,33 @@ def load_templates(name_or_path: str | Path) -> list[str]:
     return templates
 
 
-__all__ = ["available", "available_templates", "load", "load_templates"]
+RANKS = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
+
+
+def taxon(ranks: dict[str, str] | list[str], form: str = "scientific", common: str | None = None) -> str:
+    """A BioCLIP-style name for a taxon, to put in the ``bioclip`` templates.
+
+    ``ranks`` is a dict keyed by :data:`RANKS` or the list kingdom..species (species epithet
+    alone, e.g. ``"tigrina"``). ``form="scientific"`` gives ``"Setophaga tigrina"``;
+    ``"taxonomic"`` the full path ``"Animalia Chordata Aves ... Setophaga tigrina"``; a
+    ``common`` name is appended with ``" with common name ..."`` as BioCLIP was trained.
+    """
+    if isinstance(ranks, (list, tuple)):
+        ranks = dict(zip(RANKS, ranks))
+    unknown = set(ranks) - set(RANKS)
+    if unknown:
+        raise PromptError(f"unknown taxonomic ranks {sorted(unknown)}; use {RANKS}")
+    if form == "scientific":
+        if "genus" not in ranks or "species" not in ranks:
+            raise PromptError("the scientific form needs a genus and a species")
+        text = f"{ranks['genus']} {ranks['species']}"
+    elif form == "taxonomic":
+        text = " ".join(ranks[r] for r in RANKS if r in ranks)
+    else:
+        raise PromptError(f"form must be 'scientific' or 'taxonomic', got {form!r}")
+    if not text.strip():
+        raise PromptError("a taxon needs at least one rank")
+    return f"{text} with common name {common}" if common else text
+
+
+__all__ = ["RANKS", "available", "available_templates", "load", "load_templates", "taxon"]
