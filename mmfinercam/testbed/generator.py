@@ -49,9 +49,9 @@ def _ellipse(cx: float, cy: float, rx: float, ry: float, angle: float = 0.0, n: 
 
 
 _TAILS = {
-    "fan": [(-0.40, -0.06), (-0.80, -0.30), (-0.92, 0.0), (-0.80, 0.30), (-0.40, 0.08)],
-    "forked": [(-0.40, -0.06), (-0.92, -0.30), (-0.70, 0.0), (-0.92, 0.30), (-0.40, 0.08)],
-    "pointed": [(-0.40, -0.08), (-1.00, 0.01), (-0.40, 0.10)],
+    "fan": [(-0.40, -0.06), (-0.78, -0.34), (-0.90, 0.0), (-0.78, 0.34), (-0.40, 0.08)],
+    "forked": [(-0.40, -0.06), (-0.95, -0.36), (-0.60, 0.0), (-0.95, 0.36), (-0.40, 0.08)],
+    "pointed": [(-0.40, -0.07), (-1.05, 0.01), (-0.40, 0.09)],
 }
 _BEAKS = {
     "short": [(0.62, -0.33), (0.62, -0.11), (0.90, -0.22)],
@@ -103,16 +103,16 @@ def _pattern_layer(kind: str, size: int, colour, rng: random.Random, scale: floa
     layer = Image.new("RGBA", (size, size), (0, 0, 0, 0))
     draw = ImageDraw.Draw(layer)
     if kind == "striped":
-        step = max(2.5, scale * 0.09)
-        width = max(1, int(round(step * 0.45)))
+        step = max(4.0, scale * 0.14)
+        width = max(2, int(round(step * 0.5)))
         offset = rng.uniform(0, step)
         x = -size + offset
         while x < 2 * size:
             draw.line([x, 0, x + size * 0.5, size], fill=colour, width=width)
             x += step
     else:  # spotted
-        r = max(1.0, scale * 0.03)
-        step = max(3.0, scale * 0.09)
+        r = max(1.5, scale * 0.045)
+        step = max(4.5, scale * 0.13)
         y = rng.uniform(0, step)
         while y < size:
             x = rng.uniform(0, step)
@@ -159,8 +159,8 @@ def render(species_index: int, seed: int, size: int = IMAGE_SIZE, species: Speci
         "beak": COLOURS[sp.beak],
         "eye": (15, 15, 15),
     }
-    light = rng.uniform(0.75, 1.15)
-    cast = [rng.uniform(-12, 12) for _ in range(3)]
+    light = rng.uniform(0.85, 1.1)
+    cast = [rng.uniform(-8, 8) for _ in range(3)]
     draw = ImageDraw.Draw(img)
     label_draw = ImageDraw.Draw(labels)
     for name, poly in shapes:

@@ -111,10 +111,10 @@ _FAMILIES = [
     ),
     (
         "shrike",
-        dict(body="white", head="gray", wing="black", tail="black", beak="black"),
-        "beak_shape",
-        "beak",
-        ("short", "long", "hooked"),
+        dict(body="white", head="gray", wing="black", tail="black", beak="black", beak_shape="hooked"),
+        "head",
+        "head",
+        ("gray", "orange", "green"),
     ),
     (
         "bunting",

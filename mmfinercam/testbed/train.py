@@ -276,7 +276,7 @@ def save(model, args: argparse.Namespace, log: list[dict], result: dict) -> None
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=2100)
     p.add_argument("--minutes", type=float, default=29.0, help="stop early at this wall time")
     p.add_argument("--batch-size", type=int, default=96)
     p.add_argument("--lr", type=float, default=1.5e-3)
@@ -302,7 +302,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    train(parse_args(argv))
+    from .select import select_gem_depth
+
+    args = parse_args(argv)
+    train(args)
+    select_gem_depth(args.out)
 
 
 if __name__ == "__main__":

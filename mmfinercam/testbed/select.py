@@ -1,0 +1,60 @@
+"""Choose the testbed model's GEM depth on a validation split (never on the eval split).
+
+    python -m mmfinercam.testbed.select DIR      # updates DIR/testbed.json
+
+The validation images are held-out indices 10000..10239; ``mmfinercam eval`` uses 0..499 by
+default, the notebooks 2000.., the tests 3000.. and 5000.. .
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+VALIDATION_START = 10_000
+
+
+def select_gem_depth(folder: str | Path, n: int = 240, alpha: float = 1.0) -> dict:
+    """Finer-CAM pointing on the differing part for every GEM depth; write the best one."""
+    import mmfinercam as mf
+
+    from ..evaluate import MethodSpec, evaluate, testbed_items
+
+    folder = Path(folder)
+    loc = mf.load("testbed", str(folder), device="cpu")
+    items, names = testbed_items(n, start=VALIDATION_START)
+    blocks = len(loc.backend.vision.blocks)
+    scores = {}
+    for depth in range(2, blocks + 2):
+        loc.info.default_depth = depth
+        (ms,), _ = evaluate(
+            loc, items, names, [MethodSpec("Finer GEM", "gem", alpha)], auc_steps=0, progress=False
+        )
+        scores[depth] = round(ms.summary()["pointing"], 4)
+        print(f"GEM depth {depth}: validation pointing game {scores[depth]:.3f}", flush=True)
+    best = max(scores, key=lambda d: (scores[d], d))
+    meta_path = folder / "testbed.json"
+    meta = json.loads(meta_path.read_text())
+    meta["gem_depth"] = best
+    meta["gem_depth_selection"] = {
+        "validation": f"held-out indices {VALIDATION_START}..{VALIDATION_START + n - 1}",
+        "metric": f"Finer GEM (alpha={alpha:g}) pointing game on the differing part",
+        "scores": scores,
+    }
+    meta_path.write_text(json.dumps(meta, indent=2))
+    return meta["gem_depth_selection"] | {"chosen": best}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("folder")
+    parser.add_argument("--n", type=int, default=240)
+    args = parser.parse_args()
+    print(json.dumps(select_gem_depth(args.folder, args.n)))
+
+
+if __name__ == "__main__":
+    main()
