@@ -150,7 +150,14 @@ def run(
             )
         for s in sizes:
             xs = images(1, s)
-            add(f"open_clip encode_image {s}px b=1", lambda xs=xs: model.encode_image(xs), 1, size=s)
+            # open_clip's encode_image cannot take other sizes (no position resampling): the
+            # floor here is our plain forward pass (last-layer tokens, positions resampled)
+            add(
+                f"plain forward (raw tokens) {s}px b=1",
+                lambda xs=xs: loc.image_tokens(xs, method="raw"),
+                1,
+                size=s,
+            )
             add(
                 f"mmfinercam dense Finer-CAM K=100 {s}px b=1",
                 lambda xs=xs: loc.finer_cam(xs, prompts(100)[0], prompts(100)[1:]),

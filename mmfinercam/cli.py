@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .cams import CAM_METHODS
-from .errors import MMFinerCAMError
+from .errors import ImageLoadError, MMFinerCAMError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 DEFAULT_MODEL = "testbed"
@@ -161,10 +161,10 @@ def localize(args: argparse.Namespace) -> int:
                     image_size=args.image_size,
                     batch_size=args.batch_size,
                 )
-            except MMFinerCAMError as err:
-                if "no usable image" not in str(err):
+            except ImageLoadError as err:
+                if not err.failed:
                     raise
-                failures += [{"source": s, "error": str(err)} for s in chunk]
+                failures += [{"source": f.source, "error": f.message} for f in err.failed]
                 bar.update(len(chunk))
                 continue
         failures += [{"source": f.source, "error": f.message} for f in res.failed]

@@ -16,7 +16,14 @@ class WeightsNotFoundError(MMFinerCAMError, FileNotFoundError):
 
 
 class ImageLoadError(MMFinerCAMError, ValueError):
-    """An image could not be read, or is unusable (e.g. smaller than one patch)."""
+    """An image could not be read, or is unusable (e.g. smaller than one patch).
+
+    When a whole batch is unusable, ``failed`` lists each image and why.
+    """
+
+    def __init__(self, message: str, failed: list | None = None):
+        super().__init__(message)
+        self.failed = failed or []
 
 
 class PromptError(MMFinerCAMError, ValueError):

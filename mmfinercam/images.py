@@ -141,7 +141,6 @@ class PreparedImage:
     source: str
     pixels: Tensor  #: 3×h×w, normalized
     original_size: tuple[int, int]  #: (height, width) of the image as given
-    image: Image.Image | None = None  #: the RGB image, for overlays
 
 
 @dataclass
@@ -166,7 +165,6 @@ def prepare_images(
     patch: tuple[int, int],
     mean: Sequence[float],
     std: Sequence[float],
-    keep_images: bool = False,
 ) -> tuple[list[PreparedImage], list[FailedImage]]:
     """Read and preprocess every image; a broken one is reported and the rest go on.
 
@@ -196,7 +194,5 @@ def prepare_images(
         except ImageLoadError as err:
             failed.append(FailedImage(i, name, str(err)))
             continue
-        prepared.append(
-            PreparedImage(i, name, pixels, (image.height, image.width), image if keep_images else None)
-        )
+        prepared.append(PreparedImage(i, name, pixels, (image.height, image.width)))
     return prepared, failed

@@ -322,7 +322,9 @@ class Localizer:
         for f in failed:
             warnings.warn(f"skipped image {f.source}: {f.message}", stacklevel=2)
         if not prepared:
-            raise ImageLoadError("no usable image: " + "; ".join(f"{f.source}: {f.message}" for f in failed))
+            raise ImageLoadError(
+                "no usable image: " + "; ".join(f"{f.source}: {f.message}" for f in failed), failed
+            )
 
         gradient = method not in DENSE_METHODS
         per_image: dict[int, dict[str, Any]] = {}

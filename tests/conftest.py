@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -57,3 +60,21 @@ def sample_images():
 def no_torch_grad():
     with torch.no_grad():
         yield
+
+
+def load_errors_offline(tmp_path, *names: str) -> list[str]:
+    """The messages of mf.load(name) for each name, offline with an empty HF cache (subprocess,
+    since huggingface_hub reads HF_HUB_OFFLINE at import)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    code = (
+        "import sys, mmfinercam as mf\n"
+        "for name in sys.argv[1:]:\n"
+        "    try:\n        mf.load(name)\n"
+        "    except mf.WeightsNotFoundError as e:\n        print(e)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *names], capture_output=True, text=True, env=env, timeout=180
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    assert len(lines) == len(names), proc.stdout + proc.stderr
+    return lines

@@ -155,3 +155,15 @@ def test_only_broken_images(tiny_model_dir, tmp_path, capsys):
     )
     assert code == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_demo_runs_on_the_shipped_model(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--device", "cpu", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "Alder finch" in text and "wing" in text
+    for stem in ("alder_finch", "fern_warbler", "heath_tanager"):
+        assert (out / f"{stem}.png").stat().st_size > 1000
+        assert (out / f"{stem}_compare.png").stat().st_size > 1000
+        summary = json.loads((out / f"{stem}.json").read_text())
+        assert summary["model"] == "testbed" and summary["random_weights"] is False

@@ -59,7 +59,7 @@ def test_target_size_keeps_aspect_and_patches():
 
 
 def test_image_smaller_than_a_patch(tiny_localizer):
-    with pytest.raises(mf.ImageLoadError, match="smaller than one"):
+    with pytest.warns(UserWarning), pytest.raises(mf.ImageLoadError, match="smaller than one"):
         tiny_localizer.finer_cam(np.zeros((8, 40, 3), np.uint8), "a bird")
     with pytest.raises(mf.ImageLoadError, match="smaller than one"):
         tiny_localizer.similarity_maps(torch.zeros(1, 3, 8, 8), ["a bird"])

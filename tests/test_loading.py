@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from conftest import load_errors_offline
 
 import mmfinercam as mf
 
@@ -95,18 +96,9 @@ def test_gem_refuses_non_vit_towers():
 
 
 def test_known_model_names_resolve_offline(tmp_path):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
-    code = (
-        "import mmfinercam as mf\n"
-        "for name in ['bioclip', 'clip-vit-b-16']:\n"
-        "    try:\n        mf.load(name)\n"
-        "    except mf.WeightsNotFoundError as e:\n        print(e)\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
-    assert len(lines) == 2, proc.stdout + proc.stderr
-    assert "imageomics/bioclip" in lines[0]
-    assert "ViT-B-16 pretrained='openai'" in lines[1]
+    bioclip, openai = load_errors_offline(tmp_path, "bioclip", "clip-vit-b-16")
+    assert "imageomics/bioclip" in bioclip
+    assert "ViT-B-16 pretrained='openai'" in openai
 
 
 def test_models_command_lists_known_and_present(capsys):

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import open_clip
 import pytest
 import torch
+from conftest import load_errors_offline
 
 import mmfinercam as mf
 from mmfinercam.testing import deterministic_image, open_clip_to_transformers
@@ -151,17 +149,9 @@ def test_load_saved_folder_offline_with_dtype(tmp_path, tiny_model, monkeypatch)
 
 
 def test_missing_hub_id_offline_is_one_line(tmp_path):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
-    code = (
-        "import mmfinercam as mf\n"
-        "try:\n mf.load('openai/clip-vit-base-patch16')\n"
-        "except mf.WeightsNotFoundError as e:\n print(e)\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
-    assert len(lines) == 1, proc.stdout + proc.stderr
-    assert "openai/clip-vit-base-patch16" in lines[0] and "offline" in lines[0]
-    assert str(tmp_path / "hf") in lines[0]
+    (line,) = load_errors_offline(tmp_path, "openai/clip-vit-base-patch16")
+    assert "openai/clip-vit-base-patch16" in line and "offline" in line
+    assert str(tmp_path / "hf") in line
 
 
 def test_folder_without_config_is_clear(tmp_path):

@@ -13,12 +13,20 @@ over them, so nothing in open_clip or transformers is patched.
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
+
+def hf_cache_dir() -> str:
+    """Where huggingface_hub looks for downloaded models (HF_HUB_CACHE, else HF_HOME/hub)."""
+    home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+    return os.environ.get("HF_HUB_CACHE") or str(home / "hub")
 
 
 class TransformerBlock(ABC):

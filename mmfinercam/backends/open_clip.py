@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError, WeightsNotFoundError
 from ..gem import resample_pos_embed
-from .base import Backend, ImageConfig, ModelInfo, TransformerBlock, VisionTower
+from .base import Backend, ImageConfig, ModelInfo, TransformerBlock, VisionTower, hf_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -169,9 +169,7 @@ def _hub_repo(name: str, pretrained: str | None) -> str | None:
 
 
 def _missing_weights_message(name: str, pretrained: str | None) -> str:
-    cache = os.environ.get("HF_HUB_CACHE") or str(
-        Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
-    )
+    cache = hf_cache_dir()
     what = name if pretrained is None else f"{name} pretrained={pretrained!r}"
     repo = _hub_repo(name, pretrained)
     where = f" (hub repo {repo})" if repo else ""

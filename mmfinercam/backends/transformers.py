@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError, WeightsNotFoundError
 from ..gem import resample_pos_embed
-from .base import Backend, ImageConfig, ModelInfo, TransformerBlock, VisionTower
+from .base import Backend, ImageConfig, ModelInfo, TransformerBlock, VisionTower, hf_cache_dir
 
 
 class HFBlock(TransformerBlock):
@@ -215,9 +215,7 @@ def load_transformers(
         )
         tokenizer = AutoTokenizer.from_pretrained(str(path) if local else source)
     except OSError as err:
-        cache = os.environ.get("HF_HUB_CACHE") or str(
-            Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
-        )
+        cache = hf_cache_dir()
         where = f"the folder {path}" if local else f"the Hugging Face cache {cache}"
         how = "" if local else (" (offline mode)" if offline else " and could not download it")
         raise WeightsNotFoundError(
