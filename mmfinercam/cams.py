@@ -333,7 +333,8 @@ def clip_cam(backend, method: str = "gradcam") -> Callable[..., CAMOutput]:
 def find_target_layer(model: nn.Module) -> tuple[nn.Module, TokenGrid | None]:
     """The usual CAM layer of common timm / torchvision architectures, and how to reshape it.
 
-    ViTs (timm ``blocks``, DINOv2): the last block's ``norm1``; ResNets: ``layer4[-1]``;
+    ViTs (timm ``blocks``, DINOv2): the last block's ``norm1``; torchvision ViTs: the last
+    encoder layer's ``ln_1``; ResNets: ``layer4[-1]``;
     ConvNeXt / timm stage models: the last stage; VGG / DenseNet / MobileNet: ``features[-1]``.
     Anything else: pass ``target_layer`` (a module or its name).
     """
@@ -343,6 +344,9 @@ def find_target_layer(model: nn.Module) -> tuple[nn.Module, TokenGrid | None]:
         patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
         patch = patch[0] if isinstance(patch, (tuple, list)) else patch
         return blocks[-1].norm1, TokenGrid(num_prefix=prefix, patch=patch)
+    encoder = getattr(model, "encoder", None)  # torchvision VisionTransformer
+    if encoder is not None and hasattr(encoder, "layers") and hasattr(model, "conv_proj"):
+        return encoder.layers[-1].ln_1, TokenGrid(num_prefix=1, patch=int(model.patch_size))
     for name in ("layer4", "stages", "features"):
         layer = getattr(model, name, None)
         if isinstance(layer, nn.Module):

@@ -161,3 +161,15 @@ def test_bad_input(resnet):
         ClassifierFinerCAM(resnet, method="magic")
     with pytest.raises(ValueError, match="alpha"):
         ClassifierFinerCAM(resnet)(x, alpha=-1)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vgg11", "mobilenet_v3_small", "vit_b_16"])
+def test_target_layer_found_for_torchvision(name):
+    import torchvision
+
+    torch.manual_seed(0)
+    kwargs = {"image_size": 64} if name == "vit_b_16" else {}
+    model = getattr(torchvision.models, name)(weights=None, num_classes=5, **kwargs).eval()
+    res = ClassifierFinerCAM(model)(_images(n=2, size=64), alpha=1.0)
+    assert res.heatmaps.shape == (2, 64, 64) and res.references.shape == (2, 3)
+    assert torch.isfinite(res.heatmaps).all()
