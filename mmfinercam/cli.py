@@ -17,6 +17,8 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from .cams import CAM_METHODS
 from .errors import ImageLoadError, MMFinerCAMError
 
@@ -264,22 +266,34 @@ def demo(args: argparse.Namespace) -> int:
         )
         code = max(code, localize(ns))
         loc = _load_cached(ns)
-        plain = loc.finer_cam(image, s["target"], s["contrast"], alpha=0.0)
-        finer = loc.finer_cam(image, s["target"], s["contrast"], alpha=args.alpha)
+        from .metrics import pointing_game
+        from .testbed.generator import render
+
+        part = torch.from_numpy(render(s["species_index"], s["seed"]).masks[s["differs_in"]])[None]
+        panels, verdicts = [], []
+        for label, method, alpha in (
+            ("plain GEM map", "gem", 0.0),
+            (f"Finer-CAM, GEM (alpha={args.alpha:g})", "gem", args.alpha),
+            (f"Finer-CAM, Layer-CAM (alpha={args.alpha:g})", "layercam", args.alpha),
+        ):
+            res = loc.finer_cam(image, s["target"], s["contrast"], alpha=alpha, method=method)
+            hit = bool(pointing_game(res.heatmaps, part)[0])
+            panels.append(
+                (f"{label}\npeak on the {s['differs_in']}: {'yes' if hit else 'no'}", res.heatmaps[0])
+            )
+            verdicts.append(f"{label}: {'on' if hit else 'off'} the {s['differs_in']}")
         fig = compare(
             image,
-            [
-                (f"plain map: {s['target']}", plain.heatmaps[0]),
-                (f"Finer-CAM (alpha={args.alpha:g})", finer.heatmaps[0]),
-            ],
+            panels,
             title=f"{s['target']} vs {', '.join(s['contrast'])}: they differ in the {s['differs_in']}",
         )
         path = out / f"{Path(s['image']).stem}_compare.png"
         fig.savefig(path, dpi=120)
         plt.close(fig)
         print(
-            f"{s['target']}: Finer-CAM peak at {finer.summary(0)['peak_xy']} (x, y); "
-            f"the {s['differs_in']} is what separates it from {', '.join(s['contrast'])} -> {path}"
+            f"{s['target']} (differs from its siblings in the {s['differs_in']}): map peaks "
+            + "; ".join(verdicts)
+            + f" -> {path}"
         )
     return code
 
