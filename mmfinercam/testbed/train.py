@@ -1,19 +1,21 @@
 """Train the testbed's tiny CLIP on generated birds, on a CPU, and ship it.
 
-    python -m mmfinercam.testbed.train                 # ~25 min on 2 cores, writes the shipped model
+    python -m mmfinercam.testbed.train                 # ~29 min on 2 cores, writes the shipped model
     python -m mmfinercam.testbed.train --steps 20 --out /tmp/tb   # a smoke run
 
 The model is a plain open_clip CLIP from a custom config (ViT image tower, small text tower),
-so it loads with ``open_clip.create_model("local-dir:...")`` and ``mf.load("testbed")``.
+so it loads with ``open_clip.create_model("local-dir:...")`` and ``mf.load("testbed")``. After
+training, the GEM depth is chosen on a validation split (:mod:`.select`).
 
-Two contrastive objectives share the weights, neither ever sees a mask:
+Two contrastive objectives share the weights; neither ever sees a mask:
 
 * the usual CLIP loss on the model's own (CLS) image embedding, for zero-shot classification;
-* the same loss on the mean of the L2-normalized GEM patch tokens, computed through exactly the
-  path :func:`mmfinercam.gem.run_tower` uses at inference. With GEM over every block, each token
-  starts from its own patch embedding and adds self-self attention outputs, so the only way for
-  the average to name a trait is for the patches showing it to carry it: token-level alignment
-  without supervision of where anything is.
+* a token-level loss: the same loss on the mean of the L2-normalized patch tokens. With
+  ``--token-path local`` (default) the tokens are each patch's own embedding projected into the
+  joint space, which no attention can reach, so the patches showing a trait must carry it.
+  ``--token-path gem`` uses the GEM tokens of the inference path instead; with GEM's soft
+  default temperature that taught the model to broadcast the species to every token,
+  background included (see benchmarks/RESULTS.md).
 
 Captions are species names, full trait descriptions or single trait phrases; the loss counts
 every caption that is true of an image as a positive (many images share "a photo of a X.").
