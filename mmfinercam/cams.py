@@ -137,12 +137,15 @@ def _minmax(x: Tensor) -> Tensor:
     return x / (1e-7 + x.flatten(1).max(dim=1).values.view(-1, *([1] * (x.dim() - 1))))
 
 
-def cam_heatmap(cams: Tensor, size: tuple[int, int]) -> Tensor:
-    """pytorch-grad-cam's finishing of one layer's B×h×w maps: ReLU, min-max, bilinear resize
-    to ``size``, min-max again."""
+def _scaled_layer(cams: Tensor, size: tuple[int, int]) -> Tensor:
+    """One layer's B×h×w maps as pytorch-grad-cam scales them: ReLU, min-max, bilinear resize."""
     cam = _minmax(cams.float().clamp_min(0))
-    up = F.interpolate(cam[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-    return _minmax(up.clamp_min(0))
+    return F.interpolate(cam[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def cam_heatmap(cams: Tensor, size: tuple[int, int]) -> Tensor:
+    """The finished heatmap of one layer's B×h×w maps (scaled, resized, min-max again)."""
+    return _minmax(_scaled_layer(cams, size).clamp_min(0))
 
 
 @dataclass
@@ -220,10 +223,7 @@ class BaseCAM:
                 g = _as_maps(g.float(), self.reshape, size) if g is not None else None
                 cam = self.layer_cam(a, g, images, score)
                 layer_maps.append(cam)
-                cam = _minmax(cam.clamp_min(0))
-                scaled.append(
-                    F.interpolate(cam[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-                )
+                scaled.append(_scaled_layer(cam, size))
             heat = _minmax(torch.stack(scaled, dim=1).clamp_min(0).mean(dim=1))
         return CAMOutput(heat, layer_maps, outputs.detach())
 
