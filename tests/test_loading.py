@@ -118,9 +118,35 @@ def test_vit_l_14_non_square(sample_images):
     assert maps.shape == (1, 2, 16, 20)  # 14-px patches, rows stay rows
 
 
-def test_open_clip_timm_towers_are_refused_clearly():
+@pytest.fixture(scope="module")
+def open_clip_siglip():
     import open_clip
 
-    model = open_clip.create_model("ViT-B-16-SigLIP")
-    with pytest.raises(mf.UnsupportedModelError, match="VisionTransformer"):
-        mf.Localizer.from_open_clip(model, open_clip.get_tokenizer("ViT-B-16"))
+    torch.manual_seed(0)
+    model = open_clip.create_model("ViT-B-16-SigLIP")  # a timm tower with attention pooling
+    return mf.Localizer.from_open_clip(model, open_clip.get_tokenizer("ViT-B-16"))
+
+
+def test_open_clip_siglip_timm_tower(open_clip_siglip):
+    loc = open_clip_siglip
+    tower = loc.backend.vision
+    assert tower.num_prefix_tokens == 0
+    x = torch.randn(1, 3, 224, 256)
+    text = torch.randn(
+        2, loc.image_tokens(x, method="raw").global_embedding.shape[-1]
+    )  # no offline tokenizer
+    maps = loc.similarity_maps(x, text)
+    assert maps.shape == (1, 2, 14, 16)
+    assert loc.similarity_maps(x, text, method="raw").shape == (1, 2, 14, 16)
+    # our view of the tower equals the model's own forward at its training size
+    x = torch.randn(2, 3, 224, 224)
+    ours = loc.image_tokens(x, method="raw").global_embedding
+    torch.testing.assert_close(ours, loc.backend.model.encode_image(x).detach(), atol=1e-4, rtol=1e-4)
+
+
+def test_timm_token_projection_is_the_pool_on_one_token(open_clip_siglip):
+    tower = open_clip_siglip.backend.vision
+    x = torch.randn(2, 3, tower.trunk.embed_dim)
+    ours = tower.project_tokens(x)
+    for j in range(3):
+        torch.testing.assert_close(ours[:, j], tower.pool(x[:, j : j + 1]), atol=1e-5, rtol=1e-5)

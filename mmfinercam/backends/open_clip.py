@@ -117,6 +117,15 @@ def _global_pool(x: Tensor, pool_type: str) -> Tensor:
     raise UnsupportedModelError(f"unsupported open_clip pool_type {pool_type!r}")
 
 
+def vision_tower_of(visual: nn.Module) -> VisionTower:
+    """The GEM view of an open_clip image tower: its own ViT, or a timm ViT trunk."""
+    if hasattr(visual, "trunk"):
+        from .timm_vit import TimmVisionTower
+
+        return TimmVisionTower(visual)
+    return OpenCLIPVisionTower(visual)
+
+
 class OpenCLIPBackend(Backend):
     """A built open_clip ``CLIP`` model plus its tokenizer."""
 
@@ -129,7 +138,7 @@ class OpenCLIPBackend(Backend):
     ):
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.vision = OpenCLIPVisionTower(model.visual)
+        self.vision = vision_tower_of(model.visual)
         self.image_config = image_config or image_config_of(model)
         self.info = info or ModelInfo(name=type(model).__name__)
 

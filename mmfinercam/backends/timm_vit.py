@@ -1,0 +1,104 @@
+"""View of a timm VisionTransformer image tower (open_clip's ``TimmModel``: its SigLIPs and others).
+
+Pooling follows the trunk: CLS token, average, or a latent attention pool (``map``, SigLIP).
+With attention pooling, a patch token is mapped into the joint space by the pool applied to that
+token alone (attention over one key is the identity: the value and output projections and the
+pool's MLP remain), as for the transformers SigLIP.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import UnsupportedModelError
+from ..gem import resample_pos_embed
+from .base import TransformerBlock, VisionTower
+
+
+class TimmBlock(TransformerBlock):
+    """View of ``timm.models.vision_transformer.Block``."""
+
+    def __init__(self, block: nn.Module):
+        attn = block.attn
+        if not hasattr(attn, "qkv") or not hasattr(attn, "proj"):
+            raise UnsupportedModelError(f"GEM needs a fused qkv projection; {type(attn).__name__} has none")
+        self.block = block
+        self.attn = attn
+        self.num_heads = int(attn.num_heads)
+        self.scale = float(attn.scale)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.block(x)
+
+    def norm1(self, x: Tensor) -> Tensor:
+        return self.block.norm1(x)
+
+    def qkv(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        b, n, c = h.shape
+        qkv = self.attn.qkv(h).view(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        return self.attn.q_norm(q), self.attn.k_norm(k), v
+
+    def attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        return F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+
+    def attn_out(self, o: Tensor) -> Tensor:
+        b, h, n, d = o.shape
+        o = self.attn.norm(o.transpose(1, 2).reshape(b, n, h * d))
+        return self.block.ls1(self.attn.proj(o))
+
+    def mlp_residual(self, x: Tensor) -> Tensor:
+        return x + self.block.ls2(self.block.mlp(self.block.norm2(x)))
+
+
+class TimmVisionTower(VisionTower):
+    """An open_clip ``TimmModel`` (``trunk`` = timm VisionTransformer, ``head`` = projection)."""
+
+    def __init__(self, visual: nn.Module):
+        trunk = getattr(visual, "trunk", None)
+        if trunk is None or not hasattr(trunk, "blocks") or not hasattr(trunk, "patch_embed"):
+            raise UnsupportedModelError(
+                f"GEM needs a timm VisionTransformer trunk; got {type(trunk).__name__}"
+            )
+        self.visual = visual
+        self.trunk = trunk
+        self.blocks = [TimmBlock(b) for b in trunk.blocks]
+        ps = trunk.patch_embed.patch_size
+        self.patch_size = (int(ps[0]), int(ps[1]))
+        self.grid_size = tuple(int(g) for g in trunk.patch_embed.grid_size)
+        self.num_prefix_tokens = int(trunk.num_prefix_tokens)
+
+    def embed(self, pixels: Tensor) -> Tensor:
+        t = self.trunk
+        pe = t.patch_embed
+        x = pe.proj(pixels.to(pe.proj.weight.dtype))
+        b, c, gh, gw = x.shape
+        x = pe.norm(x.flatten(2).transpose(1, 2))
+        prefix = [
+            tok.expand(b, -1, -1) for tok in (t.cls_token, getattr(t, "reg_token", None)) if tok is not None
+        ]
+        pos = t.pos_embed[0]
+        if getattr(t, "no_embed_class", False) or not prefix:
+            x = x + resample_pos_embed(pos, (gh, gw), self.grid_size, 0).to(x.dtype)
+            x = torch.cat([*prefix, x], dim=1)
+        else:
+            x = torch.cat([*prefix, x], dim=1)
+            x = x + resample_pos_embed(pos, (gh, gw), self.grid_size, self.num_prefix_tokens).to(x.dtype)
+        return t.norm_pre(x)
+
+    def pool(self, x: Tensor) -> Tensor:
+        return self.visual.head(self.trunk.forward_head(self.trunk.norm(x)))
+
+    def project_tokens(self, x: Tensor) -> Tensor:
+        t = self.trunk
+        x = t.norm(x)
+        pool = getattr(t, "attn_pool", None)
+        if pool is not None:
+            c = x.shape[-1]
+            v = F.linear(x, pool.kv.weight[c:], pool.kv.bias[c:] if pool.kv.bias is not None else None)
+            x = pool.proj(v)
+            if pool.mlp is not None:
+                x = x + pool.mlp(pool.norm(x))
+        return self.visual.head(t.head(t.fc_norm(x)))
