@@ -226,7 +226,13 @@ class Localizer:
         if method not in DENSE_METHODS:
             raise ValueError(f"dense method must be one of {DENSE_METHODS}, got {method!r}")
         pixels = pixels.to(self.device, self.dtype, non_blocking=True)
-        out = run_tower(self.backend.vision, pixels, method=method, depth=depth or self.default_depth())
+        out = run_tower(
+            self.backend.vision,
+            pixels,
+            method=method,
+            depth=depth or self.default_depth(),
+            ss_attn_temp=self.info.gem_temperature,
+        )
         return TowerOutput(out.global_embedding.float(), out.tokens.float(), out.grid, out.num_prefix_tokens)
 
     def similarity_maps(

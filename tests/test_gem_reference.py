@@ -58,3 +58,20 @@ def test_depth_out_of_range(localizer):
         localizer.similarity_maps(image, ["x"], depth=20)
     with pytest.raises(ValueError, match="depth"):
         localizer.similarity_maps(image, ["x"], depth=1)
+
+
+def test_sharp_self_self_attention_keeps_each_token_local():
+    """With a very sharp temperature each (distinct) token attends only to itself: output ≈ v."""
+    from mmfinercam.gem import self_self_attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 10, 8) for _ in range(3))
+    out = self_self_attention(q, k, v, inv_temp=1e4)
+    torch.testing.assert_close(out, v, atol=1e-4, rtol=0)
+    soft = self_self_attention(q, k, v, inv_temp=torch.full((2, 1, 1, 1), 0.1))
+    assert (soft - v).abs().max() > 0.1  # a soft temperature mixes tokens
+
+
+def test_testbed_carries_its_gem_settings():
+    loc = mf.load("testbed", device="cpu")
+    assert loc.info.default_depth == 4 and loc.info.gem_temperature == 20.0

@@ -96,6 +96,8 @@ class ModelInfo:
     pretrained: str | None = None
     random_weights: bool = False
     default_depth: int = 7
+    #: GEM's self-self attention inverse temperature; None = GEM's adaptive default
+    gem_temperature: float | None = None
     templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
 
 

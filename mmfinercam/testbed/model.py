@@ -38,5 +38,6 @@ def load_testbed(
     backend.info.pretrained = str(folder)
     backend.info.random_weights = False
     backend.info.default_depth = int(meta["gem_depth"])
+    backend.info.gem_temperature = meta.get("gem_temperature")
     backend.info.templates = list(meta["templates"])
     return backend

@@ -1,4 +1,4 @@
-"""Choose the testbed model's GEM depth on a validation split (never on the eval split).
+"""Choose the testbed model's GEM depth and temperature on a validation split (never the eval split).
 
     python -m mmfinercam.testbed.select DIR      # updates DIR/testbed.json
 
@@ -15,8 +15,12 @@ from pathlib import Path
 VALIDATION_START = 10_000
 
 
+TEMPERATURES = (None, 5.0, 10.0, 20.0, 50.0)
+
+
 def select_gem_depth(folder: str | Path, n: int = 240, alpha: float = 1.0) -> dict:
-    """Finer-CAM pointing on the differing part for every GEM depth; write the best one."""
+    """Finer-CAM pointing on the differing part for every GEM depth and self-self attention
+    temperature (None = GEM's adaptive default); write the best pair into ``testbed.json``."""
     import mmfinercam as mf
 
     from ..evaluate import MethodSpec, evaluate, testbed_items
@@ -27,16 +31,19 @@ def select_gem_depth(folder: str | Path, n: int = 240, alpha: float = 1.0) -> di
     blocks = len(loc.backend.vision.blocks)
     scores = {}
     for depth in range(2, blocks + 2):
-        loc.info.default_depth = depth
-        (ms,), _ = evaluate(
-            loc, items, names, [MethodSpec("Finer GEM", "gem", alpha)], auc_steps=0, progress=False
-        )
-        scores[depth] = round(ms.summary()["pointing"], 4)
-        print(f"GEM depth {depth}: validation pointing game {scores[depth]:.3f}", flush=True)
-    best = max(scores, key=lambda d: (scores[d], d))
+        for temp in TEMPERATURES:
+            loc.info.default_depth, loc.info.gem_temperature = depth, temp
+            spec = MethodSpec("Finer GEM", "gem", alpha)
+            (ms,), _ = evaluate(loc, items, names, [spec], auc_steps=0, progress=False)
+            key = f"depth={depth} temperature={temp}"
+            scores[key] = round(ms.summary()["pointing"], 4)
+            print(f"GEM {key}: validation pointing game {scores[key]:.3f}", flush=True)
+    best = max(scores, key=lambda k: scores[k])
+    depth, temp = best.split()
     meta_path = folder / "testbed.json"
     meta = json.loads(meta_path.read_text())
-    meta["gem_depth"] = best
+    meta["gem_depth"] = int(depth.split("=")[1])
+    meta["gem_temperature"] = None if temp.endswith("None") else float(temp.split("=")[1])
     meta["gem_depth_selection"] = {
         "validation": f"held-out indices {VALIDATION_START}..{VALIDATION_START + n - 1}",
         "metric": f"Finer GEM (alpha={alpha:g}) pointing game on the differing part",
