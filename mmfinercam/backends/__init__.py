@@ -6,6 +6,7 @@ backend in turn whether it recognises the model identifier, unless ``backend=`` 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,8 +47,11 @@ def default_device() -> torch.device:
 KNOWN_MODELS_FILE = Path(__file__).resolve().parents[1] / "models.json"
 
 
+@functools.cache
 def known_models() -> dict[str, dict[str, str]]:
-    """Short names for models users ask for by name (``mf.load("bioclip")``), kept as data."""
+    """Short names for models users ask for by name (``mf.load("bioclip")``), kept as data.
+
+    Read once per process; treat the result as read-only."""
     import json
 
     return json.loads(KNOWN_MODELS_FILE.read_text())

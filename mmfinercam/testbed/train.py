@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..backends.open_clip import OpenCLIPVisionTower
 from ..gem import run_tower
 from .generator import IMAGE_SIZE, TRAIN_SEEDS, captions, held_out, sample
 from .species import SPECIES
@@ -118,7 +119,7 @@ def batch_loss(
     """
     truth = [caption_truth(t) for t in texts]
     positives = torch.tensor([[int(s) in t for t in truth] for s in species])
-    tower = _tower(model)
+    tower = OpenCLIPVisionTower(model.visual)  # a view: cheap, holds no state
     if token_path == "gem":
         out = run_tower(tower, x, method="gem", depth=GEM_DEPTH, gem_attention_grad=False)
         z, tokens = out.global_embedding, out.patch_tokens
@@ -226,14 +227,6 @@ def train(args: argparse.Namespace) -> dict:
     result = {"steps": step, "minutes": round((time.time() - start) / 60, 2), "val_accuracy": accuracy}
     save(model, args, log, result)
     return result
-
-
-def _tower(model):
-    from ..backends.open_clip import OpenCLIPVisionTower
-
-    if not hasattr(model, "_mf_tower"):
-        model._mf_tower = OpenCLIPVisionTower(model.visual)
-    return model._mf_tower
 
 
 def save(model, args: argparse.Namespace, log: list[dict], result: dict) -> None:
