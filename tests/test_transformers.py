@@ -7,6 +7,7 @@ import json
 import open_clip
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import load_errors_offline
 
 import mmfinercam as mf
@@ -47,39 +48,57 @@ def test_same_weights_give_equal_gem_maps(pair, size):
     assert (a - b).abs().max() <= 1e-4
 
 
-@pytest.fixture(scope="module")
-def siglip():
-    from transformers import SiglipConfig, SiglipModel
+def _char_tokenizer(prompts):  # a stand-in tokenizer: stable ids from the characters
+    ids = torch.zeros(len(prompts), 16, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        codes = [min(ord(ch), 999) for ch in p[:16]]
+        ids[i, : len(codes)] = torch.tensor(codes)
+    return ids
 
+
+SIGLIP_TEXT = dict(
+    hidden_size=96,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    vocab_size=1000,
+    max_position_embeddings=16,
+)
+SIGLIP_VISION = dict(
+    hidden_size=96, intermediate_size=192, num_hidden_layers=3, num_attention_heads=4, patch_size=16
+)
+
+
+@pytest.fixture(scope="module", params=["siglip", "siglip2"])
+def siglip(request):
+    """A tiny random SigLIP (conv patches, 64 px) or SigLIP 2 (NaFlex linear patches, 4×4 grid)."""
     torch.manual_seed(0)
-    cfg = SiglipConfig(
-        text_config=dict(
-            hidden_size=96,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            vocab_size=1000,
-            max_position_embeddings=16,
-        ),
-        vision_config=dict(
-            hidden_size=96,
-            intermediate_size=192,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            image_size=64,
-            patch_size=16,
-        ),
-    )
-    model = SiglipModel(cfg).eval()
+    if request.param == "siglip":
+        from transformers import SiglipConfig, SiglipModel
 
-    def tokenizer(prompts):  # a stand-in tokenizer: stable ids from the characters
-        ids = torch.zeros(len(prompts), 16, dtype=torch.long)
-        for i, p in enumerate(prompts):
-            codes = [min(ord(ch), 999) for ch in p[:16]]
-            ids[i, : len(codes)] = torch.tensor(codes)
-        return ids
+        cfg = SiglipConfig(text_config=SIGLIP_TEXT, vision_config=SIGLIP_VISION | {"image_size": 64})
+        model = SiglipModel(cfg).eval()
+    else:
+        from transformers import Siglip2Config, Siglip2Model
 
-    return mf.Localizer.from_transformers(model, tokenizer, mean=(0.5,) * 3, std=(0.5,) * 3)
+        cfg = Siglip2Config(text_config=SIGLIP_TEXT, vision_config=SIGLIP_VISION | {"num_patches": 16})
+        model = Siglip2Model(cfg).eval()
+    return mf.Localizer.from_transformers(model, _char_tokenizer, mean=(0.5,) * 3, std=(0.5,) * 3)
+
+
+def _pooled_reference(model, x: torch.Tensor) -> torch.Tensor:
+    """The model's own image embedding; SigLIP 2 gets patches made by its image processor's code."""
+    if type(model).__name__ != "Siglip2Model":
+        ref = model.get_image_features(pixel_values=x)
+    else:
+        from transformers.models.siglip2.image_processing_siglip2 import convert_image_to_patches
+
+        p = model.config.vision_config.patch_size
+        patches = torch.stack([convert_image_to_patches(img, p) for img in x])
+        shapes = torch.tensor([[x.shape[-2] // p, x.shape[-1] // p]] * len(x))
+        mask = torch.ones(patches.shape[:2], dtype=torch.long)
+        ref = model.get_image_features(pixel_values=patches, pixel_attention_mask=mask, spatial_shapes=shapes)
+    return ref if isinstance(ref, torch.Tensor) else ref.pooler_output
 
 
 def test_siglip_has_no_cls_and_maps_every_token(siglip):
@@ -93,12 +112,23 @@ def test_siglip_has_no_cls_and_maps_every_token(siglip):
 
 
 def test_siglip_global_embedding_is_the_models_pooled_output(siglip):
+    """Square for both; SigLIP 2 also non-square (its native aspect-ratio path)."""
     model = siglip.backend.model
-    x = deterministic_image(64, seed=4)
-    ours = siglip.image_tokens(x, method="raw").global_embedding
-    ref = model.get_image_features(pixel_values=x)
-    ref = ref if isinstance(ref, torch.Tensor) else ref.pooler_output
-    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=0)
+    sizes = [64, (64, 96)] if siglip.backend.vision.naflex else [64]
+    for size in sizes:
+        x = torch.cat([deterministic_image(size, seed=4), deterministic_image(size, seed=5)])
+        ours = siglip.image_tokens(x, method="raw").global_embedding
+        torch.testing.assert_close(ours, _pooled_reference(model, x), atol=1e-4, rtol=0)
+
+
+def test_siglip2_image_size_from_its_processor(tmp_path):
+    from transformers import Siglip2ImageProcessor
+
+    from mmfinercam.backends.transformers import image_config_from_processor
+
+    Siglip2ImageProcessor(patch_size=16, max_num_patches=196).save_pretrained(tmp_path)
+    cfg = image_config_from_processor(str(tmp_path))
+    assert cfg is not None and cfg.size == (224, 224)
 
 
 def test_siglip_token_projection_is_the_head_on_one_token(siglip):
@@ -158,3 +188,34 @@ def test_folder_without_config_is_clear(tmp_path):
     (tmp_path / "weights.bin").write_bytes(b"")
     with pytest.raises(mf.WeightsNotFoundError):
         mf.load(str(tmp_path))
+
+
+def test_load_siglip2_folder_offline(tmp_path, siglip, monkeypatch):
+    """A saved Siglip2Model folder (weights, NaFlex processor, a fast tokenizer) loads offline by path."""
+    if not siglip.backend.vision.naflex:
+        return  # the folder is built from the SigLIP 2 instance of the fixture
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Siglip2ImageProcessor
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    words = ["<pad>", "<unk>", "a", "photo", "of", "bird", "fish", "."]
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>").save_pretrained(
+        tmp_path
+    )
+    Siglip2ImageProcessor(patch_size=16, max_num_patches=16).save_pretrained(tmp_path)
+    siglip.backend.model.save_pretrained(tmp_path)
+    loc = mf.load(str(tmp_path), device="cpu")
+    assert loc.backend.vision.naflex and loc.backend.image_config.size == (64, 64)
+    from transformers import AutoTokenizer
+
+    prompts = ["a photo of a bird .", "a fish ."]
+    enc = AutoTokenizer.from_pretrained(tmp_path)(
+        prompts, padding="max_length", max_length=16, return_tensors="pt"
+    )
+    ref = siglip.backend.model.get_text_features(**enc)  # the transformers pipeline, padded to the context
+    ref = ref if isinstance(ref, torch.Tensor) else ref.pooler_output
+    torch.testing.assert_close(loc.encode_text(prompts), F.normalize(ref, dim=-1), atol=1e-4, rtol=0)
+    res = loc.finer_cam(deterministic_image((64, 96), seed=7), "a bird", ["a fish"])
+    assert res.heatmaps.shape == (1, 64, 96)

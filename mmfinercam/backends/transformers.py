@@ -1,4 +1,4 @@
-"""Hugging Face transformers backend: ``CLIPModel`` and ``SiglipModel`` (and SigLIP 2 where present).
+"""Hugging Face transformers backend: ``CLIPModel``, ``SiglipModel`` and ``Siglip2Model``.
 
 Loads by hub id or local folder with ``from_pretrained`` (``HF_HUB_OFFLINE`` honoured; a
 missing model gives one line naming what was looked for), or wraps a built model with
@@ -11,6 +11,12 @@ tokens, then layer norm and an MLP). Here:
 * a patch token is mapped into the joint space by the same head applied to that token alone:
   attention over a single key is the identity, leaving the value and output projections, then
   the head's residual MLP. GEM tokens go through the same map, after ``post_layernorm``.
+
+SigLIP 2 (NaFlex) embeds flattened patches with a linear layer and resizes its position table
+to each image's patch grid with its own resampler. Our images come as one fixed-size batch, so
+every image has the same grid and no padding: the tower patchifies in the processor's order
+(rows, columns, then pixel rows, pixel columns, channels) and calls the model's resampler, which
+gives what ``Siglip2Model`` gives for the same pixels with an all-ones attention mask.
 """
 
 from __future__ import annotations
@@ -76,7 +82,8 @@ class HFVisionTower(VisionTower):
         self.projection = projection
         self.has_cls = hasattr(emb, "class_embedding")
         self.num_prefix_tokens = 1 if self.has_cls else 0
-        ps = emb.patch_embedding.kernel_size
+        self.naflex = isinstance(emb.patch_embedding, nn.Linear)  # SigLIP 2: patches come flattened
+        ps = (emb.patch_size, emb.patch_size) if self.naflex else emb.patch_embedding.kernel_size
         self.patch_size = (int(ps[0]), int(ps[1]))
         n_pos = emb.position_embedding.weight.shape[0] - self.num_prefix_tokens
         side = int(n_pos**0.5)
@@ -85,6 +92,8 @@ class HFVisionTower(VisionTower):
         self.head = getattr(vision, "head", None)
 
     def embed(self, pixels: Tensor) -> Tensor:
+        if self.naflex:
+            return self._embed_naflex(pixels)
         emb = self.vision.embeddings
         x = emb.patch_embedding(pixels.to(emb.patch_embedding.weight.dtype))
         b, c, gh, gw = x.shape
@@ -97,6 +106,18 @@ class HFVisionTower(VisionTower):
         x = x + pos.to(x.dtype)
         pre = getattr(self.vision, "pre_layrnorm", None)
         return pre(x) if pre is not None else x
+
+    def _embed_naflex(self, pixels: Tensor) -> Tensor:
+        emb = self.vision.embeddings
+        b, c, h, w = pixels.shape
+        ph, pw = self.patch_size
+        gh, gw = h // ph, w // pw
+        patches = pixels[:, :, : gh * ph, : gw * pw].reshape(b, c, gh, ph, gw, pw)
+        patches = patches.permute(0, 2, 4, 3, 5, 1).reshape(b, gh * gw, ph * pw * c)
+        x = emb.patch_embedding(patches.to(emb.patch_embedding.weight.dtype))
+        table = emb.position_embedding.weight.reshape(*self.grid_size, -1)
+        shapes = torch.tensor([[gh, gw]], device=pixels.device).expand(b, 2)
+        return x + emb.resize_positional_embeddings(table, shapes, max_length=gh * gw).to(x.dtype)
 
     def pool(self, x: Tensor) -> Tensor:
         if self.has_cls:
@@ -133,7 +154,8 @@ class TransformersBackend(Backend):
         self.tokenizer = tokenizer
         self.vision = HFVisionTower(model.vision_model, getattr(model, "visual_projection", None))
         cfg = model.config.vision_config
-        self.image_config = image_config or ImageConfig(size=(cfg.image_size, cfg.image_size))
+        side = getattr(cfg, "image_size", None) or self.vision.grid_size[0] * self.vision.patch_size[0]
+        self.image_config = image_config or ImageConfig(size=(side, side))
         self.is_siglip = not self.vision.has_cls
         self.info = info or ModelInfo(name=type(model).__name__)
         if self.is_siglip and info is None:
@@ -153,10 +175,15 @@ class TransformersBackend(Backend):
             mask = (out != 0).long()
             mask[:, 0] = 1
             return {"input_ids": out.to(self.device), "attention_mask": mask.to(self.device)}
-        padding = "max_length" if self.is_siglip else True
-        enc = self.tokenizer(list(prompts), padding=padding, truncation=True, return_tensors="pt")
-        keep = ("input_ids", "attention_mask") if not self.is_siglip else ("input_ids",)
-        return {k: v.to(self.device) for k, v in enc.items() if k in keep}
+        if self.is_siglip:  # trained on text padded to the full context (64 for SigLIP 2)
+            length = self.model.config.text_config.max_position_embeddings
+            pad = {"padding": "max_length", "max_length": length}
+        else:
+            pad = {"padding": True}
+        enc = self.tokenizer(list(prompts), truncation=True, return_tensors="pt", **pad)
+        # what the tokenizer gives, as `model(**tokenizer(...))` would pass it (SigLIP: ids only;
+        # SigLIP 2: ids and its attention mask)
+        return {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
 
     @torch.inference_mode()
     def encode_text(self, prompts: Sequence[str]) -> Tensor:
@@ -187,8 +214,11 @@ def image_config_from_processor(folder_or_id: str) -> ImageConfig | None:
         proc = AutoImageProcessor.from_pretrained(folder_or_id)
     except Exception:  # noqa: BLE001 - any failure means "no processor config"
         return None
-    size = getattr(proc, "crop_size", None) or getattr(proc, "size", None) or {}
-    side = size.get("height") or size.get("shortest_edge") or 224
+    if getattr(proc, "max_num_patches", None):  # SigLIP 2 NaFlex: the square grid it was trained at
+        side = int(proc.max_num_patches**0.5) * int(proc.patch_size)
+    else:
+        size = getattr(proc, "crop_size", None) or getattr(proc, "size", None) or {}
+        side = size.get("height") or size.get("shortest_edge") or 224
     return ImageConfig(size=(side, side), mean=tuple(proc.image_mean), std=tuple(proc.image_std))
 
 
