@@ -360,6 +360,65 @@ def models(args: argparse.Namespace) -> int:
     return 0
 
 
+def batch_cmd(args: argparse.Namespace) -> int:
+    from .batch import BatchJob, PromptSet, load_prompt_sets, read_collection, run_distributed, run_with_ray
+    from .finer import check_contrasts, check_prompt
+
+    collection = read_collection(args.input)
+    sets = []
+    if args.prompt_sets:
+        sets = load_prompt_sets(args.prompt_sets)
+    elif args.target is not None:
+        target = check_prompt(args.target, "target prompt")
+        contrast = check_contrasts(target, args.contrast) if args.contrast else []
+        sets = [PromptSet(target, target, tuple(contrast))]
+    job = BatchJob(
+        out=args.out,
+        prompt_sets=sets,
+        model=args.model,
+        pretrained=args.pretrained,
+        backend=args.backend,
+        dtype=args.dtype,
+        method=args.method,
+        alpha=args.alpha,
+        weighting=args.weighting,
+        depth=args.depth,
+        vocabulary=args.vocabulary,
+        contrast_ranks=tuple(args.ranks),
+        image_size=args.image_size,
+        chunk_size=args.chunk_size,
+    )
+    if args.ray is not None:
+        report = run_with_ray(
+            job,
+            collection,
+            actors=args.ray_actors,
+            gpus_per_actor=args.ray_gpus,
+            batch_size=args.batch_size,
+            address=args.ray or None,
+        )
+    else:
+        shard = None
+        if args.shard:
+            rank, _, world = args.shard.partition("/")
+            shard = (int(rank), int(world))
+        report = run_distributed(
+            job,
+            collection,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            progress=not args.quiet,
+            shard=shard,
+        )
+    print(
+        f"{report.images} images done, {report.failed} failed, {report.chunks_skipped} chunks skipped "
+        f"(done before or another shard's), {report.images_per_second:.1f} images/s"
+    )
+    if report.finished:
+        print(f"all chunks done: {Path(args.out) / 'summary.parquet'}, failed.csv, manifest.json")
+    return 1 if report.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mmfinercam",
@@ -407,6 +466,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ref-dir", default=".gem-ref", help="where gem_torch + open_clip 2.23 are installed")
     p.add_argument("--out", "-o", default="mmfinercam-bench")
     p.set_defaults(func=bench)
+    p = sub.add_parser("batch", help="maps for a whole collection: resumable, sharded, Parquet + .npy")
+    p.add_argument("input", help="image folder, .csv/.parquet list, or a saved datasets folder")
+    p.add_argument("--target", default=None, help="the concept to localize (or per-row 'target' column)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--contrast", nargs="+", default=None, help="similar concepts to subtract")
+    g.add_argument("--prompt-sets", default=None, help="JSON list of {name, target, contrast}")
+    p.add_argument("--vocabulary", default=None, help="automatic contrasts where none are given")
+    p.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--alpha", type=float, default=1.0)
+    p.add_argument("--weighting", choices=["softmax", "uniform"], default="softmax")
+    p.add_argument("--method", choices=["gem", "raw"], default="gem")
+    p.add_argument("--depth", type=int, default=None)
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    p.add_argument("--chunk-size", type=int, default=256, help="images per output chunk (the resume unit)")
+    p.add_argument("--shard", default=None, help="i/n: this process's share (default: RANK/WORLD_SIZE)")
+    p.add_argument("--ray", nargs="?", const="", default=None, help="run on Ray (optional cluster address)")
+    p.add_argument("--ray-actors", type=int, default=1)
+    p.add_argument("--ray-gpus", type=float, default=0.0, help="GPUs per Ray actor")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--out", "-o", default="mmfinercam-batch")
+    _add_model_args(p)
+    p.set_defaults(func=batch_cmd)
     p = sub.add_parser("models", help="list the model backends")
     p.set_defaults(func=models)
     return parser

@@ -20,21 +20,34 @@ from .errors import PromptError
 WEIGHTINGS = ("softmax", "uniform")
 
 
-def contrast_weights(contrast_similarity: Tensor, logit_scale: float, weighting: str = "softmax") -> Tensor:
+def contrast_weights(
+    contrast_similarity: Tensor,
+    logit_scale: float,
+    weighting: str = "softmax",
+    valid: Tensor | None = None,
+) -> Tensor:
     """Weights of the D contrasts for each image (B×D, rows sum to 1).
 
     ``softmax``: the softmax over {target, contrasts} of ``logit_scale * <z, t>`` restricted to
     the contrasts and renormalized, which equals a softmax over the contrasts alone. More
-    plausible confusions weigh more. ``uniform``: 1/D each.
+    plausible confusions weigh more. ``uniform``: 1/D each. ``valid`` (B×D bool) marks real
+    contrasts when rows are padded to a common D: padding gets weight 0 (a row with none, all 0).
     """
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
     b, d = contrast_similarity.shape
     if d == 0:
         return contrast_similarity.new_zeros(b, 0)
+    if valid is None:
+        if weighting == "uniform":
+            return contrast_similarity.new_full((b, d), 1.0 / d)
+        return torch.softmax(logit_scale * contrast_similarity.float(), dim=-1)
     if weighting == "uniform":
-        return contrast_similarity.new_full((b, d), 1.0 / d)
-    return torch.softmax(logit_scale * contrast_similarity.float(), dim=-1)
+        w = valid.float()
+    else:
+        logits = (logit_scale * contrast_similarity.float()).masked_fill(~valid, -torch.inf)
+        w = torch.exp(logits - logits.amax(dim=-1, keepdim=True).clamp_min(-1e30)).masked_fill(~valid, 0.0)
+    return w / w.sum(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
 def finer_scores(target_maps: Tensor, contrast_maps: Tensor, weights: Tensor, alpha: float) -> Tensor:

@@ -221,3 +221,13 @@ def test_half_precision_close_to_fp32(tiny_model, sample_images, dtype):
     b = half.finer_cam(sample_images[2], "a bird", ["a fish"])
     assert b.scores.dtype == torch.float32
     assert torch.corrcoef(torch.stack([a.scores.flatten(), b.scores.flatten()]))[0, 1] > 0.95
+
+
+@pytest.mark.parametrize("weighting", ["softmax", "uniform"])
+def test_padded_contrasts_weigh_like_unpadded(weighting):
+    """Rows padded to a common D (batch runs with ragged contrasts) give the unpadded weights."""
+    sim = torch.tensor([[0.3, 0.1, 0.7], [0.2, 0.5, -0.4]])
+    valid = torch.tensor([[True, True, False], [False, False, False]])
+    w = contrast_weights(sim, 10.0, weighting, valid)
+    torch.testing.assert_close(w[0, :2], contrast_weights(sim[:1, :2], 10.0, weighting)[0])
+    assert w[0, 2] == 0 and torch.equal(w[1], torch.zeros(3))  # a row with no contrast weighs nothing

@@ -1,0 +1,263 @@
+"""`mmfinercam batch`: inputs, resume, broken images, shards, Ray, and agreement with finer_cam."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+import mmfinercam as mf
+from mmfinercam.batch import BatchJob, BatchRunner, PromptSet, iter_results, load_map, read_collection
+from mmfinercam.cli import main
+from mmfinercam.errors import MMFinerCAMError
+from mmfinercam.testbed import held_out
+
+N_IMAGES = 7  # index 3 is broken
+SETS = [
+    PromptSet("finch", "Alder finch", ("Birch finch", "Cedar finch")),
+    PromptSet("red-wing", "a bird with a red wing", ("a bird with a blue wing",)),
+]
+
+
+@pytest.fixture(scope="module")
+def testbed():
+    return mf.load("testbed", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def collection_dir(tmp_path_factory):
+    """Seven held-out birds as PNGs with their wing masks; the fourth file is not an image."""
+    root = tmp_path_factory.mktemp("collection")
+    images = root / "images"
+    images.mkdir()
+    rows = ["path,target,contrast,mask"]
+    for i, s in enumerate(held_out(N_IMAGES, start=7000)):
+        name = f"bird{i}.png"
+        if i == 3:
+            (images / name).write_bytes(b"not a png at all")
+        else:
+            s.image.save(images / name)
+        Image.fromarray((s.masks["wing"] * 255).astype(np.uint8)).save(root / f"mask{i}.png")
+        sibs = [x.name for x in mf.testbed.siblings(s.species)]
+        rows.append(f"images/{name},{s.species.name},{'|'.join(sibs)},mask{i}.png")
+    (root / "list.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def _job(out, **kw):
+    base = dict(out=str(out), prompt_sets=SETS, model="testbed", chunk_size=2)
+    return BatchJob(**(base | kw))
+
+
+def _outputs(out: Path) -> tuple[list[dict], dict[str, bytes]]:
+    rows = list(iter_results(out))
+    maps = {p.name: p.read_bytes() for p in sorted((out / "maps").glob("*.npy"))}
+    return rows, maps
+
+
+def assert_same_outputs(a: Path, b: Path) -> None:
+    """Same rows, files and maps; numbers to float rounding (other processes may use other thread
+    counts, which reorders float sums)."""
+    rows_a, maps_a = _outputs(a)
+    rows_b, maps_b = _outputs(b)
+    assert len(rows_a) == len(rows_b) and list(maps_a) == list(maps_b)
+    for ra, rb in zip(rows_a, rows_b):
+        assert ra.keys() == rb.keys()
+        for k in ra:
+            if isinstance(ra[k], float) or (
+                isinstance(ra[k], list) and ra[k] and isinstance(ra[k][0], float)
+            ):
+                np.testing.assert_allclose(ra[k], rb[k], atol=1e-4, err_msg=k)
+            else:
+                assert ra[k] == rb[k], k
+    for name in maps_a:
+        np.testing.assert_allclose(
+            np.load(a / "maps" / name).astype(np.float32),
+            np.load(b / "maps" / name).astype(np.float32),
+            atol=2e-3,
+        )
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, collection_dir, testbed):
+    out = tmp_path_factory.mktemp("ref")
+    runner = BatchRunner(_job(out), read_collection(collection_dir / "images"), localizer=testbed)
+    report = runner.run(workers=0, progress=False)
+    return out, report
+
+
+def test_folder_run_writes_every_image_and_lists_the_broken_one(reference_run):
+    out, report = reference_run
+    assert report.finished and report.images == N_IMAGES - 1 and report.failed == 1
+    rows = list(iter_results(out))
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(ok) == (N_IMAGES - 1) * len(SETS)
+    (bad,) = [r for r in rows if r["status"] == "failed"]
+    assert bad["key"] == "bird3.png" and bad["error"]
+    assert "bird3.png" in (out / "failed.csv").read_text()
+    assert [r["key"] for r in rows if r["status"] == "ok"][::2] == [
+        f"bird{i}.png" for i in (0, 1, 2, 4, 5, 6)
+    ]
+    manifest = (out / "manifest.json").read_text()
+    assert '"images_ok": 6' in manifest and '"images_failed": 1' in manifest
+    for r in ok:
+        grid = load_map(out, r)
+        assert grid.dtype == np.float16 and grid.shape == (r["grid_height"], r["grid_width"]) == (12, 12)
+        assert 0 <= r["peak_x"] <= r["image_width"] and len(r["top_prompts"]) == 5
+
+
+def test_batch_maps_equal_finer_cam(reference_run, collection_dir, testbed):
+    """The batch path and Localizer.finer_cam compute the same Finer-CAM scores and weights."""
+    out, _ = reference_run
+    rows = [r for r in iter_results(out) if r["status"] == "ok" and r["prompt_set"] == "red-wing"]
+    paths = [str(collection_dir / "images" / r["key"]) for r in rows]
+    ref = testbed.finer_cam(paths, "a bird with a red wing", ["a bird with a blue wing"])
+    for i, r in enumerate(rows):
+        np.testing.assert_allclose(load_map(out, r), ref.scores[i].numpy(), atol=2e-3)
+        np.testing.assert_allclose(r["weights"], ref.weights[i].numpy(), atol=1e-5)
+        assert r["contrast"] == ["a bird with a blue wing"]
+
+
+def test_resume_after_interruption_equals_an_uninterrupted_run(
+    tmp_path, reference_run, collection_dir, testbed
+):
+    collection = read_collection(collection_dir / "images")
+    runner = BatchRunner(_job(tmp_path), collection, localizer=testbed)
+    calls = []
+    original = runner.process_chunk
+
+    def dies_at_third(c, **kw):
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the process is killed mid-run
+        calls.append(c)
+        return original(c, **kw)
+
+    runner.process_chunk = dies_at_third
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(workers=0, progress=False)
+    assert not (tmp_path / "summary.parquet").exists()
+    assert len(list((tmp_path / "chunks").glob("*.parquet"))) == 2
+    resumed = BatchRunner(_job(tmp_path), collection, localizer=testbed)
+    done = []
+    resumed_original = resumed.process_chunk
+    resumed.process_chunk = lambda c, **kw: done.append(c) or resumed_original(c, **kw)
+    report = resumed.run(workers=0, progress=False)
+    assert done == [2, 3] and report.chunks_skipped == 2  # each chunk computed exactly once
+    assert _outputs(tmp_path) == _outputs(reference_run[0])
+
+
+def test_a_different_run_in_the_same_folder_is_refused(reference_run, collection_dir, testbed):
+    out, _ = reference_run
+    with pytest.raises(MMFinerCAMError, match="alpha"):
+        BatchRunner(_job(out, alpha=0.5), read_collection(collection_dir / "images"), localizer=testbed).run(
+            workers=0, progress=False
+        )
+
+
+def test_dataloader_workers_give_the_same_output(tmp_path, reference_run, collection_dir, testbed):
+    runner = BatchRunner(_job(tmp_path), read_collection(collection_dir / "images"), localizer=testbed)
+    runner.run(workers=2, batch_size=3, progress=False)
+    assert _outputs(tmp_path) == _outputs(reference_run[0])
+
+
+def test_csv_rows_with_their_own_targets_and_masks(tmp_path, collection_dir, testbed):
+    collection = read_collection(collection_dir / "list.csv")
+    assert collection.rows[0].contrast and collection.rows[0].mask
+    report = BatchRunner(_job(tmp_path, prompt_sets=[]), collection, localizer=testbed).run(
+        workers=0, progress=False
+    )
+    assert report.images == N_IMAGES - 1 and report.failed == 1
+    rows = [r for r in iter_results(tmp_path) if r["status"] == "ok"]
+    truth = {f"images/bird{i}.png": s for i, s in enumerate(held_out(N_IMAGES, start=7000))}
+    for r in rows:
+        sp = truth[r["key"]].species
+        assert r["target"] == sp.name and r["contrast"] == [x.name for x in mf.testbed.siblings(sp)]
+        assert 0.0 <= r["mask_energy"] <= 1.0
+    # the mask energy is the share of the positive upsampled map inside the mask
+    r = rows[0]
+    heat = load_map(tmp_path, r).astype(np.float32)
+    import torch
+    import torch.nn.functional as F
+
+    up = F.interpolate(
+        torch.from_numpy(heat)[None, None], size=(96, 96), mode="bilinear", align_corners=False
+    )[0, 0].clamp_min(0)  # upsampled, then ReLU, as heatmaps are made
+    mask = torch.from_numpy(truth[r["key"]].masks["wing"])
+    assert r["mask_energy"] == pytest.approx(float((up * mask).sum() / up.sum()), abs=2e-3)
+
+
+def test_parquet_list_and_vocabulary_contrasts(tmp_path, collection_dir, testbed):
+    import pyarrow as pa
+
+    table = pa.table({"path": [f"images/bird{i}.png" for i in (0, 1, 2)]})
+    pq.write_table(table, collection_dir / "list.parquet")
+    job = _job(tmp_path, prompt_sets=[PromptSet("t", "Alder finch")], vocabulary="testbed-species")
+    BatchRunner(job, read_collection(collection_dir / "list.parquet"), localizer=testbed).run(
+        workers=0, progress=False
+    )
+    rows = list(iter_results(tmp_path))
+    paths = [str(collection_dir / "images" / f"bird{i}.png") for i in (0, 1, 2)]
+    ref = testbed.finer_cam(paths, "Alder finch", vocabulary="testbed-species")
+    assert [r["contrast"] for r in rows] == ref.contrast
+    for i, r in enumerate(rows):
+        np.testing.assert_allclose(load_map(tmp_path, r), ref.scores[i].numpy(), atol=2e-3)
+
+
+def test_saved_datasets_folder(tmp_path, collection_dir, testbed):
+    datasets = pytest.importorskip("datasets")
+    images = [Image.open(collection_dir / "images" / f"bird{i}.png").convert("RGB") for i in (0, 1, 2)]
+    ds = datasets.Dataset.from_dict({"image": images, "key": ["a", "b", "c"]})
+    ds = ds.cast_column("image", datasets.Image())
+    ds.save_to_disk(str(tmp_path / "ds"))
+    collection = read_collection(tmp_path / "ds")
+    assert collection.kind == "datasets" and [r.key for r in collection.rows] == ["a", "b", "c"]
+    BatchRunner(_job(tmp_path / "out"), collection, localizer=testbed).run(workers=1, progress=False)
+    rows = [r for r in iter_results(tmp_path / "out") if r["prompt_set"] == "finch"]
+    ref = testbed.finer_cam(images, "Alder finch", ["Birch finch", "Cedar finch"])
+    for i, r in enumerate(rows):
+        np.testing.assert_allclose(load_map(tmp_path / "out", r), ref.scores[i].numpy(), atol=2e-3)
+
+
+def _cli_batch_args(collection_dir, out):
+    return [
+        "batch", str(collection_dir / "images"), "--target", "Alder finch", "--contrast", "Birch finch",
+        "Cedar finch", "--chunk-size", "2", "--workers", "0", "--quiet", "--out", str(out),
+    ]  # fmt: skip
+
+
+def test_two_processes_under_torchrun_equal_one(tmp_path, collection_dir):
+    single = tmp_path / "single"
+    assert main(_cli_batch_args(collection_dir, single)) == 1  # one image failed: exit 1
+    sharded = tmp_path / "sharded"
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
+           "-m", "mmfinercam.cli", *_cli_batch_args(collection_dir, sharded)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]  # rank 1's share holds the broken image
+    assert (sharded / "summary.parquet").exists(), proc.stderr[-2000:]
+    assert_same_outputs(sharded, single)
+
+
+def test_ray_on_a_local_instance_equals_one_process(tmp_path, reference_run, collection_dir):
+    pytest.importorskip("ray")
+    from mmfinercam.batch import run_with_ray
+
+    report = run_with_ray(_job(tmp_path), read_collection(collection_dir / "images"), actors=1)
+    assert report.finished and report.images == N_IMAGES - 1 and report.failed == 1
+    assert_same_outputs(tmp_path, reference_run[0])
+
+
+def test_bad_inputs_are_one_line(tmp_path, collection_dir, capsys):
+    assert main(["batch", str(tmp_path / "nope"), "--target", "x", "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["batch", str(collection_dir / "images"), "--out", str(tmp_path / "o")]) == 2
+    assert "no target" in capsys.readouterr().err
+    assert main(["batch", str(collection_dir / "images"), "--target", " ", "--out", str(tmp_path / "o")]) == 2
+    assert main(["batch", str(collection_dir / "images"), "--target", "x", "--method", "raw", "--out",
+                 str(tmp_path / "o2"), "--quiet", "--workers", "0", "--chunk-size", "100"]) == 1  # fmt: skip
