@@ -419,6 +419,18 @@ def batch_cmd(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+def app_cmd(args: argparse.Namespace) -> int:
+    try:
+        from .app import launch
+    except ImportError as err:
+        raise MMFinerCAMError("the web app needs Gradio: pip install 'mmfinercam[app]'") from err
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"WARNING: listening on {args.host}: anyone who can reach it can use the app", file=sys.stderr)
+    print(f"mmfinercam app on http://{args.host}:{args.port} (Ctrl-C stops it)")
+    launch(args.host, args.port, models=args.models, max_upload_mb=args.max_upload_mb)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mmfinercam",
@@ -490,6 +502,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", default="mmfinercam-batch")
     _add_model_args(p)
     p.set_defaults(func=batch_cmd)
+    p = sub.add_parser("app", help="a local web app: upload an image, type concepts, compare maps")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--models", nargs="+", default=None, help="models offered (default: those present)")
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload accepted")
+    p.set_defaults(func=app_cmd)
     p = sub.add_parser("models", help="list the model backends")
     p.set_defaults(func=models)
     return parser

@@ -31,6 +31,21 @@ def describe_contrast(target: str | None, contrast: Sequence[str] | None, alpha:
     return " ".join(parts)
 
 
+def blend(image: ImageInput, heatmap: Tensor | np.ndarray, *, cmap: str = "jet", opacity: float = 0.5):
+    """``heatmap`` (values in [0, 1]) coloured with ``cmap`` over ``image``: a PIL image at the
+    image's size, for apps and batch pictures where a matplotlib figure is too slow."""
+    from matplotlib import colormaps
+    from PIL import Image
+
+    rgb = read_image(image)
+    heat = _as_array(heatmap)
+    if heat.shape != (rgb.height, rgb.width):
+        heat = np.asarray(Image.fromarray(heat).resize((rgb.width, rgb.height), Image.Resampling.BILINEAR))
+    colour = colormaps[cmap](np.clip(heat, 0.0, 1.0))[..., :3]
+    mixed = (1 - opacity) * np.asarray(rgb, np.float32) / 255.0 + opacity * colour
+    return Image.fromarray(np.round(np.clip(mixed, 0, 1) * 255).astype(np.uint8))
+
+
 def overlay(
     image: ImageInput,
     heatmap: Tensor | np.ndarray,

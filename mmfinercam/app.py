@@ -1,0 +1,272 @@
+"""A local web app: upload an image, type a target and contrasts, see the plain map beside Finer-CAM.
+
+    mmfinercam app                      # http://127.0.0.1:7860, the shipped testbed model
+    mmfinercam app --host 0.0.0.0 --port 8080 --max-upload-mb 20
+
+The work is done by :func:`localize_for_app`, a plain function the tests call directly; the
+Gradio page (:func:`build_app`) only wires widgets to it. Every mistake a user can make (no
+image, an empty prompt, a file that is not an image, an image too large) comes back as one
+sentence shown on the page, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .errors import MMFinerCAMError
+from .viz import blend
+
+SAMPLES_DIR = Path(__file__).resolve().parent / "data" / "samples"
+MAX_PIXELS = 40_000_000  #: larger images are refused (decoding and resizing them stalls a CPU)
+DEFAULT_MAX_UPLOAD_MB = 10
+
+
+class AppInputError(MMFinerCAMError):
+    """A mistake in what the user gave the app; its message is shown on the page."""
+
+
+@dataclass
+class AppResult:
+    plain: Image.Image  #: the plain target map over the image
+    finer: Image.Image  #: Finer-CAM over the image
+    details: str  #: markdown: contrasts, weights, similarities, where the peak is
+    files: list[str]  #: downloads: Finer-CAM heatmap (.npy), overlay (.png), summary (.json)
+
+
+def local_models() -> list[str]:
+    """Known model names whose weights are on this machine, the shipped testbed model first."""
+    from .backends import known_models, weights_present
+
+    names = []
+    for name, entry in known_models().items():
+        try:
+            if weights_present(entry):
+                names.append(name)
+        except Exception:  # noqa: BLE001 - an entry we cannot check is simply not offered
+            continue
+    return sorted(names, key=lambda n: n != "testbed")
+
+
+class ModelCache:
+    """Loads each model once, on first use."""
+
+    def __init__(self, loader: Callable[[str], Any] | None = None):
+        from .localizer import load
+
+        self._loader = loader or (lambda name: load(name))
+        self._models: dict[str, Any] = {}
+
+    def __call__(self, name: str):
+        if name not in self._models:
+            self._models[name] = self._loader(name)
+        return self._models[name]
+
+
+def _parse_contrasts(text: str | None) -> list[str]:
+    """Contrasts typed as "a, b" or one a line."""
+    if not text:
+        return []
+    parts = [p.strip() for line in text.splitlines() for p in line.split(",")]
+    return [p for p in parts if p]
+
+
+def _open_image(path: str | None, max_pixels: int) -> Image.Image:
+    from .images import read_image
+
+    if path is None or str(path).strip() == "":
+        raise AppInputError("Upload an image or pick a sample first.")
+    try:
+        with Image.open(path) as probe:  # size from the header, before decoding the pixels
+            width, height = probe.size
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise AppInputError(f"That file is not an image this app can read ({type(err).__name__}).") from err
+    if width * height > max_pixels:
+        raise AppInputError(
+            f"The image is {width}×{height} px; the limit is {max_pixels // 1_000_000} megapixels. "
+            "Scale it down and upload it again."
+        )
+    try:
+        return read_image(path)
+    except MMFinerCAMError as err:
+        raise AppInputError(f"That image cannot be used: {err}") from err
+
+
+def localize_for_app(
+    image: str | None,
+    target: str | None,
+    contrast: str | None,
+    vocabulary: str | None,
+    alpha: float,
+    model: str,
+    *,
+    models: ModelCache,
+    max_pixels: int = MAX_PIXELS,
+    out_dir: str | Path | None = None,
+) -> AppResult:
+    """Plain map and Finer-CAM for one image; raises :class:`AppInputError` for user mistakes."""
+    rgb = _open_image(image, max_pixels)
+    target = (target or "").strip()
+    if not target:
+        raise AppInputError("Type a target concept, e.g. “red wing” or a species name.")
+    contrasts = _parse_contrasts(contrast)
+    vocabulary = vocabulary or None
+    if contrasts and vocabulary:
+        vocabulary = None  # typed contrasts win over the vocabulary
+    if not model:
+        raise AppInputError("Pick a model.")
+    try:
+        loc = models(model)
+    except MMFinerCAMError as err:
+        raise AppInputError(f"Model {model!r} cannot be loaded: {err}") from err
+    try:
+        res = loc.finer_cam(rgb, target, contrasts or None, alpha=float(alpha), vocabulary=vocabulary)
+    except (MMFinerCAMError, ValueError) as err:
+        raise AppInputError(str(err)) from err
+    from .finer import to_heatmap
+
+    size = (rgb.height, rgb.width)
+    plain_heat = to_heatmap(res.target_scores[:1].float(), size)[0] if res.target_scores is not None else None
+    finer_heat = res.heatmaps[0]
+    plain = blend(rgb, plain_heat if plain_heat is not None else finer_heat)
+    finer = blend(rgb, finer_heat)
+    summary = res.summary(0) | {"model": model, "source": Path(str(image)).name}
+    out = Path(out_dir or tempfile.mkdtemp(prefix="mmfinercam-app-"))
+    out.mkdir(parents=True, exist_ok=True)
+    stem = _safe_stem(Path(str(image)).stem)
+    files = [out / f"{stem}.finer.npy", out / f"{stem}.finer.png", out / f"{stem}.json"]
+    np.save(files[0], finer_heat.numpy().astype(np.float32))
+    finer.save(files[1])
+    files[2].write_text(json.dumps(summary, indent=2))
+    return AppResult(plain, finer, _details(summary), [str(f) for f in files])
+
+
+def _safe_stem(stem: str) -> str:
+    keep = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in stem)[:60]
+    return keep or "image"
+
+
+def _details(s: dict[str, Any]) -> str:
+    rows = "\n".join(
+        f"| {c} | {w:.3f} | {sim:.3f} |"
+        for c, w, sim in zip(s["contrast"], s["weights"], s["contrast_similarity"])
+    )
+    table = (
+        "| contrast | weight | similarity |\n|---|---|---|\n" + rows
+        if rows
+        else "No contrasts: the Finer-CAM map is the plain map."
+    )
+    return (
+        f"**{s['target']}** (similarity {s['target_similarity']:.3f}), alpha = {s['alpha']:g}, "
+        f"model `{s['model']}`\n\n{table}\n\nFiner-CAM peak at x={s['peak_xy'][0]}, y={s['peak_xy'][1]}."
+    )
+
+
+def build_app(
+    models: Sequence[str] | None = None,
+    *,
+    cache: ModelCache | None = None,
+    max_pixels: int = MAX_PIXELS,
+):
+    """The Gradio Blocks page (not launched)."""
+    import gradio as gr
+
+    from . import prompts
+
+    names = list(models) if models else local_models()
+    cache = cache or ModelCache()
+
+    def run(image, target, contrast, vocabulary, alpha, model):
+        try:
+            r = localize_for_app(
+                image, target, contrast, vocabulary, alpha, model, models=cache, max_pixels=max_pixels
+            )
+        except AppInputError as err:
+            raise gr.Error(str(err), print_exception=False) from None
+        return r.plain, r.finer, r.details, r.files
+
+    with gr.Blocks(title="mmfinercam") as page:
+        gr.Markdown(
+            "## mmfinercam: where is the concept, and what separates it from similar ones?\n"
+            "Upload an image (or pick a sample), type a target and contrasting concepts (or pick a "
+            "vocabulary for automatic contrasts), and compare the plain map with Finer-CAM."
+        )
+        with gr.Row():
+            with gr.Column(scale=1):
+                image = gr.Image(
+                    label="Image", type="filepath", sources=["upload", "clipboard"], elem_id="image"
+                )
+                target = gr.Textbox(label="Target", placeholder="e.g. Alder finch", elem_id="target")
+                contrast = gr.Textbox(
+                    label="Contrasts (comma-separated)",
+                    placeholder="e.g. Birch finch, Cedar finch",
+                    elem_id="contrast",
+                )
+                vocabulary = gr.Dropdown(
+                    choices=[""] + prompts.available(),
+                    value="",
+                    label="…or automatic contrasts from a vocabulary",
+                    elem_id="vocabulary",
+                )
+                alpha = gr.Slider(
+                    0.0, 2.0, value=1.0, step=0.05, label="alpha (0 = plain map)", elem_id="alpha"
+                )
+                model = gr.Dropdown(
+                    choices=names, value=names[0] if names else None, label="Model", elem_id="model"
+                )
+                go = gr.Button("Localize", variant="primary", elem_id="run")
+            with gr.Column(scale=2):
+                with gr.Row():
+                    plain = gr.Image(label="Plain map (target only)", elem_id="plain", interactive=False)
+                    finer = gr.Image(label="Finer-CAM", elem_id="finer", interactive=False)
+                details = gr.Markdown(elem_id="details")
+                files = gr.File(
+                    label="Download: heatmap (.npy), overlay (.png), summary (.json)", file_count="multiple"
+                )
+        samples = sample_rows()
+        if samples:
+            gr.Examples(samples, inputs=[image, target, contrast], label="Samples")
+        go.click(run, [image, target, contrast, vocabulary, alpha, model], [plain, finer, details, files])
+    return page
+
+
+def sample_rows() -> list[list[str]]:
+    """[image path, target, contrasts] of each shipped sample bird (from samples.json)."""
+    try:
+        entries = json.loads((SAMPLES_DIR / "samples.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return [[str(p), "", ""] for p in sorted(SAMPLES_DIR.glob("*.png"))]
+    return [
+        [str(SAMPLES_DIR / e["image"]), e.get("target", ""), ", ".join(e.get("contrast", []))]
+        for e in entries
+        if (SAMPLES_DIR / e["image"]).is_file()
+    ]
+
+
+def launch(
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    *,
+    models: Sequence[str] | None = None,
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    share: bool = False,
+    block: bool = True,
+):
+    """Serve the app on ``host`` (loopback unless told otherwise); uploads capped at ``max_upload_mb``."""
+    page = build_app(models)
+    return page.launch(
+        server_name=host,
+        server_port=port,
+        max_file_size=f"{max_upload_mb:g}mb",
+        share=share,
+        show_error=True,
+        prevent_thread_lock=not block,
+        quiet=True,
+    )
