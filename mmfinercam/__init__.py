@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from . import prompts
 from .backends import available_backends, register_backend
+from .discovery import TraitRanking, rank_traits
 from .errors import (
     ImageLoadError,
     MMFinerCAMError,
@@ -28,11 +29,13 @@ __all__ = [
     "Localizer",
     "MMFinerCAMError",
     "PromptError",
+    "TraitRanking",
     "UnsupportedModelError",
     "WeightsNotFoundError",
     "available_backends",
     "load",
     "overlay",
     "prompts",
+    "rank_traits",
     "register_backend",
 ]

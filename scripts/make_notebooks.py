@@ -101,38 +101,55 @@ NB2 = [
         "import numpy as np\nimport torch\nimport matplotlib.pyplot as plt\nimport mmfinercam as mf\n"
         "from mmfinercam.testbed import SPECIES, held_out, siblings\n\nloc = mf.load('testbed', device='cpu')",
     ),
-    ("md", "Images of a target species and its siblings (held-out testbed images)."),
+    ("md", "Images of a target species and of each sibling species (held-out testbed images)."),
     (
         "code",
         "target = 'Alder finch'\nfamily = [s.name for s in SPECIES if s.family == 'finch']\n"
-        "items = [s for s in held_out(24 * 12) if s.species.name == target][:8]\n"
+        "pool = held_out(24 * 12)\n"
+        "def images_of(name, n=8):\n    return [s.image for s in pool if s.species.name == name][:n]\n"
+        "items = [s for s in pool if s.species.name == target][:8]\n"
         "vocab = mf.prompts.load('testbed-traits')\nlen(items), family, len(vocab)",
     ),
     (
         "md",
-        "For each trait phrase *t*: how much more the target's images match *t* than the siblings' "
-        "do (a global score), and where the trait's Finer map peaks. One image-tower pass per image "
-        "scores every trait.",
+        "`mf.rank_traits` scores each trait phrase *t* by how much more the target's images match *t* "
+        "than each sibling's images do, and keeps the **smallest** of these margins: a trait that "
+        "separates the target from one sibling but not from another is not what makes the target "
+        "itself. One image-tower pass per image scores the whole vocabulary.",
     ),
     (
         "code",
-        "others = [s for s in held_out(24 * 12) if s.species.name in family and s.species.name != target][:8]\n"
-        "def mean_similarity(samples):\n"
-        "    prepared, _ = loc.prepare([s.image for s in samples])\n"
-        "    out = loc.image_tokens(torch.stack([p.pixels for p in prepared]), method='raw')\n"
-        "    z = torch.nn.functional.normalize(out.global_embedding, dim=-1)\n"
-        "    return (z @ loc.encode_text(vocab, loc.templates).T).mean(0)\n"
-        "score = mean_similarity(items) - mean_similarity(others)\n"
-        "order = score.argsort(descending=True)\n"
-        "table = [(vocab[i], round(float(score[i]), 4)) for i in order[:8]]\n"
-        "table",
+        "ranking = mf.rank_traits(loc, images_of(target), [images_of(n) for n in family if n != target], vocab)\n"
+        "ranking.table(8)",
     ),
     ("md", "The testbed knows the truth: *Alder finch* differs from its siblings in the wing colour."),
     (
         "code",
         "truth = SPECIES[[s.name for s in SPECIES].index(target)].traits()['wing']\n"
-        "rank = [vocab[i] for i in order].index(truth) + 1\n"
-        "print(f'known differing trait: {truth!r}, ranked {rank} of {len(vocab)}')",
+        "print(f'known differing trait: {truth!r}, ranked {ranking.rank_of(truth)} of {len(vocab)}')",
+    ),
+    (
+        "md",
+        "One species is an anecdote. The same check for every species of the testbed (8 images each):",
+    ),
+    (
+        "code",
+        "ranks = {}\nfor sp in SPECIES:\n"
+        "    sibs = [images_of(s.name) for s in siblings(sp)]\n"
+        "    r = mf.rank_traits(loc, images_of(sp.name), sibs, vocab)\n"
+        "    ranks[sp.name] = r.rank_of(sp.traits()[sp.varying_part])\n"
+        "first = sum(r == 1 for r in ranks.values())\n"
+        "print(f'known differing trait ranked first for {first} of {len(ranks)} species; '\n"
+        "      f'in the top 3 for {sum(r <= 3 for r in ranks.values())}; mean rank {np.mean(list(ranks.values())):.2f} of {len(vocab)}')\n"
+        "ranks",
+    ),
+    (
+        "md",
+        "With this tiny model the known trait is near the top for most species but first for fewer "
+        "than half, as the figures above say: its embeddings mix up traits of different parts and even "
+        "of other families, so a trait that no sibling shows can still win a larger margin. Ranking "
+        "with a larger trained model (BioCLIP on real specimens) is what the method is for; the "
+        "testbed runs the pipeline and keeps its claims honest.",
     ),
     (
         "md",
@@ -140,7 +157,7 @@ NB2 = [
     ),
     (
         "code",
-        "top = [vocab[i] for i in order[:10]]\nfig, axes = plt.subplots(3, 4, figsize=(12, 9))\n"
+        "top = ranking.traits[:10]\nfig, axes = plt.subplots(3, 4, figsize=(12, 9))\n"
         "for r, trait in enumerate(top[:3]):\n"
         "    res = loc.finer_cam([s.image for s in items[:4]], trait, [t for t in top if t != trait][:3])\n"
         "    for c in range(4):\n"
@@ -195,9 +212,12 @@ NOTEBOOKS = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--no-run", action="store_true")
+    parser.add_argument("--only", nargs="+", default=None, help="notebook names to rebuild (default: all)")
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
     for name, cells in NOTEBOOKS.items():
+        if args.only and name not in args.only:
+            continue
         nb = build(cells)
         if not args.no_run:
             NotebookClient(

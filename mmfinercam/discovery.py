@@ -1,0 +1,85 @@
+"""Trait discovery: which phrases of a vocabulary separate a species from each similar one.
+
+A trait separates the target species from a sibling when the target's images match it more than
+the sibling's images do. Averaging over all siblings lets one very different sibling hide that
+the trait does not separate the target from another; so a trait's score is its *smallest*
+margin over the siblings:
+
+    margin_g(t) = mean_{i in target} <z_i, t> - mean_{j in group g} <z_j, t>
+    score(t)    = min_g margin_g(t)
+
+Each image costs one image-tower pass for the whole vocabulary. Where the top traits lie in the
+image is then shown with Finer-CAM (see notebooks/02_trait_discovery.ipynb).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .errors import ImageLoadError, PromptError
+from .finer import check_prompt
+from .images import ImageInput
+
+
+@dataclass
+class TraitRanking:
+    traits: list[str]  #: the vocabulary, best-separating trait first
+    scores: Tensor  #: V, the smallest margin over the contrast groups, in ``traits`` order
+    margins: Tensor  #: G×V, the margin over each contrast group, in ``traits`` order
+
+    def rank_of(self, trait: str) -> int:
+        """1-based rank of ``trait``."""
+        return self.traits.index(trait) + 1
+
+    def table(self, k: int = 10) -> list[tuple[str, float]]:
+        return [(t, round(float(s), 4)) for t, s in zip(self.traits[:k], self.scores[:k])]
+
+
+def _mean_embedding_similarity(loc, images: Sequence[ImageInput], text: Tensor, batch_size: int) -> Tensor:
+    prepared, failed = loc.prepare(list(images))
+    if not prepared:
+        raise ImageLoadError("no usable image in a group: " + "; ".join(f.message for f in failed), failed)
+    total = text.new_zeros(text.shape[0])
+    by_shape: dict[tuple[int, ...], list[Tensor]] = {}
+    for p in prepared:
+        by_shape.setdefault(tuple(p.pixels.shape), []).append(p.pixels)
+    for pixels in by_shape.values():
+        for start in range(0, len(pixels), batch_size):
+            out = loc.image_tokens(torch.stack(pixels[start : start + batch_size]), method="raw")
+            total += (F.normalize(out.global_embedding, dim=-1) @ text.T).sum(0)
+    return total / len(prepared)
+
+
+def rank_traits(
+    loc,
+    target_images: Sequence[ImageInput],
+    contrast_groups: Sequence[Sequence[ImageInput]],
+    vocabulary: Sequence[str] | str,
+    *,
+    templates: Sequence[str] | None = None,
+    batch_size: int = 32,
+) -> TraitRanking:
+    """Rank ``vocabulary`` (phrases, or a shipped vocabulary name / file) by how well each trait
+    separates ``target_images`` from every group of ``contrast_groups`` (one group a species)."""
+    from . import prompts
+
+    if isinstance(vocabulary, str):
+        entries = prompts.load(vocabulary)
+    else:
+        entries = list(dict.fromkeys(check_prompt(v, "vocabulary entry") for v in vocabulary))
+    if not entries:
+        raise PromptError("the vocabulary is empty")
+    if not contrast_groups:
+        raise PromptError("give at least one group of images of a similar species to separate from")
+    text = loc.encode_text(entries, loc.templates if templates is None else templates)
+    target = _mean_embedding_similarity(loc, target_images, text, batch_size)
+    groups = [_mean_embedding_similarity(loc, g, text, batch_size) for g in contrast_groups]
+    margins = target[None] - torch.stack(groups)
+    scores = margins.amin(dim=0)
+    order = scores.argsort(descending=True, stable=True)
+    return TraitRanking([entries[i] for i in order], scores[order].cpu(), margins[:, order].cpu())
