@@ -13,7 +13,16 @@ import mmfinercam as mf
 from mmfinercam.testbed import HELD_OUT_SEEDS, SPECIES, TRAIN_SEEDS, held_out, render, sample, siblings
 from mmfinercam.testbed.generator import captions
 from mmfinercam.testbed.species import COLOURS, PART_IDS
-from mmfinercam.testbed.train import batch_loss, build_model, caption_truth, to_tensor
+from mmfinercam.testbed.train import (
+    GRID,
+    TRAIT_PARTS,
+    batch_loss,
+    build_model,
+    caption_truth,
+    part_coverage,
+    region_captions,
+    to_tensor,
+)
 
 
 def test_generator_is_deterministic():
@@ -79,18 +88,50 @@ def test_training_steps_lower_the_loss():
     model = build_model().train()
     tok = open_clip.get_tokenizer("ViT-B-16", context_length=32)
     batch = [sample(s) for s in range(16)]
+    coverage = np.stack([part_coverage(b) for b in batch])
+    rng = random.Random(0)
     x = to_tensor(np.stack([np.asarray(b.image) for b in batch]))
     species = [b.species_index for b in batch]
     texts = [f"a photo of a {b.species.name}." for b in batch]
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     losses = []
     for _ in range(8):
-        loss, _, _ = batch_loss(model, tok, x, species, texts, token_path="gem")
+        regions = region_captions(coverage, np.array(species), rng)
+        loss, parts = batch_loss(
+            model, tok, x, species, texts, token_path="gem", regions=regions, region_weight=1.0
+        )
+        assert set(parts) == {"cls", "tokens", "regions"}
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.85 * losses[0]
+
+
+def test_region_captions_name_what_the_window_shows():
+    """Hand-made coverage: a wing at the top left, a head at the bottom right of the grid."""
+    coverage = np.zeros((2, len(TRAIT_PARTS), GRID, GRID), np.uint8)
+    wing, head = TRAIT_PARTS.index("wing"), TRAIT_PARTS.index("head")
+    coverage[:, wing, 0:2, 0:2] = 255
+    coverage[:, head, GRID - 2 :, GRID - 2 :] = 255
+    coverage[1, head, 0, 2] = 255  # image 1: a sliver of head next to the wing (partly visible)
+    finch = next(i for i, s in enumerate(SPECIES) if s.family == "finch")
+    species = np.array([finch, finch])
+    for seed in range(20):
+        reg = region_captions(coverage, species, random.Random(seed))
+        assert reg.windows.shape == (2, GRID, GRID)
+        for i, text in enumerate(reg.texts):
+            assert reg.positives[i, i]  # each window shows the trait its caption names
+            part = "wing" if "wing" in text else "head"
+            inside = reg.windows[i][torch.from_numpy(coverage[i, TRAIT_PARTS.index(part)] > 0)]
+            assert inside.sum() >= 0.5 * len(inside)
+        for i in range(2):  # the other window's caption: positive only if this window shows that part
+            j = 1 - i
+            part = TRAIT_PARTS.index("wing" if "wing" in reg.texts[j] else "head")
+            cov = coverage[i, part].astype(float)
+            frac = (reg.windows[i].numpy() * cov).sum() / cov.sum()
+            assert bool(reg.positives[i, j]) == (frac >= 0.5)
+            assert bool(reg.ignore[i, j]) == (0.1 < frac < 0.5)
 
 
 @pytest.fixture(scope="module")

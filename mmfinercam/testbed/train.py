@@ -17,6 +17,12 @@ Two contrastive objectives share the weights; neither ever sees a mask:
   default temperature that taught the model to broadcast the species to every token,
   background included (see benchmarks/RESULTS.md).
 
+* optionally (``--region-weight``), a region-caption loss: a random window of the token grid is
+  captioned with the trait of a part it shows, and its mean GEM token must match that caption
+  and not the traits of parts outside it (captions come from the generator's part masks; the
+  maps never see a mask). A 6-minute fine-tune with it left validation pointing unchanged
+  (benchmarks/RESULTS.md), so the shipped model does not use it.
+
 Captions are species names, full trait descriptions or single trait phrases; the loss counts
 every caption that is true of an image as a positive (many images share "a photo of a X.").
 """
@@ -30,6 +36,7 @@ import math
 import random
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +45,7 @@ import torch.nn.functional as F
 
 from ..backends.open_clip import OpenCLIPVisionTower
 from ..gem import run_tower
-from .generator import IMAGE_SIZE, TRAIN_SEEDS, captions, held_out, sample
+from .generator import IMAGE_SIZE, TRAIN_SEEDS, Sample, captions, held_out, sample
 from .species import SPECIES
 
 MODEL_CONFIG = {
@@ -57,24 +64,37 @@ MEAN = (0.5, 0.5, 0.5)
 STD = (0.25, 0.25, 0.25)
 GEM_DEPTH = MODEL_CONFIG["vision_cfg"]["layers"] + 1  # GEM over every block
 TEMPLATES = ["a photo of a {}."]
+GRID = IMAGE_SIZE // MODEL_CONFIG["vision_cfg"]["patch_size"]
+TRAIT_PARTS = ("body", "head", "wing", "tail", "beak")  #: the parts that have a trait phrase
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "data" / "testbed"
 
 
-def _render_chunk(seeds: list[int]) -> np.ndarray:
-    return np.stack([np.asarray(sample(s).image) for s in seeds])
+def part_coverage(s: Sample) -> np.ndarray:
+    """Share of each patch covered by each traited part: P×G×G uint8 (255 = fully covered)."""
+    g, p = GRID, IMAGE_SIZE // GRID
+    masks = np.stack([s.masks[name] for name in TRAIT_PARTS]).reshape(len(TRAIT_PARTS), g, p, g, p)
+    return np.round(masks.mean(axis=(2, 4)) * 255).astype(np.uint8)
 
 
-def make_training_set(n: int, workers: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` training images (uint8 N×H×W×3) and their species indices, from the training seeds."""
+def _render_chunk(seeds: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    samples = [sample(s) for s in seeds]
+    return np.stack([np.asarray(s.image) for s in samples]), np.stack([part_coverage(s) for s in samples])
+
+
+def make_training_set(n: int, workers: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` training images (uint8 N×H×W×3), their species indices and part coverage on the
+    token grid (N×P×G×G, for region captions), from the training seeds."""
     seeds = list(TRAIN_SEEDS[:n])
     chunks = [seeds[i : i + 512] for i in range(0, n, 512)]
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
-            images = np.concatenate(list(pool.map(_render_chunk, chunks)))
+            rendered = list(pool.map(_render_chunk, chunks))
     else:
-        images = np.concatenate([_render_chunk(c) for c in chunks])
+        rendered = [_render_chunk(c) for c in chunks]
+    images = np.concatenate([r[0] for r in rendered])
+    coverage = np.concatenate([r[1] for r in rendered])
     labels = np.array([s % len(SPECIES) for s in seeds])
-    return images, labels
+    return images, labels, coverage
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -92,14 +112,79 @@ def caption_truth(caption: str) -> set[int]:
     return {i for i, sp in enumerate(SPECIES) if all(w in sp.traits().values() for w in wanted)}
 
 
-def multi_positive_nce(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE where every true pair counts: -log of the softmax mass on positives."""
+def multi_positive_nce(
+    logits: torch.Tensor, positives: torch.Tensor, ignore: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Symmetric InfoNCE where every true pair counts: -log of the softmax mass on positives.
+
+    ``ignore`` marks pairs left out of both softmaxes (neither positive nor negative).
+    """
+    if ignore is not None:
+        logits = logits.masked_fill(ignore & ~positives, -torch.inf)
 
     def one_way(lg: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         log_p = lg.log_softmax(dim=1)
         return -(torch.logsumexp(log_p.masked_fill(~pos, -torch.inf), dim=1)).mean()
 
     return 0.5 * (one_way(logits, positives) + one_way(logits.T, positives.T))
+
+
+@dataclass
+class RegionCaptions:
+    """One window of the token grid per image, captioned with the trait of a part it shows."""
+
+    windows: torch.Tensor  #: B×G×G, 1 inside the window
+    texts: list[str]  #: "a bird with a {trait}." for one part shown in each window
+    positives: torch.Tensor  #: B×B, window i shows the trait caption j names
+    ignore: torch.Tensor  #: B×B, caption j names a part of window i's bird only partly inside it
+
+
+def region_captions(
+    coverage: np.ndarray, species: np.ndarray, rng: random.Random, shown: float = 0.5, absent: float = 0.1
+) -> RegionCaptions:
+    """Random windows (3 to 6 patches a side) and their captions, from part coverage (B×P×G×G).
+
+    A part is *shown* when at least ``shown`` of its area is inside the window, *absent* when at
+    most ``absent`` is. A trait caption is positive for a window that shows that trait; negative
+    when the window's bird lacks the trait or the part is absent from the window, so that tokens
+    away from a part cannot carry its trait; the partly visible cases are ignored.
+    """
+    b, n_parts = len(species), len(TRAIT_PARTS)
+    windows = torch.zeros(b, GRID, GRID)
+    state = np.zeros((b, n_parts), np.int8)  # 1 shown, 0 absent, -1 partly
+    named = []  # (part index, phrase) of each caption
+    for i in range(b):
+        cov = coverage[i].astype(np.float32)
+        total = cov.sum(axis=(1, 2))
+        for _ in range(20):  # redraw until the window shows some part
+            h, w = rng.randint(3, 6), rng.randint(3, 6)
+            r, c = rng.randint(0, GRID - h), rng.randint(0, GRID - w)
+            frac = cov[:, r : r + h, c : c + w].sum(axis=(1, 2)) / np.maximum(total, 1e-6)
+            st = np.where(frac >= shown, 1, np.where(frac <= absent, 0, -1)).astype(np.int8)
+            st[total == 0] = 0
+            if (st == 1).any():
+                break
+        else:  # the bird's largest part, whole
+            part = int(total.argmax())
+            rows, cols = np.nonzero(cov[part])
+            r, c = rows.min(), cols.min()
+            h, w = rows.max() - r + 1, cols.max() - c + 1
+            st = np.zeros(n_parts, np.int8)
+            st[part] = 1
+        windows[i, r : r + h, c : c + w] = 1
+        state[i] = st
+        part = rng.choice(np.flatnonzero(st == 1).tolist())
+        named.append((part, SPECIES[species[i]].traits()[TRAIT_PARTS[part]]))
+    has = np.array(
+        [[SPECIES[species[i]].traits()[TRAIT_PARTS[p]] == phrase for p, phrase in named] for i in range(b)]
+    )
+    part_state = state[:, [p for p, _ in named]]  # B×B: state in window i of caption j's part
+    return RegionCaptions(
+        windows=windows,
+        texts=[f"a bird with a {phrase}." for _, phrase in named],
+        positives=torch.from_numpy(has & (part_state == 1)),
+        ignore=torch.from_numpy(has & (part_state == -1)),
+    )
 
 
 def batch_loss(
@@ -110,29 +195,54 @@ def batch_loss(
     texts: list[str],
     token_weight: float = 1.0,
     token_path: str = "local",
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Total, CLS and token-level contrastive losses of one batch (see the module docstring).
+    regions: RegionCaptions | None = None,
+    region_weight: float = 0.0,
+    gem_depth: int = GEM_DEPTH,
+    gem_temperature: float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Total loss of one batch and its parts (see the module docstring).
 
-    ``token_path="local"``: the token objective sees each patch's own embedding, projected
-    into the joint space (no attention, so nothing global can reach it); ``"gem"``: the GEM
-    tokens of the inference path (self-self attention outputs detached).
+    * ``cls``: CLIP loss on the model's own image embedding;
+    * ``tokens``: the same on the mean of the normalized patch tokens. ``token_path="local"``:
+      each patch's own embedding projected into the joint space (no attention, so nothing
+      global can reach it); ``"gem"``: the GEM tokens of the inference path;
+    * ``regions`` (with ``region_weight``): each window's mean GEM token against trait
+      captions of what the window shows (:func:`region_captions`).
+
+    The GEM path uses ``gem_depth`` and ``gem_temperature``, its self-self attention detached.
     """
     truth = [caption_truth(t) for t in texts]
     positives = torch.tensor([[int(s) in t for t in truth] for s in species])
     tower = OpenCLIPVisionTower(model.visual)  # a view: cheap, holds no state
-    if token_path == "gem":
-        out = run_tower(tower, x, method="gem", depth=GEM_DEPTH, gem_attention_grad=False)
-        z, tokens = out.global_embedding, out.patch_tokens
+    use_regions = regions is not None and region_weight > 0
+    gem_tokens = None
+    if token_path == "gem" or use_regions:
+        out = run_tower(
+            tower, x, method="gem", depth=gem_depth, ss_attn_temp=gem_temperature, gem_attention_grad=False
+        )
+        z, gem_tokens = out.global_embedding, out.patch_tokens
     else:
         z = model.encode_image(x)
+    if token_path == "gem":
+        tokens = gem_tokens
+    else:
         tokens = tower.project_tokens(tower.embed(x))[:, tower.num_prefix_tokens :]
     z = F.normalize(z, dim=-1)
     g = F.normalize(F.normalize(tokens, dim=-1).mean(dim=1), dim=-1)
-    t = F.normalize(model.encode_text(tokenizer(texts)), dim=-1)
+    all_texts = texts + (regions.texts if use_regions else [])
+    t = F.normalize(model.encode_text(tokenizer(all_texts)), dim=-1)
+    t, t_regions = t[: len(texts)], t[len(texts) :]
     scale = model.logit_scale.exp().clamp(max=100)
-    loss_cls = multi_positive_nce(scale * z @ t.T, positives)
-    loss_tok = multi_positive_nce(scale * g @ t.T, positives) if token_weight else loss_cls.new_zeros(())
-    return loss_cls + token_weight * loss_tok, loss_cls, loss_tok
+    losses = {"cls": multi_positive_nce(scale * z @ t.T, positives)}
+    losses["tokens"] = multi_positive_nce(scale * g @ t.T, positives) if token_weight else z.new_zeros(())
+    total = losses["cls"] + token_weight * losses["tokens"]
+    if use_regions:
+        win = regions.windows.flatten(1).to(gem_tokens.dtype)  # B×N
+        pooled = torch.einsum("bn,bnd->bd", win, F.normalize(gem_tokens, dim=-1))
+        e = F.normalize(pooled, dim=-1)
+        losses["regions"] = multi_positive_nce(scale * e @ t_regions.T, regions.positives, regions.ignore)
+        total = total + region_weight * losses["regions"]
+    return total, losses
 
 
 def build_model():
@@ -162,13 +272,18 @@ def train(args: argparse.Namespace) -> dict:
     random.seed(args.seed)
     torch.set_num_threads(args.threads)
     start = time.time()
-    images, labels = make_training_set(args.images, workers=args.workers)
+    images, labels, coverage = make_training_set(args.images, workers=args.workers)
     print(f"rendered {len(images)} training images in {time.time() - start:.0f}s", flush=True)
     val = held_out(args.val_images)
     val_x = to_tensor(np.stack([np.asarray(s.image) for s in val]))
     val_y = torch.tensor([s.species_index for s in val])
 
     model = build_model()
+    if args.init:
+        from safetensors.torch import load_file
+
+        state = load_file(str(Path(args.init) / "open_clip_model.safetensors"))
+        model.load_state_dict({k: v.float() for k, v in state.items()})
     model.train()
     tokenizer = open_clip.get_tokenizer("ViT-B-16", context_length=MODEL_CONFIG["text_cfg"]["context_length"])
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
@@ -198,8 +313,19 @@ def train(args: argparse.Namespace) -> dict:
         x = to_tensor(images[idx.numpy()])
         species = labels[idx.numpy()]
         texts = [captions(SPECIES[s], rng) for s in species]
-        loss, loss_cls, loss_gem = batch_loss(
-            model, tokenizer, x, species, texts, args.token_weight, args.token_path
+        regions = region_captions(coverage[idx.numpy()], species, rng) if args.region_weight else None
+        loss, parts = batch_loss(
+            model,
+            tokenizer,
+            x,
+            species,
+            texts,
+            args.token_weight,
+            args.token_path,
+            regions,
+            args.region_weight,
+            args.gem_depth,
+            args.gem_temperature,
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -211,8 +337,7 @@ def train(args: argparse.Namespace) -> dict:
                 "step": step,
                 "minutes": round((time.time() - start) / 60, 2),
                 "loss": round(loss.item(), 4),
-                "loss_cls": round(loss_cls.item(), 4),
-                "loss_tokens": round(loss_gem.item(), 4),
+                **{f"loss_{k}": round(v.item(), 4) for k, v in parts.items()},
                 "lr": round(sched.get_last_lr()[0], 6),
             }
             if step % (args.log_every * 5) == 0 or step == args.steps:
@@ -250,7 +375,8 @@ def save(model, args: argparse.Namespace, log: list[dict], result: dict) -> None
     meta = {
         "name": "testbed",
         "description": "tiny CLIP trained on mmfinercam.testbed birds (24 species, 8 families)",
-        "gem_depth": GEM_DEPTH,
+        "gem_depth": args.gem_depth,
+        "gem_temperature": args.gem_temperature,
         "templates": TEMPLATES,
         "seed": args.seed,
         "training": {k: v for k, v in vars(args).items() if k != "out"},
@@ -282,6 +408,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="local",
         help="tokens the token-level loss sees: patch embeddings alone, or GEM tokens",
     )
+    p.add_argument(
+        "--region-weight",
+        type=float,
+        default=0.0,
+        help="weight of the region-caption loss on GEM tokens (0: off, as for the shipped model)",
+    )
+    p.add_argument("--gem-depth", type=int, default=GEM_DEPTH, help="GEM depth of the training path")
+    p.add_argument(
+        "--gem-temperature",
+        type=float,
+        default=None,
+        help="GEM inverse temperature of the training path (default: GEM's adaptive one)",
+    )
+    p.add_argument("--init", default=None, help="start from this testbed model folder (fine-tuning)")
     p.add_argument("--images", type=int, default=64000, help="training images rendered up front")
     p.add_argument("--val-images", type=int, default=480)
     p.add_argument("--seed", type=int, default=0)
