@@ -45,6 +45,7 @@ from torch import Tensor
 from .errors import ImageLoadError, MMFinerCAMError, PromptError
 from .finer import check_contrasts, check_prompt, contrast_weights, finer_scores, rank_contrasts
 from .images import prepare_images, read_image
+from .metrics import energy_pointing_game
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 CONTRAST_SEPARATOR = "|"
@@ -366,6 +367,12 @@ class BatchRunner:
         self.prompts = list(dict.fromkeys(texts + vocabulary))
         self.prompt_index = {p: i for i, p in enumerate(self.prompts)}
         self.vocabulary_index = torch.tensor([self.prompt_index[v] for v in vocabulary], dtype=torch.long)
+        ranks = list(job.contrast_ranks)
+        if vocabulary and (not ranks or min(ranks) < 1 or max(ranks) > len(vocabulary) - 1):
+            raise PromptError(
+                f"contrast ranks {ranks} must lie in 1..{len(vocabulary) - 1} for a vocabulary of "
+                f"{len(vocabulary)} entries (one of them may be the target)"
+            )
         templates = self.loc.templates if job.templates is None else job.templates
         self.text = self.loc.encode_text(self.prompts, templates)  # P×E, on the device
         self.n_sets = 1 if per_row else len(job.prompt_sets)
@@ -548,26 +555,25 @@ class BatchRunner:
                 t = target[rows, j]
                 sim = vsim[rows].clone()
                 sim[vocab[None, :] == t[:, None]] = 1e4  # the target itself ranks last
-                if len(ranks) and max(ranks) > vocab.numel() - 1:
-                    raise PromptError(
-                        f"contrast ranks {ranks} exceed the vocabulary of {vocab.numel()} entries"
-                    )
                 picked = rank_contrasts(global_sim[rows].gather(1, t[:, None])[:, 0], sim, ranks)
                 index[rows, j, : len(ranks)] = vocab[picked]
                 valid[rows, j, : len(ranks)] = True
         return index, valid
 
     def _records(self, group, rows, sets, scores, global_sim, target, contrast, valid, weights, top):
+        """One JSON-ready record per image and prompt set (tensors copied to the host once)."""
         b, s = target.shape
         gh, gw = scores.shape[-2:]
-        flat = scores.flatten(2)
-        peak_val, peak = flat.max(dim=-1)
-        weights = weights.view(b, s, -1).cpu()
+        peak_val, peak = (t.cpu() for t in scores.flatten(2).max(dim=-1))
+        score_mean = scores.mean(dim=(-2, -1)).cpu()
+        target_sim = global_sim.gather(1, target).cpu()
+        contrast, valid, weights = contrast.cpu(), valid.cpu(), weights.view(b, s, -1).cpu()
+        top_index, top_values = top.indices.cpu(), top.values.cpu()
         masks_energy = self._mask_energy(group, scores)
         out = []
         for i, (it, row) in enumerate(zip(group, rows)):
             h, w = it["size"]
-            top_prompts = [self.prompts[int(k)] for k in top.indices[i]]
+            top_prompts = [self.prompts[int(k)] for k in top_index[i]]
             recs = []
             for j, ps in enumerate(sets[i]):
                 cy, cx = divmod(int(peak[i, j]), gw)
@@ -575,7 +581,7 @@ class BatchRunner:
                 recs.append(
                     {
                         "key": row.key,
-                        "source": str(row.source) if self.collection.kind != "datasets" else f"#{row.source}",
+                        "source": self._source_name(row),
                         "status": "ok",
                         "error": None,
                         "prompt_set": ps.name,
@@ -590,11 +596,11 @@ class BatchRunner:
                         "peak_x": float((cx + 0.5) * w / gw),
                         "peak_y": float((cy + 0.5) * h / gh),
                         "peak_score": float(peak_val[i, j]),
-                        "score_mean": float(scores[i, j].mean()),
-                        "target_similarity": float(global_sim[i, target[i, j]]),
+                        "score_mean": float(score_mean[i, j]),
+                        "target_similarity": float(target_sim[i, j]),
                         "mask_energy": None if masks_energy is None else masks_energy[i][j],
                         "top_prompts": top_prompts,
-                        "top_similarities": [float(v) for v in top.values[i]],
+                        "top_similarities": [float(v) for v in top_values[i]],
                     }
                 )
             out.append(recs)
@@ -609,21 +615,21 @@ class BatchRunner:
             if it["mask"] is None:
                 out.append([None] * scores.shape[1])
                 continue
-            h, w = it["size"]
-            up = F.interpolate(scores[i : i + 1].float(), size=(h, w), mode="bilinear", align_corners=False)[
-                0
-            ]
-            pos = up.clamp_min(0)
-            inside = (pos * it["mask"].to(pos.device)).flatten(1).sum(1)
-            total = pos.flatten(1).sum(1)
-            out.append([float(v) if t > 0 else 0.0 for v, t in zip(inside / total.clamp_min(1e-12), total)])
+            up = F.interpolate(
+                scores[i : i + 1].float(), size=it["size"], mode="bilinear", align_corners=False
+            )
+            mask = it["mask"].to(up.device)[None].expand(up.shape[1], -1, -1)
+            out.append(energy_pointing_game(up[0], mask).tolist())
         return out
+
+    def _source_name(self, row: Row) -> str:
+        return f"#{row.source}" if self.collection.kind == "datasets" else str(row.source)
 
     def _failed_record(self, it: dict[str, Any]) -> dict[str, Any]:
         row = self.collection.rows[it["index"]]
         return {
             "key": row.key,
-            "source": str(row.source) if self.collection.kind != "datasets" else f"#{row.source}",
+            "source": self._source_name(row),
             "status": "failed",
             "error": it["error"],
         }
@@ -712,7 +718,7 @@ def _write_parquet_atomic(path: Path, records: list[dict[str, Any]]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.Table.from_pylist(records, schema=_schema() if records else _schema())
+    table = pa.Table.from_pylist(records, schema=_schema())
     buf = pa.BufferOutputStream()
     pq.write_table(table, buf)
     _write_atomic(path, buf.getvalue().to_pybytes())
