@@ -334,6 +334,7 @@ def bench(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         peers=not args.no_peers,
         ref_dir=args.ref_dir,
+        compile=args.compile,
         model=model,
         tokenizer=tokenizer,
         model_config=config,
@@ -475,6 +476,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batches", type=int, nargs="*", default=[1, 4, 16])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-peers", action="store_true", help="skip gem_torch and grad-cam")
+    p.add_argument(
+        "--compile",
+        nargs="?",
+        const="inductor",
+        default=None,
+        help="torch.compile the floor and our tower alike (backend, default inductor)",
+    )
     p.add_argument("--ref-dir", default=".gem-ref", help="where gem_torch + open_clip 2.23 are installed")
     p.add_argument("--out", "-o", default="mmfinercam-bench")
     p.set_defaults(func=bench)

@@ -105,6 +105,16 @@ class Localizer:
             templates = prompt_library.load_templates(templates)
         self.templates: list[str] = list(templates or backend.info.templates)
         self._text_cache: dict[str, Tensor] = {}
+        self._run_tower: Callable[..., TowerOutput] = run_tower
+
+    def compile(self, **options: Any) -> Localizer:
+        """Run the image tower (GEM path included) through ``torch.compile(**options)``.
+
+        Worth it on a GPU for repeated same-sized batches; the first call of each new shape
+        compiles (seconds to minutes). Returns ``self``.
+        """
+        self._run_tower = torch.compile(run_tower, **options)
+        return self
 
     # construction -------------------------------------------------------------------------
     @classmethod
@@ -226,7 +236,7 @@ class Localizer:
         if method not in DENSE_METHODS:
             raise ValueError(f"dense method must be one of {DENSE_METHODS}, got {method!r}")
         pixels = pixels.to(self.device, self.dtype, non_blocking=True)
-        out = run_tower(
+        out = self._run_tower(
             self.backend.vision,
             pixels,
             method=method,
