@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import MMFinerCAMError
+from .finer import to_heatmap
 from .viz import blend
 
 SAMPLES_DIR = Path(__file__).resolve().parent / "data" / "samples"
@@ -130,12 +131,8 @@ def localize_for_app(
         res = loc.finer_cam(rgb, target, contrasts or None, alpha=float(alpha), vocabulary=vocabulary)
     except (MMFinerCAMError, ValueError) as err:
         raise AppInputError(str(err)) from err
-    from .finer import to_heatmap
-
-    size = (rgb.height, rgb.width)
-    plain_heat = to_heatmap(res.target_scores[:1].float(), size)[0] if res.target_scores is not None else None
     finer_heat = res.heatmaps[0]
-    plain = blend(rgb, plain_heat if plain_heat is not None else finer_heat)
+    plain = blend(rgb, to_heatmap(res.target_scores[:1], (rgb.height, rgb.width))[0])  # alpha = 0
     finer = blend(rgb, finer_heat)
     summary = res.summary(0) | {"model": model, "source": Path(str(image)).name}
     out = Path(out_dir or tempfile.mkdtemp(prefix="mmfinercam-app-"))
