@@ -261,3 +261,40 @@ def test_bad_inputs_are_one_line(tmp_path, collection_dir, capsys):
     assert main(["batch", str(collection_dir / "images"), "--target", " ", "--out", str(tmp_path / "o")]) == 2
     assert main(["batch", str(collection_dir / "images"), "--target", "x", "--method", "raw", "--out",
                  str(tmp_path / "o2"), "--quiet", "--workers", "0", "--chunk-size", "100"]) == 1  # fmt: skip
+
+
+KILLED_RUN = """
+import os, signal, sys
+from mmfinercam.batch import BatchJob, BatchRunner, PromptSet, read_collection
+sets = [PromptSet("finch", "Alder finch", ("Birch finch", "Cedar finch")),
+        PromptSet("red-wing", "a bird with a red wing", ("a bird with a blue wing",))]
+runner = BatchRunner(BatchJob(out=sys.argv[2], prompt_sets=sets, model="testbed", chunk_size=2),
+                     read_collection(sys.argv[1]))
+done = []
+original = runner.process_chunk
+def dies_after_two(c, **kw):
+    if len(done) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no finally: as a killed job
+    done.append(c)
+    return original(c, **kw)
+runner.process_chunk = dies_after_two
+runner.run(workers=0, progress=False)
+"""
+
+
+def test_a_sigkilled_process_resumes_to_the_same_output(tmp_path, reference_run, collection_dir, testbed):
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_RUN, str(collection_dir / "images"), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=os.environ | {"OMP_NUM_THREADS": "2"},
+    )
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert len(list((out / "chunks").glob("*.parquet"))) == 2 and not (out / "summary.parquet").exists()
+    report = BatchRunner(_job(out), read_collection(collection_dir / "images"), localizer=testbed).run(
+        workers=0, progress=False
+    )
+    assert report.chunks_done == 2 and report.chunks_skipped == 2 and report.finished
+    assert_same_outputs(out, reference_run[0])
