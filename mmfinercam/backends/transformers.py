@@ -168,8 +168,8 @@ class TransformersBackend(Backend):
         return cls(model, tokenizer, **kwargs)
 
     def _tokens(self, prompts: Sequence[str]) -> dict[str, Tensor]:
-        out = self.tokenizer(list(prompts))
-        if isinstance(out, Tensor):  # an open_clip-style tokenizer: ids only, padded with 0
+        if not hasattr(self.tokenizer, "model_input_names"):  # open_clip-style: ids only, 0-padded
+            out = self.tokenizer(list(prompts))
             if self.is_siglip:
                 return {"input_ids": out.to(self.device)}
             mask = (out != 0).long()
