@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import time
@@ -43,11 +44,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import ImageLoadError, MMFinerCAMError, PromptError
-from .finer import check_contrasts, check_prompt, contrast_weights, finer_scores, rank_contrasts
-from .images import prepare_images, read_image
+from .finer import check_contrasts, check_prompt, dense_finer_maps, rank_contrasts
+from .images import IMAGE_SUFFIXES, prepare_images, read_image
 from .metrics import energy_pointing_game
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 CONTRAST_SEPARATOR = "|"
 FORMAT_VERSION = 1
 
@@ -262,6 +262,26 @@ def shard_from_env() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def _check_prompts(job: BatchJob, collection: Collection) -> bool:
+    """Check where the targets come from (the job's prompt sets or per-row columns); True when
+    the rows carry their own targets."""
+    rows = collection.rows
+    per_row = any(r.target is not None for r in rows)
+    if per_row and job.prompt_sets:
+        raise PromptError("give prompt sets on the command line or target columns in the list, not both")
+    if not per_row and not job.prompt_sets:
+        raise PromptError("no target: give --target (or --prompt-sets), or a 'target' column")
+    if per_row:
+        missing = [r.key for r in rows if r.target is None]
+        if missing:
+            raise PromptError(f"{len(missing)} rows have no target, e.g. {missing[0]!r}")
+        for r in rows:
+            check_prompt(r.target, f"target of {r.key}")
+            if r.contrast:
+                check_contrasts(r.target, list(r.contrast))
+    return per_row
+
+
 class _ImageRows(torch.utils.data.Dataset):
     """Decodes and preprocesses rows in DataLoader workers; a broken image becomes an error string."""
 
@@ -311,12 +331,11 @@ def _collate(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return items
 
 
-class BatchRunner:
-    """Runs a :class:`BatchJob` over a :class:`Collection` with one loaded model."""
+class BatchOutput:
+    """A run's plan and output folder, without a model: checks the job, owns the chunk files and
+    merges them. The Ray driver needs no more than this; :class:`BatchRunner` adds the model."""
 
-    def __init__(self, job: BatchJob, collection: Collection, localizer=None, device: str | None = None):
-        from .localizer import load
-
+    def __init__(self, job: BatchJob, collection: Collection):
         if job.method not in ("gem", "raw"):
             raise MMFinerCAMError(
                 f"batch runs the dense methods (gem, raw); {job.method!r} needs a backward pass per "
@@ -328,61 +347,10 @@ class BatchRunner:
             raise MMFinerCAMError("mmfinercam batch writes Parquet: pip install 'mmfinercam[batch]'") from err
         self.job, self.collection = job, collection
         self.out = Path(job.out)
-        self.loc = localizer or load(
-            job.model,
-            job.pretrained,
-            backend=job.backend,
-            device=device,
-            dtype=job.dtype,
-            templates=job.templates,
-        )
-        self._plan_prompts()
+        self.per_row = _check_prompts(job, collection)
+        self.n_sets = 1 if self.per_row else len(job.prompt_sets)
 
-    # prompts -----------------------------------------------------------------------------------
-    def _plan_prompts(self) -> None:
-        """Every prompt the run needs, encoded once; per-row sets where the rows carry targets."""
-        job, rows = self.job, self.collection.rows
-        per_row = any(r.target is not None for r in rows)
-        if per_row and job.prompt_sets:
-            raise PromptError("give prompt sets on the command line or target columns in the list, not both")
-        if not per_row and not job.prompt_sets:
-            raise PromptError("no target: give --target (or --prompt-sets), or a 'target' column")
-        if per_row:
-            missing = [r.key for r in rows if r.target is None]
-            if missing:
-                raise PromptError(f"{len(missing)} rows have no target, e.g. {missing[0]!r}")
-            for r in rows:
-                check_prompt(r.target, f"target of {r.key}")
-                if r.contrast:
-                    check_contrasts(r.target, list(r.contrast))
-        self.per_row = per_row
-        vocabulary: list[str] = []
-        if job.vocabulary is not None:
-            from . import prompts as prompt_library
-
-            vocabulary = list(dict.fromkeys(prompt_library.load(job.vocabulary)))
-        texts = [s.target for s in job.prompt_sets] + [c for s in job.prompt_sets for c in s.contrast]
-        if per_row:
-            texts += [r.target for r in rows] + [c for r in rows for c in r.contrast]  # type: ignore[misc]
-        self.prompts = list(dict.fromkeys(texts + vocabulary))
-        self.prompt_index = {p: i for i, p in enumerate(self.prompts)}
-        self.vocabulary_index = torch.tensor([self.prompt_index[v] for v in vocabulary], dtype=torch.long)
-        ranks = list(job.contrast_ranks)
-        if vocabulary and (not ranks or min(ranks) < 1 or max(ranks) > len(vocabulary) - 1):
-            raise PromptError(
-                f"contrast ranks {ranks} must lie in 1..{len(vocabulary) - 1} for a vocabulary of "
-                f"{len(vocabulary)} entries (one of them may be the target)"
-            )
-        templates = self.loc.templates if job.templates is None else job.templates
-        self.text = self.loc.encode_text(self.prompts, templates)  # P×E, on the device
-        self.n_sets = 1 if per_row else len(job.prompt_sets)
-
-    def _sets_of(self, row: Row) -> list[PromptSet]:
-        if self.per_row:
-            return [PromptSet(row.target or "", row.target or "", row.contrast)]
-        return self.job.prompt_sets
-
-    # running -------------------------------------------------------------------------------------
+    # the folder ------------------------------------------------------------------------------------
     def n_chunks(self) -> int:
         return max(1, -(-len(self.collection.rows) // self.job.chunk_size))
 
@@ -419,6 +387,93 @@ class BatchRunner:
         else:
             _write_atomic(path, json.dumps(run, indent=2).encode())
 
+    # merging -------------------------------------------------------------------------------------
+    def all_done(self) -> bool:
+        return all(self.chunk_file(c).exists() for c in range(self.n_chunks()))
+
+    def finalize(self) -> bool:
+        """If every chunk is done, write summary.parquet, failed.csv and manifest.json."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not self.all_done():
+            return False
+        tables = [pq.read_table(self.chunk_file(c)) for c in range(self.n_chunks())]
+        summary = pa.concat_tables(tables, promote_options="default")
+        buf = pa.BufferOutputStream()
+        pq.write_table(summary, buf)
+        _write_atomic(self.out / "summary.parquet", buf.getvalue().to_pybytes())
+        data = summary.select(["key", "source", "status", "error"]).to_pylist()
+        failed = [r for r in data if r["status"] == "failed"]
+        table = io.StringIO()
+        writer = csv.writer(table, lineterminator="\n")
+        writer.writerow(["key", "source", "error"])
+        writer.writerows([r["key"], r["source"], r["error"] or ""] for r in failed)
+        _write_atomic(self.out / "failed.csv", table.getvalue().encode())
+        manifest = {
+            "format": FORMAT_VERSION,
+            "job": self.job.identity(),
+            "inputs": self.collection.location,
+            "rows": len(self.collection.rows),
+            "prompt_sets": self.n_sets,
+            "images_ok": len({r["key"] for r in data if r["status"] == "ok"}),
+            "images_failed": len(failed),
+            "chunks": [str(self.chunk_file(c).relative_to(self.out)) for c in range(self.n_chunks())],
+            "maps": sorted(str(p.relative_to(self.out)) for p in (self.out / "maps").glob("*.npy")),
+            "maps_layout": "maps/chunk-NNNNN-HxW.npy: float16 N×S×H×W Finer-CAM scores on the patch grid; "
+            "summary rows point at (map_file, map_index, set_index)",
+        }
+        _write_atomic(self.out / "manifest.json", json.dumps(manifest, indent=2).encode())
+        return True
+
+
+class BatchRunner(BatchOutput):
+    """Runs a :class:`BatchJob` over a :class:`Collection` with one loaded model."""
+
+    def __init__(self, job: BatchJob, collection: Collection, localizer=None, device: str | None = None):
+        from .localizer import load
+
+        super().__init__(job, collection)
+        self.loc = localizer or load(
+            job.model,
+            job.pretrained,
+            backend=job.backend,
+            device=device,
+            dtype=job.dtype,
+            templates=job.templates,
+        )
+        self._plan_prompts()
+
+    # prompts -----------------------------------------------------------------------------------
+    def _plan_prompts(self) -> None:
+        """Every prompt the run needs (sets, rows, vocabulary), encoded once."""
+        job, rows = self.job, self.collection.rows
+        vocabulary: list[str] = []
+        if job.vocabulary is not None:
+            from . import prompts as prompt_library
+
+            vocabulary = list(dict.fromkeys(prompt_library.load(job.vocabulary)))
+        texts = [s.target for s in job.prompt_sets] + [c for s in job.prompt_sets for c in s.contrast]
+        if self.per_row:
+            texts += [r.target for r in rows] + [c for r in rows for c in r.contrast]  # type: ignore[misc]
+        self.prompts = list(dict.fromkeys(texts + vocabulary))
+        self.prompt_index = {p: i for i, p in enumerate(self.prompts)}
+        self.vocabulary_index = torch.tensor([self.prompt_index[v] for v in vocabulary], dtype=torch.long)
+        ranks = list(job.contrast_ranks)
+        if vocabulary and (not ranks or min(ranks) < 1 or max(ranks) > len(vocabulary) - 1):
+            raise PromptError(
+                f"contrast ranks {ranks} must lie in 1..{len(vocabulary) - 1} for a vocabulary of "
+                f"{len(vocabulary)} entries (one of them may be the target)"
+            )
+        templates = self.loc.templates if job.templates is None else job.templates
+        self.text = self.loc.encode_text(self.prompts, templates)  # P×E, on the device
+
+    def _sets_of(self, row: Row) -> list[PromptSet]:
+        if self.per_row:
+            return [PromptSet(row.target or "", row.target or "", row.contrast)]
+        return self.job.prompt_sets
+
+    # running -------------------------------------------------------------------------------------
     def run(
         self,
         *,
@@ -427,8 +482,10 @@ class BatchRunner:
         batch_size: int = 32,
         workers: int = 2,
         progress: bool = True,
+        merge: bool = True,
     ) -> BatchReport:
-        """Process this shard's chunks that are not done yet; merge when the whole run is done."""
+        """Process this shard's chunks that are not done yet; with ``merge``, merge if the whole
+        run is then done (whichever shard ends last does it; the files are written atomically)."""
         from tqdm.auto import tqdm
 
         self.prepare_output()
@@ -448,7 +505,7 @@ class BatchRunner:
             n_ok, n_failed = self.process_chunk(c, batch_size=batch_size, workers=workers, bar=bar)
             images, failed = images + n_ok, failed + n_failed
         bar.close()
-        finished = self.finalize()  # by whichever shard ends last; the files are written atomically
+        finished = self.finalize() if merge else self.all_done()
         return BatchReport(
             len(todo), self.n_chunks() - len(todo), images, failed, time.time() - start, finished
         )
@@ -513,18 +570,20 @@ class BatchRunner:
         z = F.normalize(out.global_embedding, dim=-1)  # B×E
         patches = F.normalize(out.patch_tokens, dim=-1)  # B×N×E
         global_sim = z @ self.text.T  # B×P
-        b, s = len(group), self.n_sets
         rows = [self.collection.rows[it["index"]] for it in group]
         sets = [self._sets_of(r) for r in rows]
         target = torch.tensor([[self.prompt_index[p.target] for p in ss] for ss in sets], device=z.device)
         contrast, valid = self._contrasts(sets, target, global_sim)  # B×S×D
-        used = self.text[torch.cat([target[..., None], contrast], dim=-1)]  # B×S×(1+D)×E
-        sel = torch.einsum("bnd,bskd->bskn", patches, used).reshape(b * s, -1, *out.grid)
-        contrast_sim = global_sim.gather(1, contrast.flatten(1)).view(b * s, -1)
-        weights = contrast_weights(
-            contrast_sim, loc.backend.logit_scale, job.weighting, valid.view(b * s, -1)
+        scores, _, weights = dense_finer_maps(
+            patches,
+            self.text[torch.cat([target[..., None], contrast], dim=-1)],  # B×S×(1+D)×E
+            global_sim.gather(1, contrast.flatten(1)).view(contrast.shape),
+            out.grid,
+            alpha=job.alpha,
+            logit_scale=loc.backend.logit_scale,
+            weighting=job.weighting,
+            valid=valid,
         )
-        scores = finer_scores(sel[:, 0], sel[:, 1:], weights, job.alpha).view(b, s, *out.grid)
         top = global_sim.topk(min(job.top_k, global_sim.shape[1]), dim=1)
         records = self._records(group, rows, sets, scores, global_sim, target, contrast, valid, weights, top)
         return list(scores.float().cpu()), records
@@ -567,7 +626,7 @@ class BatchRunner:
         peak_val, peak = (t.cpu() for t in scores.flatten(2).max(dim=-1))
         score_mean = scores.mean(dim=(-2, -1)).cpu()
         target_sim = global_sim.gather(1, target).cpu()
-        contrast, valid, weights = contrast.cpu(), valid.cpu(), weights.view(b, s, -1).cpu()
+        contrast, valid, weights = contrast.cpu(), valid.cpu(), weights.cpu()
         top_index, top_values = top.indices.cpu(), top.values.cpu()
         masks_energy = self._mask_energy(group, scores)
         out = []
@@ -634,44 +693,6 @@ class BatchRunner:
             "error": it["error"],
         }
 
-    # merging -------------------------------------------------------------------------------------
-    def all_done(self) -> bool:
-        return all(self.chunk_file(c).exists() for c in range(self.n_chunks()))
-
-    def finalize(self) -> bool:
-        """If every chunk is done, write summary.parquet, failed.csv and manifest.json."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        if not self.all_done():
-            return False
-        tables = [pq.read_table(self.chunk_file(c)) for c in range(self.n_chunks())]
-        summary = pa.concat_tables(tables, promote_options="default")
-        buf = pa.BufferOutputStream()
-        pq.write_table(summary, buf)
-        _write_atomic(self.out / "summary.parquet", buf.getvalue().to_pybytes())
-        data = summary.select(["key", "source", "status", "error"]).to_pylist()
-        failed = [r for r in data if r["status"] == "failed"]
-        lines = ["key,source,error"] + [
-            ",".join(_csv_field(r[k]) for k in ("key", "source", "error")) for r in failed
-        ]
-        _write_atomic(self.out / "failed.csv", ("\n".join(lines) + "\n").encode())
-        manifest = {
-            "format": FORMAT_VERSION,
-            "job": self.job.identity(),
-            "inputs": self.collection.location,
-            "rows": len(self.collection.rows),
-            "prompt_sets": self.n_sets,
-            "images_ok": len({r["key"] for r in data if r["status"] == "ok"}),
-            "images_failed": len(failed),
-            "chunks": [str(self.chunk_file(c).relative_to(self.out)) for c in range(self.n_chunks())],
-            "maps": sorted(str(p.relative_to(self.out)) for p in (self.out / "maps").glob("*.npy")),
-            "maps_layout": "maps/chunk-NNNNN-HxW.npy: float16 N×S×H×W Finer-CAM scores on the patch grid; "
-            "summary rows point at (map_file, map_index, set_index)",
-        }
-        _write_atomic(self.out / "manifest.json", json.dumps(manifest, indent=2).encode())
-        return True
-
 
 def load_map(out: str | Path, record: dict[str, Any]) -> np.ndarray:
     """The float16 score map (grid H×W) of one summary row."""
@@ -687,17 +708,7 @@ def iter_results(out: str | Path) -> Iterator[dict[str, Any]]:
 
 
 # writing ---------------------------------------------------------------------------------------
-def _csv_field(value: Any) -> str:
-    import io
-
-    buf = io.StringIO()
-    csv.writer(buf).writerow([value if value is not None else ""])
-    return buf.getvalue().rstrip("\r\n")
-
-
 def _npy_bytes(array: np.ndarray) -> bytes:
-    import io
-
     buf = io.BytesIO()
     np.save(buf, array)
     return buf.getvalue()
@@ -788,7 +799,9 @@ def run_distributed(
         if rank == 0:
             runner.prepare_output()
         dist.barrier()  # run.json exists before anyone writes
-    report = runner.run(rank=rank, world=world, batch_size=batch_size, workers=workers, progress=progress)
+    report = runner.run(
+        rank=rank, world=world, batch_size=batch_size, workers=workers, progress=progress, merge=not group
+    )
     if group:
         import torch.distributed as dist
 
@@ -842,9 +855,9 @@ def run_with_ray(
         import ray
     except ImportError as err:
         raise MMFinerCAMError("the Ray path needs `pip install 'mmfinercam[ray]'`") from err
-    runner = BatchRunner(job, collection, device="cpu")
-    runner.prepare_output()
-    todo = [c for c in range(runner.n_chunks()) if not runner.chunk_file(c).exists()]
+    output = BatchOutput(job, collection)  # the driver holds no model; the actors do
+    output.prepare_output()
+    todo = [c for c in range(output.n_chunks()) if not output.chunk_file(c).exists()]
     start = time.time()
     started_here = not ray.is_initialized()
     if started_here:
@@ -871,7 +884,7 @@ def run_with_ray(
             ray.shutdown()
     images = sum(int(r["images"]) for r in results)
     failed = sum(int(r["failed"]) for r in results)
-    finished = runner.finalize()
+    finished = output.finalize()
     return BatchReport(
-        len(todo), runner.n_chunks() - len(todo), images, failed, time.time() - start, finished
+        len(todo), output.n_chunks() - len(todo), images, failed, time.time() - start, finished
     )

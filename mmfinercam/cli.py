@@ -21,8 +21,8 @@ import torch
 
 from .cams import CAM_METHODS
 from .errors import ImageLoadError, MMFinerCAMError
+from .images import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 DEFAULT_MODEL = "testbed"
 SAMPLES_DIR = Path(__file__).resolve().parent / "data" / "samples"
 

@@ -60,6 +60,36 @@ def finer_scores(target_maps: Tensor, contrast_maps: Tensor, weights: Tensor, al
     return target_maps - alpha * mixed
 
 
+def dense_finer_maps(
+    patches: Tensor,
+    text: Tensor,
+    contrast_similarity: Tensor,
+    grid: tuple[int, int],
+    *,
+    alpha: float,
+    logit_scale: float,
+    weighting: str = "softmax",
+    valid: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Dense Finer-CAM for S prompt sets per image, every map from one matmul.
+
+    ``patches``: B×N×E normalized patch tokens; ``text``: B×S×(1+D)×E, the target then its D
+    contrasts for each set; ``contrast_similarity``: B×S×D global similarities (for the
+    weights); ``valid``: B×S×D marks real contrasts where sets are padded to a common D.
+    Returns Finer scores and plain target maps (both B×S×h×w) and the weights (B×S×D).
+    """
+    b, s, k = text.shape[:3]
+    maps = torch.einsum("bnd,bskd->bskn", patches, text).reshape(b * s, k, *grid)
+    weights = contrast_weights(
+        contrast_similarity.reshape(b * s, k - 1),
+        logit_scale,
+        weighting,
+        None if valid is None else valid.reshape(b * s, k - 1),
+    )
+    scores = finer_scores(maps[:, 0], maps[:, 1:], weights, alpha)
+    return scores.view(b, s, *grid), maps[:, 0].view(b, s, *grid), weights.view(b, s, k - 1)
+
+
 def to_heatmap(scores: Tensor, size: tuple[int, int]) -> Tensor:
     """Upsample B×h×w scores bilinearly to ``size``, ReLU, min-max each map to [0, 1].
 

@@ -26,6 +26,7 @@ from torch import Tensor
 from .errors import ImageLoadError
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray, Tensor]
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}  #: what folders yield
 
 
 def _from_array(arr: np.ndarray) -> Image.Image:

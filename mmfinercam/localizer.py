@@ -25,8 +25,7 @@ from .errors import ImageLoadError, PromptError
 from .finer import (
     check_contrasts,
     check_prompt,
-    contrast_weights,
-    finer_scores,
+    dense_finer_maps,
     rank_contrasts,
     to_heatmap,
 )
@@ -395,13 +394,22 @@ class Localizer:
     ) -> dict[str, Tensor]:
         """Dense Finer-CAM for one batch of same-sized images: every prompt in one matmul."""
         b = out.tokens.shape[0]
-        weights = contrast_weights(pick["contrast_similarity"], self.backend.logit_scale, weighting)
         contrast_text = candidate_text[pick["contrast_index"]]  # B×D×E
         text = torch.cat([target_text.expand(b, 1, -1), contrast_text], dim=1)  # B×(1+D)×E
-        patches = F.normalize(out.patch_tokens, dim=-1)
-        maps = torch.einsum("bnd,bkd->bkn", patches, text).reshape(b, -1, *out.grid)
-        scores = finer_scores(maps[:, 0], maps[:, 1:], weights, alpha)
-        return {"scores": scores.cpu(), "target_scores": maps[:, 0].cpu(), "weights": weights.cpu()}
+        scores, target_maps, weights = dense_finer_maps(
+            F.normalize(out.patch_tokens, dim=-1),
+            text[:, None],
+            pick["contrast_similarity"][:, None],
+            out.grid,
+            alpha=alpha,
+            logit_scale=self.backend.logit_scale,
+            weighting=weighting,
+        )
+        return {
+            "scores": scores[:, 0].cpu(),
+            "target_scores": target_maps[:, 0].cpu(),
+            "weights": weights[:, 0].cpu(),
+        }
 
     def _gradient_batch(
         self,
