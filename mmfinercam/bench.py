@@ -103,6 +103,7 @@ def run(
     gradcam_concepts: int = 10,
     ref_dir: str | Path = ".gem-ref",
     compile: str | None = None,
+    compile_mode: str | None = None,
     model=None,
     tokenizer=None,
     model_config: dict | None = None,
@@ -123,8 +124,8 @@ def run(
     loc = mf.Localizer.from_open_clip(model, tokenizer, name=model_name)
     encode_image = model.encode_image
     if compile:  # both sides compiled alike: the floor and our tower (``compile`` is the backend)
-        encode_image = torch.compile(model.encode_image, backend=compile)
-        loc.compile(backend=compile)
+        encode_image = torch.compile(model.encode_image, backend=compile, mode=compile_mode)
+        loc.compile(backend=compile, mode=compile_mode)
     gen = torch.Generator().manual_seed(0)
     results: list[Timing] = []
 
@@ -171,6 +172,7 @@ def run(
             )
         for b in batches:
             xb = images(b, size)
+            add(f"open_clip encode_image b={b}", lambda xb=xb: encode_image(xb), b, batch=b)
             add(
                 f"mmfinercam dense Finer-CAM K=100 b={b}",
                 lambda xb=xb: loc.finer_cam(xb, prompts(100)[0], prompts(100)[1:]),
@@ -180,12 +182,12 @@ def run(
 
     gem_ref = None
     if peers:
-        gem_ref = _gem_torch(model, {"model": model_name, "config": model_config}, x, ref_dir, repeats, log)
-        if gem_ref is not None:
-            results.append(gem_ref)
-        gc = _gradcam_finer(model, loc, x, gradcam_concepts, dev, repeats, log)
-        if gc is not None:
-            results.append(gc)
+        spec = {"model": model_name, "config": model_config}
+        gem_ref = _peer("gem_torch", lambda: _gem_torch(model, spec, x, ref_dir, repeats, log), log)
+        gc = _peer(
+            "grad-cam", lambda: _gradcam_finer(model, loc, x, gradcam_concepts, dev, repeats, log), log
+        )
+        results += [t for t in (gem_ref, gc) if t is not None]
 
     by = {t.name: t for t in results}
     k1 = by.get("mmfinercam dense Finer-CAM K=1")
@@ -200,6 +202,11 @@ def run(
         )
     if gem_ref is not None and k100:
         ratios["dense K=100 throughput / gem_torch K=100 (target >= 5)"] = gem_ref.seconds / k100.seconds
+    for b in batches:
+        ours = by.get(f"mmfinercam dense Finer-CAM K=100 b={b}")
+        bare = by.get(f"open_clip encode_image b={b}")
+        if ours and bare:
+            ratios[f"b={b}: dense K=100 throughput / bare encode_image"] = bare.seconds / ours.seconds
     gc = by.get(f"grad-cam FinerCAM on CLIP, {gradcam_concepts} maps")
     if gc is not None and k10:
         ratios[f"dense K={gradcam_concepts} throughput / grad-cam FinerCAM (target >= 15)"] = (
@@ -212,6 +219,7 @@ def run(
         "device": str(dev),
         "dtype": dtype,
         "compile": compile,
+        "compile_mode": compile_mode,
         "model": model_name,
         "batch": batch,
         "size": size,
@@ -231,23 +239,37 @@ def run(
     }
 
 
+def _peer(name: str, measure_peer: Callable[[], Timing | None], log) -> Timing | None:
+    """A peer that cannot run in this setting (a precision it does not support, say) is reported
+    and left out; our own figures stand without it."""
+    try:
+        return measure_peer()
+    except Exception as err:  # noqa: BLE001 - any failure of a third-party peer
+        log(f"{name}: failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})")
+        return None
+
+
 def _gem_torch(model, spec: dict, x, ref_dir, repeats, log) -> Timing | None:
     """The reference GEM in its own environment, same weights and inputs, 100 prompts."""
     ref_dir = Path(ref_dir)
     if not (ref_dir / "gem").is_dir() or not REF_WORKER.is_file():
         log(f"gem_torch: skipped (no reference in {ref_dir}; see the module docstring)")
         return None
-    if x.device.type != "cpu" or x.dtype != torch.float32:
-        log("gem_torch: measured on CPU fp32 only (it forces fp32)")
+    if x.dtype != torch.float32:
+        log("gem_torch: measured in fp32 only (its code assumes fp32)")
         return None
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         torch.save(model.state_dict(), tmp / "weights.pt")
         torch.save(x.cpu(), tmp / "images.pt")
         (tmp / "prompts.json").write_text(json.dumps({"prompts": prompts(100), **spec}))
-        env = dict(os.environ, PYTHONPATH=str(ref_dir.resolve()))
+        path = [str(ref_dir.resolve()), os.environ.get("PYTHONPATH", "")]  # the reference comes first
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in path if p))
         proc = subprocess.run(
-            [sys.executable, str(REF_WORKER), str(tmp), str(repeats)], env=env, capture_output=True, text=True
+            [sys.executable, str(REF_WORKER), str(tmp), str(repeats), str(x.device)],
+            env=env,
+            capture_output=True,
+            text=True,
         )
         if proc.returncode != 0:
             log("gem_torch: failed: " + proc.stderr.strip().splitlines()[-1])
@@ -303,8 +325,12 @@ def _gradcam_finer(model, loc, x, k, device, repeats, log) -> Timing | None:
     return t
 
 
-def write_markdown(report: dict, path: str | Path, command: str) -> None:
+def to_markdown(report: dict, command: str | None = None) -> str:
+    """A report as RESULTS.md tables: the command, the machine, every timing and every ratio."""
+    command = command or report.get("command", "mmfinercam bench")
     compiled = f", torch.compile {report['compile']}" if report.get("compile") else ""
+    if report.get("compile_mode"):
+        compiled += f" mode={report['compile_mode']}"
     lines = [
         f"Command: `{command}`  ",
         f"Machine: {report['machine']} ({report['device']}, {report['dtype']}{compiled}, "
@@ -312,10 +338,18 @@ def write_markdown(report: dict, path: str | Path, command: str) -> None:
         f"model {report['model']} (random weights), batch {report['batch']}, {report['size']} px, "
         f"median of {report['repeats']}.",
         "",
-        "| measurement | ms / call | images/s |",
-        "|---|---|---|",
+        "| measurement | ms / call | images/s | peak MB |",
+        "|---|---|---|---|",
     ]
-    lines += [f"| {t['name']} | {t['ms']:.1f} | {t['images_per_s']:.2f} |" for t in report["timings"]]
+    lines += [
+        f"| {t['name']} | {t['ms']:.1f} | {t['images_per_s']:.2f} | "
+        + (f"{t['peak_mb']:.0f} |" if t.get("peak_mb") else "– |")
+        for t in report["timings"]
+    ]
     lines += ["", "| ratio | value |", "|---|---|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in report["ratios"].items()]
-    Path(path).write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(report: dict, path: str | Path, command: str | None = None) -> None:
+    Path(path).write_text(to_markdown(report, command))

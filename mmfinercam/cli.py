@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import warnings
 from collections.abc import Sequence
@@ -221,7 +222,7 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
         methods = [m for m in methods if any(key in m.name for key in args.methods)]
     start = time.time()
     scores, maps = evaluate(loc, items, names, methods, auc_steps=args.auc_steps, keep_maps=args.gallery)
-    command = "mmfinercam eval " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else "mmfinercam eval"
+    command = args.command_line
     header = (
         f"# mmfinercam eval\n\nModel: {loc.info.name} ({loc.info.pretrained}). Data: {what}. "
         f"Targets vs their contrasts; the part mask is what separates them.\n\nCommand: `{command}` "
@@ -335,14 +336,16 @@ def bench(args: argparse.Namespace) -> int:
         peers=not args.no_peers,
         ref_dir=args.ref_dir,
         compile=args.compile,
+        compile_mode=args.compile_mode,
         model=model,
         tokenizer=tokenizer,
         model_config=config,
     )
+    report["command"] = args.command_line
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(report, indent=2))
-    write_markdown(report, out / "bench.md", "mmfinercam bench " + " ".join(sys.argv[2:]))
+    write_markdown(report, out / "bench.md")
     print(f"wrote {out / 'bench.json'} and {out / 'bench.md'}")
     return 0
 
@@ -483,6 +486,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="torch.compile the floor and our tower alike (backend, default inductor)",
     )
+    p.add_argument(
+        "--compile-mode",
+        default=None,
+        help="torch.compile mode, e.g. reduce-overhead (CUDA graphs) or max-autotune",
+    )
     p.add_argument("--ref-dir", default=".gem-ref", help="where gem_torch + open_clip 2.23 are installed")
     p.add_argument("--out", "-o", default="mmfinercam-bench")
     p.set_defaults(func=bench)
@@ -523,7 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.command_line = "mmfinercam " + shlex.join(argv)  # as given, for the reports
     try:
         return args.func(args)
     except (MMFinerCAMError, ValueError, FileNotFoundError) as err:

@@ -342,6 +342,7 @@ class Localizer:
             )
 
         gradient = method not in DENSE_METHODS
+        make_heatmap = cam_heatmap if gradient else to_heatmap
         per_image: dict[int, dict[str, Any]] = {}
         for start in range(0, len(prepared), batch_size):
             chunk = prepared[start : start + batch_size]
@@ -357,18 +358,18 @@ class Localizer:
                     parts = self._gradient_batch(pixels, target_text, candidate_text, pick, alpha, method)
                 else:
                     parts = self._dense_batch(out, target_text, candidate_text, pick, alpha, weighting)
-                parts.update({k: v.cpu() for k, v in pick.items()})
+                parts.update(pick)
+                # everything stays on the device until here: one copy to the host per tensor
+                sizes = [item.original_size for item in items]
+                heatmaps = self._heatmaps(parts["scores"], sizes, make_heatmap)
+                host = {k: v.cpu() for k, v in parts.items()}
                 for j, item in enumerate(items):
-                    per_image[item.index] = {k: v[j] for k, v in parts.items()}
+                    per_image[item.index] = {k: v[j] for k, v in host.items()}
+                    per_image[item.index]["heatmap"] = heatmaps[j]
 
         ordered = [per_image[item.index] for item in prepared]
-        heatmaps = self._heatmaps(
-            [p["scores"] for p in ordered],
-            [item.original_size for item in prepared],
-            cam_heatmap if gradient else to_heatmap,
-        )
         return FinerCAMResult(
-            heatmaps=_stack_if_uniform(heatmaps),
+            heatmaps=_stack_if_uniform([p["heatmap"] for p in ordered]),
             scores=_stack_if_uniform([p["scores"] for p in ordered]),
             target=target,
             contrast=[[entries[int(i)] for i in p["contrast_index"]] for p in ordered],
@@ -406,9 +407,9 @@ class Localizer:
             weighting=weighting,
         )
         return {
-            "scores": scores[:, 0].cpu(),
-            "target_scores": target_maps[:, 0].cpu(),
-            "weights": weights[:, 0].cpu(),
+            "scores": scores[:, 0],
+            "target_scores": target_maps[:, 0],
+            "weights": weights[:, 0],
         }
 
     def _gradient_batch(
@@ -432,21 +433,22 @@ class Localizer:
         out = clip_cam(self.backend, method)(pixels, text, finer_score(target, refs, alpha))
         p = torch.softmax(out.outputs, dim=-1).gather(1, refs)
         weights = p / (p.sum(dim=1, keepdim=True) + 1e-9)
-        return {"scores": out.layer_maps[0].cpu(), "weights": weights.cpu()}
+        return {"scores": out.layer_maps[0], "weights": weights}
 
     @staticmethod
     def _heatmaps(
-        scores: list[Tensor], sizes: list[tuple[int, int]], make: Callable[[Tensor, tuple[int, int]], Tensor]
+        scores: Tensor, sizes: list[tuple[int, int]], make: Callable[[Tensor, tuple[int, int]], Tensor]
     ) -> list[Tensor]:
-        """Heatmaps at each image's own size, upsampling same-sized images together."""
-        out: list[Tensor | None] = [None] * len(scores)
-        groups: dict[tuple[tuple[int, int], tuple[int, ...]], list[int]] = defaultdict(list)
-        for i, (s, size) in enumerate(zip(scores, sizes)):
-            groups[(size, tuple(s.shape))].append(i)
-        for (size, _), idx in groups.items():
-            maps = make(torch.stack([scores[i] for i in idx]), size)
-            for j, i in enumerate(idx):
-                out[i] = maps[j]
+        """Each image's heatmap at its own size, on the host; computed on the scores' device,
+        same-sized images together (one copy to the host per size)."""
+        out: list[Tensor | None] = [None] * len(sizes)
+        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for i, size in enumerate(sizes):
+            groups[size].append(i)
+        for size, idx in groups.items():
+            pick = scores if len(idx) == len(sizes) else scores[torch.tensor(idx, device=scores.device)]
+            for i, heatmap in zip(idx, make(pick, size).cpu()):
+                out[i] = heatmap
         return out  # type: ignore[return-value]
 
     def __repr__(self) -> str:

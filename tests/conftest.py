@@ -78,3 +78,26 @@ def load_errors_offline(tmp_path, *names: str) -> list[str]:
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
     assert len(lines) == len(names), proc.stdout + proc.stderr
     return lines
+
+
+# GPU tests --------------------------------------------------------------------------------------
+# Tests marked ``gpu`` run where CUDA is available (``pytest -m gpu`` runs only them) and are
+# deselected elsewhere, so the suite never needs a GPU. MMFINERCAM_TEST_DEVICE=cpu runs them on
+# the CPU against themselves, to check the tests' own code on a machine without a GPU.
+def gpu_test_device() -> torch.device | None:
+    name = os.environ.get("MMFINERCAM_TEST_DEVICE") or ("cuda" if torch.cuda.is_available() else None)
+    return torch.device(name) if name else None
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA device (deselected where there is none)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if gpu_test_device() is not None:
+        return
+    keep = [item for item in items if "gpu" not in item.keywords]
+    dropped = [item for item in items if "gpu" in item.keywords]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The GPU checks in one go, for a lent GPU machine: the GPU tests, then `mmfinercam bench` on CUDA
+# in fp32 (with the peers), fp16, bf16 and bf16 under torch.compile.
+#
+#   bash benchmarks/gpu.sh [OUT]     # OUT defaults to $OUT, else mmfinercam-bench/gpu
+#
+# Needs torch with CUDA plus this project's dependencies; gem_torch in .gem-ref (see
+# mmfinercam/bench.py). Writes env.txt, tests.txt, one JSON report per setting and log.txt under
+# OUT; `python benchmarks/report.py OUT/*.json` turns the reports into RESULTS.md tables.
+set -u
+out=${1:-${OUT:-mmfinercam-bench/gpu}}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+log="$out/log.txt"
+step() { echo "== $*" | tee -a "$log"; }
+
+step environment
+{ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+  python3 -c "import torch, open_clip, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda,
+  '| open_clip', open_clip.__version__, '| transformers', transformers.__version__, '|', torch.cuda.get_device_name())"
+  nproc; } 2>&1 | tee "$out/env.txt"
+
+bench() {  # NAME SECONDS ARGS...: one report, kept as NAME.json
+  local name=$1 limit=$2; shift 2
+  step "bench $name: $*"
+  timeout "$limit" python3 -m mmfinercam bench --device cuda --out "/tmp/bench-$name" "$@" 2>&1 | tee -a "$log"
+  cp "/tmp/bench-$name/bench.json" "$out/$name.json" 2>/dev/null || echo "bench $name: no report" | tee -a "$log"
+}
+
+common=(--repeats 20 --batch 4 --batches 1 4 16 64 256 --sizes 224 448 896)
+bench bf16 100 --dtype bf16 "${common[@]}"
+step "profile"
+timeout 80 python3 benchmarks/profile_gpu.py --dtype bf16 --batches 1 4 64 256 --table 2>&1 | tee -a "$log" | grep "^b="
+step "GPU tests"
+timeout 200 python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tee "$out/tests.txt" | tail -20
+bench fp32 100 --dtype fp32 "${common[@]}"
+bench fp16 80 --dtype fp16 "${common[@]}"
+bench bf16-compile 150 --dtype bf16 --compile --repeats 20 --batch 4 --concepts 1 100 --batches 4 64 --sizes
+step done

@@ -1,0 +1,79 @@
+"""Where the dense path's time goes on a GPU, stage by stage, against bare ``encode_image``.
+
+    python benchmarks/profile_gpu.py [--dtype bf16] [--batches 4 64] [--table]
+
+Times (median of 20, synchronized) the floor, our tower without GEM ("raw"), with GEM, and the
+whole ``finer_cam`` call at K=100, so a gap can be put on the stage that makes it; with
+``--table``, the profiler's top kernels for the whole call.
+"""
+
+import argparse
+import statistics
+import time
+
+import open_clip
+import torch
+
+import mmfinercam as mf
+from mmfinercam.bench import prompts
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def median_ms(fn, repeats=20):
+    fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+@torch.inference_mode()
+def stage_times(model, loc, x, text) -> dict[str, float]:
+    stages = {
+        "encode_image": lambda: model.encode_image(x),
+        "tower raw": lambda: loc.image_tokens(x, method="raw"),
+        "tower gem": lambda: loc.image_tokens(x, method="gem"),
+        "finer_cam K=100": lambda: loc.finer_cam(x, text[0], text[1:]),
+    }
+    return {name: median_ms(fn) for name, fn in stages.items()}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dtype", default="bf16")
+    parser.add_argument("--batches", type=int, nargs="+", default=[4, 64])
+    parser.add_argument("--table", action="store_true")
+    parser.add_argument("--device", default="cuda")
+    args = parser.parse_args()
+    dtype = mf.backends.parse_dtype(args.dtype)
+    torch.manual_seed(0)
+    model = open_clip.create_model("ViT-B-16", pretrained=None).to(args.device, dtype).eval()
+    loc = mf.Localizer.from_open_clip(model, open_clip.get_tokenizer("ViT-B-16"), name="ViT-B-16")
+    text = prompts(100)
+    loc.encode_text(text, loc.templates)
+    for b in args.batches:
+        x = torch.randn(b, 3, 224, 224, device=args.device, dtype=dtype)
+        times = stage_times(model, loc, x, text)
+        floor = times["encode_image"]
+        summary = ", ".join(f"{k} {v:.2f} ms ({floor / v:.2f}x)" for k, v in times.items())
+        print(f"b={b} {args.dtype}: {summary}")
+        if args.table:
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                for _ in range(5):
+                    loc.finer_cam(x, text[0], text[1:])
+                sync()
+            print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12))
+
+
+if __name__ == "__main__":
+    main()

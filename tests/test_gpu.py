@@ -1,0 +1,152 @@
+"""On a CUDA device: the same answers as on the CPU, in every precision, compiled or not.
+
+Marked ``gpu``: deselected where no GPU is (see conftest), run with ``pytest -m gpu`` on one.
+The CPU is the reference; fp32 is compared with TF32 off, half precisions by how closely their
+maps follow the fp32 maps (what a user reads off a heatmap: where it peaks, how it ranks).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from conftest import gpu_test_device
+
+import mmfinercam as mf
+from mmfinercam.batch import BatchJob, BatchRunner, PromptSet, iter_results, load_map, read_collection
+from mmfinercam.testbed import held_out
+from mmfinercam.testing import build_tiny_open_clip, deterministic_image, open_clip_to_transformers
+
+pytestmark = pytest.mark.gpu
+
+TARGET, CONTRAST = "a bird with a red wing", ["a bird with a blue wing", "a bird with a yellow wing"]
+
+
+@pytest.fixture(scope="module")
+def device():
+    return gpu_test_device()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_tf32():
+    """fp32 on the GPU compared with the CPU: TF32 matrix products would round to 1e-3."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@pytest.fixture(scope="module")
+def birds():
+    return [s.image for s in held_out(8, start=9100)]
+
+
+@pytest.fixture(scope="module")
+def testbed_cpu():
+    return mf.load("testbed", device="cpu")
+
+
+def _correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of each pair of maps (B)."""
+    a = a.flatten(1).double() - a.flatten(1).double().mean(1, keepdim=True)
+    b = b.flatten(1).double() - b.flatten(1).double().mean(1, keepdim=True)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
+
+
+def test_testbed_fp32_on_the_gpu_equals_the_cpu(device, birds, testbed_cpu):
+    gpu = mf.load("testbed", device=device)
+    assert gpu.device.type == device.type
+    ref = testbed_cpu.finer_cam(birds, TARGET, CONTRAST)
+    out = gpu.finer_cam(birds, TARGET, CONTRAST)
+    assert out.heatmaps.device.type == "cpu"  # results come back to the host, once
+    torch.testing.assert_close(out.scores, ref.scores, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out.weights, ref.weights, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.heatmaps, ref.heatmaps, atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_half_precision_maps_follow_fp32(device, birds, testbed_cpu, dtype):
+    """bf16/fp16 towers: every map correlates ≥ 0.99 with fp32 and peaks in the same place."""
+    half = mf.load("testbed", device=device, dtype=dtype)
+    ref = testbed_cpu.finer_cam(birds, TARGET, CONTRAST)
+    out = half.finer_cam(birds, TARGET, CONTRAST)
+    assert out.scores.dtype == torch.float32  # tokens come out in fp32 whatever the tower ran in
+    assert torch.isfinite(out.scores).all()
+    assert _correlation(out.scores, ref.scores).min() >= 0.99
+    peaks_agree = out.scores.flatten(1).argmax(1) == ref.scores.flatten(1).argmax(1)
+    assert peaks_agree.float().mean() >= 0.75
+    torch.testing.assert_close(out.weights, ref.weights, atol=2e-2, rtol=0)
+
+
+def test_vit_b16_bf16_global_embedding_is_open_clips(device):
+    """A full-size ViT-B/16 in bf16 on the GPU: our tower's pooled embedding is encode_image's,
+    and 1000 concepts cost one pass with finite maps."""
+    torch.manual_seed(0)
+    model = open_clip.create_model("ViT-B-16", pretrained=None).to(device, torch.bfloat16).eval()
+    loc = mf.Localizer.from_open_clip(model, open_clip.get_tokenizer("ViT-B-16"), name="ViT-B-16")
+    x = torch.randn(4, 3, 224, 224, generator=torch.Generator().manual_seed(1)).to(device, torch.bfloat16)
+    with torch.inference_mode():
+        ref = model.encode_image(x).float()
+    ours = loc.image_tokens(x, method="raw").global_embedding
+    assert (ours - ref).norm() / ref.norm() < 2e-2
+    prompts = [f"trait number {i}" for i in range(1000)]
+    maps = loc.similarity_maps(x, prompts)
+    assert maps.shape == (4, 1000, 14, 14) and maps.device.type == device.type
+    assert torch.isfinite(maps).all()
+
+
+def test_compiled_tower_on_the_gpu_equals_eager(device, birds):
+    loc = mf.load("testbed", device=device)
+    prepared, _ = loc.prepare(birds)
+    x = torch.stack([p.pixels for p in prepared])
+    eager = loc.similarity_maps(x, [TARGET, *CONTRAST])
+    backend = "inductor" if device.type == "cuda" else "eager"
+    loc.compile(backend=backend, fullgraph=True)
+    compiled = loc.similarity_maps(x, [TARGET, *CONTRAST])
+    torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "layercam"])
+def test_gradient_finer_cam_on_the_gpu_equals_the_cpu(device, birds, testbed_cpu, method):
+    gpu = mf.load("testbed", device=device)
+    ref = testbed_cpu.finer_cam(birds[:4], TARGET, CONTRAST, method=method)
+    out = gpu.finer_cam(birds[:4], TARGET, CONTRAST, method=method)
+    torch.testing.assert_close(out.scores, ref.scores, atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(out.weights, ref.weights, atol=1e-5, rtol=1e-4)
+
+
+def test_transformers_clip_on_the_gpu_equals_the_cpu(device):
+    tok = open_clip.get_tokenizer("ViT-B-16")
+    cpu = mf.Localizer.from_transformers(open_clip_to_transformers(build_tiny_open_clip()), tok)
+    gpu = mf.Localizer.from_transformers(copy.deepcopy(cpu.backend.model).to(device), tok)
+    assert gpu.device.type == device.type
+    x = deterministic_image((224, 320), seed=3)
+    prompts = ["a photo of a bird.", "a red wing"]
+    torch.testing.assert_close(
+        gpu.similarity_maps(x, prompts).cpu(), cpu.similarity_maps(x, prompts), atol=1e-4, rtol=1e-4
+    )
+
+
+def test_batch_run_on_the_gpu_equals_the_cpu(device, tmp_path, birds, testbed_cpu):
+    """Pinned-memory DataLoader workers feeding the GPU give the CPU run's rows and maps."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, image in enumerate(birds):
+        image.save(folder / f"bird{i}.png")
+    sets = [PromptSet("red-wing", TARGET, tuple(CONTRAST))]
+
+    def run(out, loc):
+        job = BatchJob(out=str(tmp_path / out), prompt_sets=sets, model="testbed", chunk_size=4)
+        BatchRunner(job, read_collection(folder), localizer=loc).run(workers=2, progress=False)
+        return list(iter_results(tmp_path / out))
+
+    on_cpu = run("cpu", testbed_cpu)
+    on_gpu = run("gpu", mf.load("testbed", device=device))
+    assert [r["key"] for r in on_gpu] == [r["key"] for r in on_cpu]
+    for a, b in zip(on_gpu, on_cpu):
+        assert a["status"] == b["status"] == "ok"
+        np.testing.assert_allclose(a["weights"], b["weights"], atol=1e-5)
+        np.testing.assert_allclose(load_map(tmp_path / "gpu", a), load_map(tmp_path / "cpu", b), atol=2e-3)
