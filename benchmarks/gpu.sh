@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks in one go, for a lent GPU machine: the GPU tests, then `mmfinercam bench` on CUDA
-# in fp32 (with the peers), fp16, bf16 and bf16 under torch.compile.
+# in bf16 (eager, torch.compile, CUDA graphs), fp32 (with the peers) and fp16; a profile.
 #
 #   bash benchmarks/gpu.sh [OUT]     # OUT defaults to $OUT, else mmfinercam-bench/gpu
 #
@@ -27,13 +27,15 @@ bench() {  # NAME SECONDS ARGS...: one report, kept as NAME.json
   cp "/tmp/bench-$name/bench.json" "$out/$name.json" 2>/dev/null || echo "bench $name: no report" | tee -a "$log"
 }
 
-common=(--repeats 20 --batch 4 --batches 1 4 16 64 256 --sizes 224 448 896)
-bench bf16 100 --dtype bf16 "${common[@]}"
-step "profile"
-timeout 80 python3 benchmarks/profile_gpu.py --dtype bf16 --batches 1 4 64 256 --table 2>&1 | tee -a "$log" | grep "^b="
+common=(--repeats 20 --batch 4 --batches 1 4 16 64 256)
+bench bf16 60 --dtype bf16 "${common[@]}" --sizes 224 448 896 --no-peers
+bench bf16-compile 110 --dtype bf16 --compile --repeats 10 --batch 4 --concepts 1 100 --batches 64 256 --sizes
 step "GPU tests"
-timeout 200 python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tee "$out/tests.txt" | tail -20
-bench fp32 100 --dtype fp32 "${common[@]}"
-bench fp16 80 --dtype fp16 "${common[@]}"
-bench bf16-compile 150 --dtype bf16 --compile --repeats 20 --batch 4 --concepts 1 100 --batches 4 64 --sizes
+timeout 80 python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tee "$out/tests.txt" | tail -3
+bench bf16-graphs 110 --dtype bf16 --compile --compile-mode reduce-overhead --repeats 10 --batch 4 \
+  --concepts 1 100 --batches 1 16 --sizes
+bench fp32 70 --dtype fp32 "${common[@]}" --sizes 224 448 896
+bench fp16 50 --dtype fp16 "${common[@]}" --sizes 224 --no-peers
+step "profile"
+timeout 40 python3 benchmarks/profile_gpu.py --dtype bf16 --batches 256 --table 2>&1 | tee -a "$log" | grep "^b="
 step done

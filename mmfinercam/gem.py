@@ -63,26 +63,28 @@ def self_self_attention(
 ) -> Tensor:
     """GEM's attention for one block: q, k, v are B×heads×N×head_dim; returns the same shape.
 
-    The three streams run stacked as one batch through fused scaled-dot-product attention
-    (the temperature is folded into the query, so ``scale=1``).
+    The three streams run stacked as one batch through fused scaled-dot-product attention; a
+    per-image temperature (B×1×1×1) is folded into the queries, a single number is SDPA's scale.
     """
-    b, h, n, d = v.shape
-    if isinstance(inv_temp, Tensor):
+    if isinstance(inv_temp, Tensor):  # one temperature per image: scale the queries
         inv_temp = inv_temp.view(1, -1, 1, 1, 1).to(v.dtype)
+        scale, weight = 1.0, inv_temp
+    else:  # one temperature for all: SDPA applies it, no extra pass over the queries
+        scale, weight = float(inv_temp), None
     u = torch.stack([v, k, q])  # 3×B×H×N×d
     for _ in range(iterations):
         u = F.normalize(u, dim=-1)
-        u = _attend(u * inv_temp, u, u)
+        u = _attend(u if weight is None else u * weight, u, u, scale)
     u = F.normalize(u, dim=-1)
-    out = _attend(u * inv_temp, u, v.unsqueeze(0).expand_as(u))
+    out = _attend(u if weight is None else u * weight, u, v.unsqueeze(0).expand_as(u), scale)
     return out.mean(dim=0)
 
 
-def _attend(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
+def _attend(query: Tensor, key: Tensor, value: Tensor, scale: float) -> Tensor:
     shape = query.shape
     flat = (-1, *shape[-3:])
     out = F.scaled_dot_product_attention(
-        query.reshape(flat), key.reshape(flat), value.reshape(flat), scale=1.0
+        query.reshape(flat), key.reshape(flat), value.reshape(flat), scale=scale
     )
     return out.reshape(shape[:-1] + (value.shape[-1],))
 

@@ -39,12 +39,11 @@ DENSE_METHODS = ("gem", "raw")
 class FinerCAMResult:
     """Maps and the numbers behind them, for the images that could be used.
 
-    ``heatmaps`` and ``scores`` are stacked tensors when every image has the same size, lists of
-    per-image tensors otherwise. ``indices[i]`` is the position of result ``i`` in the input;
+    ``scores`` (and ``heatmaps``) are stacked tensors when every image has the same size, lists
+    of per-image tensors otherwise. ``indices[i]`` is the position of result ``i`` in the input;
     ``failed`` lists the inputs that could not be used and why.
     """
 
-    heatmaps: Tensor | list[Tensor]  #: B×H×W in [0, 1], each at its image's own size
     scores: Tensor | list[Tensor]  #: B×h×w raw Finer-CAM scores on the patch grid
     target: str
     contrast: list[list[str]]  #: the contrast prompts used, per image
@@ -55,8 +54,20 @@ class FinerCAMResult:
     contrast_similarity: Tensor  #: B×D, the same for each contrast
     sources: list[str]
     indices: list[int]
+    image_sizes: list[tuple[int, int]]  #: (height, width) of each image as given
     failed: list[FailedImage] = field(default_factory=list)
     target_scores: Tensor | list[Tensor] | None = None  #: B×h×w plain target map (alpha = 0)
+    _heatmaps: Tensor | list[Tensor] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def heatmaps(self) -> Tensor | list[Tensor]:
+        """B×H×W in [0, 1], each at its image's own size: the scores upsampled, rectified and
+        min-max normalized. Made on first use, so a run that keeps only the patch-grid scores
+        (trait discovery over many images) never pays for full-size maps."""
+        if self._heatmaps is None:
+            make = cam_heatmap if self.method in CAM_METHODS else to_heatmap
+            self._heatmaps = _stack_if_uniform(heatmaps_at_sizes(list(self.scores), self.image_sizes, make))
+        return self._heatmaps
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -92,6 +103,20 @@ def _stack_if_uniform(items: list[Tensor]) -> Tensor | list[Tensor]:
     return items
 
 
+def heatmaps_at_sizes(
+    scores: list[Tensor], sizes: list[tuple[int, int]], make: Callable[[Tensor, tuple[int, int]], Tensor]
+) -> list[Tensor]:
+    """Each image's heatmap at its own size; same-sized maps are made together."""
+    out: list[Tensor | None] = [None] * len(scores)
+    groups: dict[tuple[tuple[int, int], tuple[int, ...]], list[int]] = defaultdict(list)
+    for i, (s, size) in enumerate(zip(scores, sizes)):
+        groups[(size, tuple(s.shape))].append(i)
+    for (size, _), idx in groups.items():
+        for i, heatmap in zip(idx, make(torch.stack([scores[i] for i in idx]), size)):
+            out[i] = heatmap
+    return out  # type: ignore[return-value]
+
+
 class Localizer:
     """A CLIP-like model ready to localize concepts named in words.
 
@@ -110,7 +135,10 @@ class Localizer:
         """Run the image tower (GEM path included) through ``torch.compile(**options)``.
 
         Worth it on a GPU for repeated same-sized batches; the first call of each new shape
-        compiles (seconds to minutes). Returns ``self``.
+        compiles (seconds to minutes). With ``mode="reduce-overhead"`` (CUDA graphs) the tower's
+        outputs live in buffers the next call reuses: :meth:`finer_cam` and the batch runner
+        consume them at once, but keep a copy of anything taken from :meth:`image_tokens`.
+        Returns ``self``.
         """
         self._run_tower = torch.compile(run_tower, **options)
         return self
@@ -300,7 +328,7 @@ class Localizer:
         depth: int | None = None,
         templates: Sequence[str] | None = None,
         image_size: int | None = None,
-        batch_size: int = 16,
+        batch_size: int | None = None,
     ) -> FinerCAMResult:
         """Where is the evidence for ``target`` and not for the contrasting concepts?
 
@@ -310,8 +338,10 @@ class Localizer:
         map; larger values keep only what differs. Prompts are wrapped in ``templates``
         (default: the model's own, e.g. ``"a photo of a {}."``; ``["{}"]`` uses them verbatim).
 
-        Broken images do not stop the batch: they are listed in ``result.failed``; if no image
-        can be used, :class:`~mmfinercam.errors.ImageLoadError` is raised.
+        A tensor of images runs as the one batch it is; files and arrays run ``batch_size``
+        (default 16) at a time. Broken images do not stop the batch: they are listed in
+        ``result.failed``; if no image can be used, :class:`~mmfinercam.errors.ImageLoadError`
+        is raised.
         """
         if method not in DENSE_METHODS and method not in CAM_METHODS:
             raise ValueError(f"method must be one of {DENSE_METHODS + tuple(CAM_METHODS)}, got {method!r}")
@@ -342,10 +372,10 @@ class Localizer:
             )
 
         gradient = method not in DENSE_METHODS
-        make_heatmap = cam_heatmap if gradient else to_heatmap
+        step = batch_size or (len(prepared) if isinstance(images, Tensor) else 16)
         per_image: dict[int, dict[str, Any]] = {}
-        for start in range(0, len(prepared), batch_size):
-            chunk = prepared[start : start + batch_size]
+        for start in range(0, len(prepared), step):
+            chunk = prepared[start : start + step]
             groups: dict[tuple[int, ...], list[PreparedImage]] = defaultdict(list)
             for item in chunk:
                 groups[tuple(item.pixels.shape)].append(item)
@@ -359,17 +389,12 @@ class Localizer:
                 else:
                     parts = self._dense_batch(out, target_text, candidate_text, pick, alpha, weighting)
                 parts.update(pick)
-                # everything stays on the device until here: one copy to the host per tensor
-                sizes = [item.original_size for item in items]
-                heatmaps = self._heatmaps(parts["scores"], sizes, make_heatmap)
-                host = {k: v.cpu() for k, v in parts.items()}
+                host = {k: v.cpu() for k, v in parts.items()}  # on the device until here: one copy each
                 for j, item in enumerate(items):
                     per_image[item.index] = {k: v[j] for k, v in host.items()}
-                    per_image[item.index]["heatmap"] = heatmaps[j]
 
         ordered = [per_image[item.index] for item in prepared]
         return FinerCAMResult(
-            heatmaps=_stack_if_uniform([p["heatmap"] for p in ordered]),
             scores=_stack_if_uniform([p["scores"] for p in ordered]),
             target=target,
             contrast=[[entries[int(i)] for i in p["contrast_index"]] for p in ordered],
@@ -380,6 +405,7 @@ class Localizer:
             contrast_similarity=torch.stack([p["contrast_similarity"] for p in ordered]),
             sources=[item.source for item in prepared],
             indices=[item.index for item in prepared],
+            image_sizes=[item.original_size for item in prepared],
             failed=failed,
             target_scores=None if gradient else _stack_if_uniform([p["target_scores"] for p in ordered]),
         )
@@ -434,22 +460,6 @@ class Localizer:
         p = torch.softmax(out.outputs, dim=-1).gather(1, refs)
         weights = p / (p.sum(dim=1, keepdim=True) + 1e-9)
         return {"scores": out.layer_maps[0], "weights": weights}
-
-    @staticmethod
-    def _heatmaps(
-        scores: Tensor, sizes: list[tuple[int, int]], make: Callable[[Tensor, tuple[int, int]], Tensor]
-    ) -> list[Tensor]:
-        """Each image's heatmap at its own size, on the host; computed on the scores' device,
-        same-sized images together (one copy to the host per size)."""
-        out: list[Tensor | None] = [None] * len(sizes)
-        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-        for i, size in enumerate(sizes):
-            groups[size].append(i)
-        for size, idx in groups.items():
-            pick = scores if len(idx) == len(sizes) else scores[torch.tensor(idx, device=scores.device)]
-            for i, heatmap in zip(idx, make(pick, size).cpu()):
-                out[i] = heatmap
-        return out  # type: ignore[return-value]
 
     def __repr__(self) -> str:
         info = self.info

@@ -72,6 +72,19 @@ def test_sharp_self_self_attention_keeps_each_token_local():
     assert (soft - v).abs().max() > 0.1  # a soft temperature mixes tokens
 
 
+def test_one_temperature_for_all_equals_the_same_per_image():
+    """A fixed temperature goes to SDPA as its scale; per-image ones scale the queries: same maps."""
+    from mmfinercam.gem import self_self_attention
+
+    torch.manual_seed(1)
+    q, k, v = (torch.randn(2, 3, 10, 8) for _ in range(3))
+    temps = torch.full((2, 1, 1, 1), 3.0)
+    for iterations in (1, 2):
+        fixed = self_self_attention(q, k, v, inv_temp=3.0, iterations=iterations)
+        per_image = self_self_attention(q, k, v, inv_temp=temps, iterations=iterations)
+        torch.testing.assert_close(fixed, per_image, atol=1e-5, rtol=1e-5)
+
+
 def test_testbed_carries_its_gem_settings():
     loc = mf.load("testbed", device="cpu")
     assert loc.info.default_depth == 4 and loc.info.gem_temperature == 20.0
