@@ -156,6 +156,14 @@ def run(
                 batch,
                 concepts=k,
             )
+        if 100 in concepts:  # the same call without GEM: what GEM's self-self attention costs
+            text = prompts(100)
+            add(
+                "mmfinercam dense Finer-CAM K=100, raw tokens (no GEM)",
+                lambda: loc.finer_cam(x, text[0], text[1:], method="raw"),
+                batch,
+                concepts=100,
+            )
         for s in sizes:
             xs = images(1, s)
             # open_clip's encode_image cannot take other sizes (no position resampling): the
@@ -202,6 +210,9 @@ def run(
         ratios["dense K=100 throughput / bare encode_image (GPU bf16 target >= 0.8)"] = (
             floor.seconds / k100.seconds
         )
+    raw = by.get("mmfinercam dense Finer-CAM K=100, raw tokens (no GEM)")
+    if raw:
+        ratios["dense K=100 without GEM throughput / bare encode_image"] = floor.seconds / raw.seconds
     if gem_ref is not None and k100:
         ratios["dense K=100 throughput / gem_torch K=100 (target >= 5)"] = gem_ref.seconds / k100.seconds
     for b in batches:

@@ -103,6 +103,17 @@ def _stack_if_uniform(items: list[Tensor]) -> Tensor | list[Tensor]:
     return items
 
 
+def _in_order(chunks: list[Tensor], positions: list[int]) -> Tensor | list[Tensor]:
+    """Rows of per-group tensors put back in input order: ``positions[r]`` is where the r-th row
+    (counting through the chunks) belongs. Stacked when every row has the same shape."""
+    order = torch.empty(len(positions), dtype=torch.long)
+    order[torch.tensor(positions)] = torch.arange(len(positions))
+    if all(c.shape[1:] == chunks[0].shape[1:] for c in chunks):
+        return torch.cat(chunks)[order]
+    flat = [row for c in chunks for row in c]
+    return [flat[r] for r in order.tolist()]
+
+
 def heatmaps_at_sizes(
     scores: list[Tensor], sizes: list[tuple[int, int]], make: Callable[[Tensor, tuple[int, int]], Tensor]
 ) -> list[Tensor]:
@@ -128,7 +139,8 @@ class Localizer:
         if isinstance(templates, str):
             templates = prompt_library.load_templates(templates)
         self.templates: list[str] = list(templates or backend.info.templates)
-        self._text_cache: dict[str, Tensor] = {}
+        self._text_cache: dict[str, Tensor] = {}  #: one embedding per templated string
+        self._prompt_set_cache: dict[tuple[tuple[str, ...], tuple[str, ...]], Tensor] = {}  #: whole K×D sets
         self._run_tower: Callable[..., TowerOutput] = run_tower
 
     def compile(self, **options: Any) -> Localizer:
@@ -217,22 +229,32 @@ class Localizer:
         """L2-normalized text embeddings, K×D float32 on the model's device.
 
         With ``templates`` each prompt is embedded in every template, the embeddings normalized,
-        averaged and normalized again. Every distinct string is encoded once and cached, so a
-        stream of images scored against the same prompts never re-encodes them.
+        averaged and normalized again. Every distinct string is encoded once and cached, and so
+        are the last 64 whole sets, so a stream of images scored against the same prompts never
+        re-encodes or re-stacks them (a set's tensor is shared: do not modify it in place).
         """
         if isinstance(prompts, str):
             prompts = [prompts]
+        templates = list(templates) if templates else ["{}"]
+        key = (tuple(prompts), tuple(templates)) if all(isinstance(p, str) for p in prompts) else None
+        cached = self._prompt_set_cache.get(key) if key else None  # a stream asks for the same set
+        if cached is not None:
+            return cached
         prompts = [check_prompt(p) for p in prompts]
         if not prompts:
             raise PromptError("no prompts given")
-        templates = list(templates) if templates else ["{}"]
         texts = [t.format(p) for p in prompts for t in templates]
         missing = list(dict.fromkeys(s for s in texts if s not in self._text_cache))
         if missing:
             emb = F.normalize(self.backend.encode_text(missing).float(), dim=-1)
             self._text_cache.update(zip(missing, emb))
         emb = torch.stack([self._text_cache[s] for s in texts]).view(len(prompts), len(templates), -1)
-        return F.normalize(emb.mean(dim=1), dim=-1)
+        out = F.normalize(emb.mean(dim=1), dim=-1)
+        if key:
+            if len(self._prompt_set_cache) >= 64:  # keep the most recent sets
+                self._prompt_set_cache.pop(next(iter(self._prompt_set_cache)))
+            self._prompt_set_cache[key] = out
+        return out
 
     def _text_embeddings(self, prompts: Sequence[str] | Tensor) -> Tensor:
         if isinstance(prompts, Tensor):
@@ -242,6 +264,7 @@ class Localizer:
 
     def clear_cache(self) -> None:
         self._text_cache.clear()
+        self._prompt_set_cache.clear()
 
     # images ---------------------------------------------------------------------------------
     def prepare(
@@ -373,14 +396,14 @@ class Localizer:
 
         gradient = method not in DENSE_METHODS
         step = batch_size or (len(prepared) if isinstance(images, Tensor) else 16)
-        per_image: dict[int, dict[str, Any]] = {}
+        positions: list[int] = []  # where each group's rows sit in ``prepared``
+        outputs: list[dict[str, Tensor]] = []
         for start in range(0, len(prepared), step):
-            chunk = prepared[start : start + step]
-            groups: dict[tuple[int, ...], list[PreparedImage]] = defaultdict(list)
-            for item in chunk:
-                groups[tuple(item.pixels.shape)].append(item)
-            for items in groups.values():
-                pixels = torch.stack([item.pixels for item in items])
+            groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+            for i in range(start, min(start + step, len(prepared))):
+                groups[tuple(prepared[i].pixels.shape)].append(i)
+            for members in groups.values():
+                pixels = torch.stack([prepared[i].pixels for i in members])
                 out = self.image_tokens(pixels, method="raw" if gradient else method, depth=depth)
                 z = F.normalize(out.global_embedding, dim=-1)
                 pick = _pick_contrasts(z, target_text, candidate_text, vocabulary is not None, contrast_ranks)
@@ -389,25 +412,29 @@ class Localizer:
                 else:
                     parts = self._dense_batch(out, target_text, candidate_text, pick, alpha, weighting)
                 parts.update(pick)
-                host = {k: v.cpu() for k, v in parts.items()}  # on the device until here: one copy each
-                for j, item in enumerate(items):
-                    per_image[item.index] = {k: v[j] for k, v in host.items()}
+                outputs.append({k: v.cpu() for k, v in parts.items()})  # on the device until here
+                positions += members
 
-        ordered = [per_image[item.index] for item in prepared]
+        def rows(key: str) -> Tensor | list[Tensor]:
+            """One output for every prepared image, in input order (stacked if sizes agree)."""
+            return _in_order([o[key] for o in outputs], positions)
+
+        contrast_index = rows("contrast_index")
+        assert isinstance(contrast_index, Tensor)  # every image has as many contrasts
         return FinerCAMResult(
-            scores=_stack_if_uniform([p["scores"] for p in ordered]),
+            scores=rows("scores"),
             target=target,
-            contrast=[[entries[int(i)] for i in p["contrast_index"]] for p in ordered],
-            weights=torch.stack([p["weights"] for p in ordered]),
+            contrast=[[entries[i] for i in row] for row in contrast_index.tolist()],
+            weights=rows("weights"),
             alpha=float(alpha),
             method=method,
-            target_similarity=torch.stack([p["target_similarity"] for p in ordered]),
-            contrast_similarity=torch.stack([p["contrast_similarity"] for p in ordered]),
+            target_similarity=rows("target_similarity"),
+            contrast_similarity=rows("contrast_similarity"),
             sources=[item.source for item in prepared],
             indices=[item.index for item in prepared],
             image_sizes=[item.original_size for item in prepared],
             failed=failed,
-            target_scores=None if gradient else _stack_if_uniform([p["target_scores"] for p in ordered]),
+            target_scores=None if gradient else rows("target_scores"),
         )
 
     def _dense_batch(

@@ -149,6 +149,26 @@ def test_batch_of_same_size_equals_single_with_small_batches(tiny_localizer, sam
     torch.testing.assert_close(a.scores, b.scores, atol=1e-5, rtol=0)
 
 
+def test_interleaved_sizes_come_back_in_input_order(tiny_localizer, sample_images):
+    """Same-sized images run together within each chunk; the results follow the input order."""
+    a, b = sample_images[0], sample_images[2]
+    images = [a, b, a[::-1].copy(), b[:, ::-1].copy(), a]
+    res = tiny_localizer.finer_cam(images, "a bird", ["a fish", "a cat"], batch_size=3)
+    assert [tuple(h.shape) for h in res.heatmaps] == [(96, 128), (128, 128), (96, 128), (128, 128), (96, 128)]
+    assert res.indices == [0, 1, 2, 3, 4] and res.image_sizes[1] == (128, 128)
+    for i, image in enumerate(images):
+        single = tiny_localizer.finer_cam(image, "a bird", ["a fish", "a cat"])
+        torch.testing.assert_close(res.scores[i], single.scores[0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(res.weights[i], single.weights[0], atol=1e-6, rtol=0)
+
+
+def test_heatmaps_are_made_from_the_scores_on_first_use(tiny_localizer, sample_images):
+    res = tiny_localizer.finer_cam([sample_images[0]] * 2, "a bird", ["a fish"])
+    assert res._heatmaps is None  # nothing full-size made until asked for
+    torch.testing.assert_close(res.heatmaps, to_heatmap(res.scores, (96, 128)))
+    assert res.heatmaps is res.heatmaps  # made once
+
+
 def test_non_square_images_keep_orientation(synthetic):
     # a wide image with the red wing in the top-right corner only
     image = torch.zeros(3, 64, 160)
@@ -205,6 +225,12 @@ def test_text_embeddings_are_cached(tiny_localizer):
     finally:
         del backend.encode_text
     assert calls == [["a", "b"], ["c"]]
+    again = tiny_localizer.encode_text(["b", "c", "a"])  # the whole set, cached
+    assert again is tiny_localizer.encode_text(["b", "c", "a"])
+    tiny_localizer.clear_cache()
+    fresh = tiny_localizer.encode_text(["b", "c", "a"])
+    assert fresh is not again
+    torch.testing.assert_close(fresh, again)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
