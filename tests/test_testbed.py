@@ -185,3 +185,19 @@ def test_eval_end_to_end(tmp_path):
 def test_testbed_missing_folder_is_clear(tmp_path):
     with pytest.raises(mf.WeightsNotFoundError, match="mmfinercam.testbed.train"):
         mf.load("testbed", str(tmp_path))
+
+
+def test_part_windows_are_one_parts_bounding_box():
+    coverage = np.zeros((1, len(TRAIT_PARTS), GRID, GRID), np.uint8)
+    wing, head = TRAIT_PARTS.index("wing"), TRAIT_PARTS.index("head")
+    coverage[0, wing, 0:2, 0:3] = 255
+    coverage[0, head, GRID - 2 :, GRID - 1 :] = 255
+    finch = next(i for i, s in enumerate(SPECIES) if s.family == "finch")
+    seen = set()
+    for seed in range(20):
+        reg = region_captions(coverage, np.array([finch]), random.Random(seed), part_windows=1.0)
+        window = reg.windows[0].numpy() > 0
+        part = wing if "wing" in reg.texts[0] else head
+        np.testing.assert_array_equal(window, coverage[0, part] > 0)  # exactly the part's box
+        seen.add(part)
+    assert seen == {wing, head}

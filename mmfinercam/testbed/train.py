@@ -141,9 +141,17 @@ class RegionCaptions:
 
 
 def region_captions(
-    coverage: np.ndarray, species: np.ndarray, rng: random.Random, shown: float = 0.5, absent: float = 0.1
+    coverage: np.ndarray,
+    species: np.ndarray,
+    rng: random.Random,
+    shown: float = 0.5,
+    absent: float = 0.1,
+    part_windows: float = 0.0,
 ) -> RegionCaptions:
     """Random windows (3 to 6 patches a side) and their captions, from part coverage (B×P×G×G).
+
+    With probability ``part_windows`` a window is instead the bounding box of one visible part
+    (a window as small as the part itself).
 
     A part is *shown* when at least ``shown`` of its area is inside the window, *absent* when at
     most ``absent`` is. A trait caption is positive for a window that shows that trait; negative
@@ -157,9 +165,15 @@ def region_captions(
     for i in range(b):
         cov = coverage[i].astype(np.float32)
         total = cov.sum(axis=(1, 2))
-        for _ in range(20):  # redraw until the window shows some part
-            h, w = rng.randint(3, 6), rng.randint(3, 6)
-            r, c = rng.randint(0, GRID - h), rng.randint(0, GRID - w)
+        visible = np.flatnonzero(total > 0)
+        for attempt in range(20):  # redraw until the window shows some part
+            if attempt == 0 and len(visible) and rng.random() < part_windows:
+                rows, cols = np.nonzero(cov[rng.choice(visible.tolist())])
+                r, c = int(rows.min()), int(cols.min())
+                h, w = int(rows.max()) - r + 1, int(cols.max()) - c + 1
+            else:
+                h, w = rng.randint(3, 6), rng.randint(3, 6)
+                r, c = rng.randint(0, GRID - h), rng.randint(0, GRID - w)
             frac = cov[:, r : r + h, c : c + w].sum(axis=(1, 2)) / np.maximum(total, 1e-6)
             st = np.where(frac >= shown, 1, np.where(frac <= absent, 0, -1)).astype(np.int8)
             st[total == 0] = 0
@@ -314,7 +328,11 @@ def train(args: argparse.Namespace) -> dict:
         x = to_tensor(images[idx.numpy()])
         species = labels[idx.numpy()]
         texts = [captions(SPECIES[s], rng) for s in species]
-        regions = region_captions(coverage[idx.numpy()], species, rng) if args.region_weight else None
+        regions = (
+            region_captions(coverage[idx.numpy()], species, rng, part_windows=args.part_windows)
+            if args.region_weight
+            else None
+        )
         loss, parts = batch_loss(
             model,
             tokenizer,
@@ -414,6 +432,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=1.0,
         help="weight of the region-caption loss on GEM tokens (0: off)",
+    )
+    p.add_argument(
+        "--part-windows",
+        type=float,
+        default=0.0,
+        help="share of region windows that are one part's bounding box (the rest random)",
     )
     p.add_argument("--gem-depth", type=int, default=4, help="GEM depth of the training path")
     p.add_argument(
