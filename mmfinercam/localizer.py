@@ -238,8 +238,9 @@ class Localizer:
         templates = list(templates) if templates else ["{}"]
         key = (tuple(prompts), tuple(templates)) if all(isinstance(p, str) for p in prompts) else None
         cached = self._prompt_set_cache.get(key) if key else None  # a stream asks for the same set
-        if cached is not None:
-            return cached
+        if cached is not None:  # one made under inference_mode cannot join autograd: copy it
+            outside = cached.is_inference() and not torch.is_inference_mode_enabled()
+            return cached.clone() if outside else cached
         prompts = [check_prompt(p) for p in prompts]
         if not prompts:
             raise PromptError("no prompts given")

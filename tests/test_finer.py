@@ -233,6 +233,17 @@ def test_text_embeddings_are_cached(tiny_localizer):
     torch.testing.assert_close(fresh, again)
 
 
+def test_text_cached_under_inference_mode_can_join_autograd(tiny_localizer):
+    """A set first encoded under torch.inference_mode (a dense run) serves a gradient CAM later."""
+    tiny_localizer.clear_cache()
+    with torch.inference_mode():
+        tiny_localizer.encode_text(["a bird", "a fish"])
+    text = tiny_localizer.encode_text(["a bird", "a fish"])
+    z = torch.randn(1, text.shape[1], requires_grad=True)
+    (z @ text.T).sum().backward()  # would raise if ``text`` were an inference tensor
+    assert z.grad is not None
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_close_to_fp32(tiny_model, sample_images, dtype):
     import copy
