@@ -2,11 +2,23 @@
 
 A trait separates the target species from a sibling when the target's images match it more than
 the sibling's images do. Averaging over all siblings lets one very different sibling hide that
-the trait does not separate the target from another; so a trait's score is its *smallest*
+the trait does not separate the target from another; so a trait's margin is its *smallest*
 margin over the siblings:
 
     margin_g(t) = mean_{i in target} <z_i, t> - mean_{j in group g} <z_j, t>
-    score(t)    = min_g margin_g(t)
+    m(t)        = min_g margin_g(t)
+
+Phrases that share words share evidence: if the target has a red wing, "red head" also gains a
+margin from the red. Finer-CAM's own remedy, applied to the vocabulary, cancels it: a trait's
+score is its margin minus ``alpha`` times the mean margin of its ``neighbours`` nearest phrases
+(cosine of their text embeddings),
+
+    score(t) = m(t) - alpha * mean_{t' in NN_k(t)} m(t')
+
+so "red head" loses what it owes to "red wing", and "red wing" keeps what no neighbour explains.
+``neighbours=0`` gives the plain margin. The defaults (k = 3, alpha = 0.5) were chosen on two
+held-out testbed splits (start 4000 and 6000, 8 images a species), where they put the known
+differing trait first for 9 of 24 species (plain margin: 7) and in the top 3 for 18 (16).
 
 Each image costs one image-tower pass for the whole vocabulary. Where the top traits lie in the
 image is then shown with Finer-CAM (see notebooks/02_trait_discovery.ipynb).
@@ -29,7 +41,7 @@ from .images import ImageInput
 @dataclass
 class TraitRanking:
     traits: list[str]  #: the vocabulary, best-separating trait first
-    scores: Tensor  #: V, the smallest margin over the contrast groups, in ``traits`` order
+    scores: Tensor  #: V, the smallest margin less the neighbours' share, in ``traits`` order
     margins: Tensor  #: G×V, the margin over each contrast group, in ``traits`` order
 
     def rank_of(self, trait: str) -> int:
@@ -55,6 +67,18 @@ def _mean_embedding_similarity(loc, images: Sequence[ImageInput], text: Tensor, 
     return total / len(prepared)
 
 
+def contrast_with_neighbours(margin: Tensor, text: Tensor, neighbours: int, alpha: float) -> Tensor:
+    """``margin`` (V) less ``alpha`` times the mean margin of each phrase's ``neighbours`` nearest
+    other phrases by cosine of their (normalized) embeddings ``text`` (V×E)."""
+    k = min(neighbours, len(margin) - 1)
+    if k <= 0 or alpha == 0:
+        return margin
+    similarity = text @ text.T
+    similarity.fill_diagonal_(float("-inf"))
+    nearest = similarity.topk(k, dim=1).indices  # V×k
+    return margin - alpha * margin[nearest].mean(dim=1)
+
+
 def rank_traits(
     loc,
     target_images: Sequence[ImageInput],
@@ -62,10 +86,15 @@ def rank_traits(
     vocabulary: Sequence[str] | str,
     *,
     templates: Sequence[str] | None = None,
+    neighbours: int = 3,
+    alpha: float = 0.5,
     batch_size: int = 32,
 ) -> TraitRanking:
     """Rank ``vocabulary`` (phrases, or a shipped vocabulary name / file) by how well each trait
-    separates ``target_images`` from every group of ``contrast_groups`` (one group a species)."""
+    separates ``target_images`` from every group of ``contrast_groups`` (one group a species).
+
+    ``neighbours`` and ``alpha`` set how much of the margins of each trait's nearest phrases is
+    subtracted (module docstring); ``neighbours=0`` ranks by the smallest margin alone."""
     from . import prompts
 
     if isinstance(vocabulary, str):
@@ -80,6 +109,6 @@ def rank_traits(
     target = _mean_embedding_similarity(loc, target_images, text, batch_size)
     groups = [_mean_embedding_similarity(loc, g, text, batch_size) for g in contrast_groups]
     margins = target[None] - torch.stack(groups)
-    scores = margins.amin(dim=0)
+    scores = contrast_with_neighbours(margins.amin(dim=0), text, neighbours, alpha)
     order = scores.argsort(descending=True, stable=True)
     return TraitRanking([entries[i] for i in order], scores[order].cpu(), margins[:, order].cpu())

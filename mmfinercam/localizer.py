@@ -66,7 +66,7 @@ class FinerCAMResult:
         (trait discovery over many images) never pays for full-size maps."""
         if self._heatmaps is None:
             make = cam_heatmap if self.method in CAM_METHODS else to_heatmap
-            self._heatmaps = _stack_if_uniform(heatmaps_at_sizes(list(self.scores), self.image_sizes, make))
+            self._heatmaps = _stack_if_uniform(_heatmaps_at_sizes(list(self.scores), self.image_sizes, make))
         return self._heatmaps
 
     def __len__(self) -> int:
@@ -114,7 +114,7 @@ def _in_order(chunks: list[Tensor], positions: list[int]) -> Tensor | list[Tenso
     return [flat[r] for r in order.tolist()]
 
 
-def heatmaps_at_sizes(
+def _heatmaps_at_sizes(
     scores: list[Tensor], sizes: list[tuple[int, int]], make: Callable[[Tensor, tuple[int, int]], Tensor]
 ) -> list[Tensor]:
     """Each image's heatmap at its own size; same-sized maps are made together."""

@@ -1,4 +1,5 @@
-"""Trait ranking: the smallest margin over the sibling groups, against a hand computation."""
+"""Trait ranking: the smallest margin over the sibling groups, less its nearest phrases' share,
+against hand computations."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def test_scores_are_the_smallest_margin_over_groups(tiny_localizer):
     vocab = ["red wing", "blue wing", "long beak", "striped tail"]
     target = [picture(1), picture(2)]
     groups = [[picture(3), picture(4)], [picture(5)]]
-    ranking = mf.rank_traits(loc, target, groups, vocab)
+    ranking = mf.rank_traits(loc, target, groups, vocab, neighbours=0)
 
     text = loc.encode_text(vocab, loc.templates)
 
@@ -36,6 +37,37 @@ def test_scores_are_the_smallest_margin_over_groups(tiny_localizer):
     torch.testing.assert_close(ranking.scores, expected[order], atol=1e-5, rtol=0)
     torch.testing.assert_close(ranking.margins, margins[:, order], atol=1e-5, rtol=0)
     assert ranking.rank_of(vocab[int(order[0])]) == 1 and len(ranking.table(2)) == 2
+
+
+def test_neighbours_share_is_subtracted_hand_case():
+    """Phrases 0/1 and 2/3 are each other's nearest: each loses half its neighbour's margin."""
+    from mmfinercam.discovery import contrast_with_neighbours
+
+    text = F.normalize(
+        torch.tensor([[1.0, 0.1, 0.0], [1.0, -0.1, 0.0], [0.0, 0.1, 1.0], [0.0, -0.1, 1.0]]), dim=1
+    )
+    margin = torch.tensor([1.0, 0.8, 0.1, -0.2])
+    out = contrast_with_neighbours(margin, text, neighbours=1, alpha=0.5)
+    torch.testing.assert_close(out, torch.tensor([0.6, 0.3, 0.2, -0.25]))
+    torch.testing.assert_close(contrast_with_neighbours(margin, text, neighbours=0, alpha=0.5), margin)
+    # with k = 3 every other phrase is a neighbour: the mean of the other three
+    all_others = (margin.sum() - margin) / 3
+    torch.testing.assert_close(contrast_with_neighbours(margin, text, 3, 1.0), margin - all_others)
+
+
+def test_default_ranking_uses_the_neighbour_contrast(tiny_localizer):
+    from mmfinercam.discovery import contrast_with_neighbours
+
+    vocab = ["red wing", "blue wing", "long beak", "striped tail", "red head"]
+    target, groups = [picture(1)], [[picture(3)], [picture(5)]]
+    plain = mf.rank_traits(tiny_localizer, target, groups, vocab, neighbours=0)
+    ranked = mf.rank_traits(tiny_localizer, target, groups, vocab)  # k = 3, alpha = 0.5
+    margin = plain.scores[[plain.traits.index(v) for v in vocab]]
+    expected = contrast_with_neighbours(
+        margin, tiny_localizer.encode_text(vocab, tiny_localizer.templates), 3, 0.5
+    )
+    assert ranked.traits == [vocab[i] for i in expected.argsort(descending=True)]
+    torch.testing.assert_close(ranked.scores, expected.sort(descending=True).values, atol=1e-5, rtol=0)
 
 
 def test_needs_a_group_and_a_vocabulary(tiny_localizer):
