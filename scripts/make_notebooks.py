@@ -129,7 +129,8 @@ NB2 = [
     (
         "code",
         "truth = SPECIES[[s.name for s in SPECIES].index(target)].traits()['wing']\n"
-        "print(f'known differing trait: {truth!r}, ranked {ranking.rank_of(truth)} of {len(vocab)}')",
+        "print(f'known differing trait: {truth!r}, ranked {ranking.rank_of(truth)} of {len(vocab)}')\n"
+        "assert ranking.rank_of(truth) == 1, 'the known differing trait should rank first'",
     ),
     (
         "md",
