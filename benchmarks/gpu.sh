@@ -23,6 +23,7 @@ step environment
 bench() {  # NAME SECONDS ARGS...: one report, kept as NAME.json
   local name=$1 limit=$2; shift 2
   step "bench $name: $*"
+  rm -rf "/tmp/bench-$name"  # no stale report from an earlier run
   timeout "$limit" python3 -m mmfinercam bench --device cuda --out "/tmp/bench-$name" "$@" 2>&1 | tee -a "$log"
   cp "/tmp/bench-$name/bench.json" "$out/$name.json" 2>/dev/null || echo "bench $name: no report" | tee -a "$log"
 }
