@@ -69,15 +69,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"])
 
 
-def _add_localize_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target", required=True, help="the concept to localize")
-    c = p.add_mutually_exclusive_group()
-    c.add_argument("--contrast", nargs="+", default=None, help="similar concepts to subtract")
-    c.add_argument(
-        "--vocabulary",
-        default=None,
-        help="file or shipped vocabulary name; the closest entries become the contrasts",
-    )
+def _add_finer_args(p: argparse.ArgumentParser, methods: list[str]) -> None:
+    """The Finer-CAM options that ``localize`` and ``batch`` share."""
     p.add_argument(
         "--ranks",
         type=int,
@@ -90,14 +83,27 @@ def _add_localize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--method",
         default="gem",
-        choices=["gem", "raw", *CAM_METHODS],
-        help="gem (default), raw last-layer tokens, or a gradient CAM on the CLIP similarity",
+        choices=methods,
+        help="gem (default), raw last-layer tokens"
+        + (", or a gradient CAM on the CLIP similarity" if len(methods) > 2 else ""),
     )
     p.add_argument("--depth", type=int, default=None, help="GEM depth (default: the model's, 7)")
+    p.add_argument("--image-size", type=int, default=None, help="shorter side fed to the model")
+
+
+def _add_localize_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", required=True, help="the concept to localize")
+    c = p.add_mutually_exclusive_group()
+    c.add_argument("--contrast", nargs="+", default=None, help="similar concepts to subtract")
+    c.add_argument(
+        "--vocabulary",
+        default=None,
+        help="file or shipped vocabulary name; the closest entries become the contrasts",
+    )
+    _add_finer_args(p, methods=["gem", "raw", *CAM_METHODS])
     p.add_argument(
         "--templates", default=None, help="template set name or file; 'verbatim' uses the prompts as written"
     )
-    p.add_argument("--image-size", type=int, default=None, help="shorter side fed to the model")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--out", "-o", default="mmfinercam-out", help="output folder")
     p.add_argument("--no-overlay", action="store_true", help="skip the PNG overlays (faster)")
@@ -501,12 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--contrast", nargs="+", default=None, help="similar concepts to subtract")
     g.add_argument("--prompt-sets", default=None, help="JSON list of {name, target, contrast}")
     p.add_argument("--vocabulary", default=None, help="automatic contrasts where none are given")
-    p.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 3])
-    p.add_argument("--alpha", type=float, default=1.0)
-    p.add_argument("--weighting", choices=["softmax", "uniform"], default="softmax")
-    p.add_argument("--method", choices=["gem", "raw"], default="gem")
-    p.add_argument("--depth", type=int, default=None)
-    p.add_argument("--image-size", type=int, default=None)
+    _add_finer_args(p, methods=["gem", "raw"])
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     p.add_argument("--chunk-size", type=int, default=256, help="images per output chunk (the resume unit)")
