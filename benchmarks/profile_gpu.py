@@ -8,31 +8,12 @@ whole ``finer_cam`` call at K=100, so a gap can be put on the stage that makes i
 """
 
 import argparse
-import statistics
-import time
 
 import open_clip
 import torch
 
 import mmfinercam as mf
-from mmfinercam.bench import prompts
-
-
-def sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def median_ms(fn, repeats=20):
-    fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
+from mmfinercam.bench import measure, prompts, synchronize
 
 
 @torch.inference_mode()
@@ -43,7 +24,7 @@ def stage_times(model, loc, x, text) -> dict[str, float]:
         "tower gem": lambda: loc.image_tokens(x, method="gem"),
         "finer_cam K=100": lambda: loc.finer_cam(x, text[0], text[1:]),
     }
-    return {name: median_ms(fn) for name, fn in stages.items()}
+    return {name: measure(fn, x.device, repeats=20)[0] * 1000 for name, fn in stages.items()}
 
 
 def main():
@@ -71,7 +52,7 @@ def main():
             with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
                 for _ in range(5):
                     loc.finer_cam(x, text[0], text[1:])
-                sync()
+                synchronize(x.device)
             print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12))
 
 

@@ -46,7 +46,8 @@ class Timing:
         return self.images / self.seconds
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for a CUDA device's queued work (timings on a GPU are otherwise of the launches)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -57,14 +58,14 @@ def measure(
     """Median seconds of ``fn()`` and, on CUDA, its peak memory in MB."""
     for _ in range(warmup):
         fn()
-    _sync(device)
+    synchronize(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
-        _sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     return statistics.median(times), peak
