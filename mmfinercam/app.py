@@ -25,7 +25,6 @@ from .errors import MMFinerCAMError
 from .finer import to_heatmap
 from .viz import blend
 
-SAMPLES_DIR = Path(__file__).resolve().parent / "data" / "samples"
 MAX_PIXELS = 40_000_000  #: larger images are refused (decoding and resizing them stalls a CPU)
 DEFAULT_MAX_UPLOAD_MB = 10
 
@@ -236,14 +235,16 @@ def build_app(
 
 def sample_rows() -> list[list[str]]:
     """[image path, target, contrasts] of each shipped sample bird (from samples.json)."""
+    from .testbed.model import SAMPLES_DIR, shipped_samples
+
     try:
-        entries = json.loads((SAMPLES_DIR / "samples.json").read_text())
+        entries = shipped_samples()
     except (OSError, json.JSONDecodeError):
         return [[str(p), "", ""] for p in sorted(SAMPLES_DIR.glob("*.png"))]
     return [
-        [str(SAMPLES_DIR / e["image"]), e.get("target", ""), ", ".join(e.get("contrast", []))]
+        [str(e["path"]), e.get("target", ""), ", ".join(e.get("contrast", []))]
         for e in entries
-        if (SAMPLES_DIR / e["image"]).is_file()
+        if e["path"].is_file()
     ]
 
 

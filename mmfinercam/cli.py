@@ -25,7 +25,6 @@ from .errors import ImageLoadError, MMFinerCAMError
 from .images import IMAGE_SUFFIXES
 
 DEFAULT_MODEL = "testbed"
-SAMPLES_DIR = Path(__file__).resolve().parent / "data" / "samples"
 
 
 def _expand_images(items: Sequence[str]) -> list[str]:
@@ -247,13 +246,14 @@ def demo(args: argparse.Namespace) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .testbed.model import shipped_samples
     from .viz import compare
 
-    samples = json.loads((SAMPLES_DIR / "samples.json").read_text())
+    samples = shipped_samples()
     out = Path(args.out)
     code = 0
     for s in samples:
-        image = SAMPLES_DIR / s["image"]
+        image = s["path"]
         ns = build_parser().parse_args(
             [
                 "localize",

@@ -12,6 +12,14 @@ from ..backends.base import Backend
 from ..errors import WeightsNotFoundError
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "data" / "testbed"
+SAMPLES_DIR = MODEL_DIR.parent / "samples"  #: the shipped sample birds (scripts/make_samples.py)
+
+
+def shipped_samples() -> list[dict[str, Any]]:
+    """The sample birds' entries of ``samples.json`` (image, target, contrast, differs_in, ...),
+    with ``path``, the image file, added."""
+    entries = json.loads((SAMPLES_DIR / "samples.json").read_text())
+    return [e | {"path": SAMPLES_DIR / e["image"]} for e in entries]
 
 
 def load_testbed(
