@@ -140,6 +140,13 @@ class RegionCaptions:
     ignore: torch.Tensor  #: B×B, caption j names a part of window i's bird only partly inside it
 
 
+def _bounding_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """Top row, left column, height and width of the nonzero cells of a G×G grid."""
+    rows, cols = np.nonzero(mask)
+    r, c = int(rows.min()), int(cols.min())
+    return r, c, int(rows.max()) - r + 1, int(cols.max()) - c + 1
+
+
 def region_captions(
     coverage: np.ndarray,
     species: np.ndarray,
@@ -168,9 +175,7 @@ def region_captions(
         visible = np.flatnonzero(total > 0)
         for attempt in range(20):  # redraw until the window shows some part
             if attempt == 0 and len(visible) and rng.random() < part_windows:
-                rows, cols = np.nonzero(cov[rng.choice(visible.tolist())])
-                r, c = int(rows.min()), int(cols.min())
-                h, w = int(rows.max()) - r + 1, int(cols.max()) - c + 1
+                r, c, h, w = _bounding_box(cov[rng.choice(visible.tolist())])
             else:
                 h, w = rng.randint(3, 6), rng.randint(3, 6)
                 r, c = rng.randint(0, GRID - h), rng.randint(0, GRID - w)
@@ -181,9 +186,7 @@ def region_captions(
                 break
         else:  # the bird's largest part, whole
             part = int(total.argmax())
-            rows, cols = np.nonzero(cov[part])
-            r, c = rows.min(), cols.min()
-            h, w = rows.max() - r + 1, cols.max() - c + 1
+            r, c, h, w = _bounding_box(cov[part])
             st = np.zeros(n_parts, np.int8)
             st[part] = 1
         windows[i, r : r + h, c : c + w] = 1
