@@ -201,3 +201,25 @@ def test_part_windows_are_one_parts_bounding_box():
         np.testing.assert_array_equal(window, coverage[0, part] > 0)  # exactly the part's box
         seen.add(part)
     assert seen == {wing, head}
+
+
+def test_part_windows_off_draws_what_the_shipped_recipe_drew():
+    """--part-windows 0 consumes no random numbers, so the default training run is unchanged."""
+    coverage = np.zeros((3, len(TRAIT_PARTS), GRID, GRID), np.uint8)
+    coverage[:, TRAIT_PARTS.index("wing"), 2:6, 3:8] = 255
+    coverage[:, TRAIT_PARTS.index("head"), 7:9, 1:3] = 255
+    species = np.array([0, 1, 2])
+    rng = random.Random(7)
+    region_captions(coverage, species, rng)
+    reference = random.Random(7)
+    for i in range(3):  # the draws of the random windows alone, as before the option existed
+        for _ in range(20):
+            h, w = reference.randint(3, 6), reference.randint(3, 6)
+            r, c = reference.randint(0, GRID - h), reference.randint(0, GRID - w)
+            cov = coverage[i].astype(np.float32)
+            frac = cov[:, r : r + h, c : c + w].sum(axis=(1, 2)) / np.maximum(cov.sum(axis=(1, 2)), 1e-6)
+            if (frac >= 0.5).any():
+                break
+        shown = [p for p in range(len(TRAIT_PARTS)) if frac[p] >= 0.5 and cov[p].sum() > 0]
+        reference.choice(shown)
+    assert rng.getstate() == reference.getstate()

@@ -174,7 +174,8 @@ def region_captions(
         total = cov.sum(axis=(1, 2))
         visible = np.flatnonzero(total > 0)
         for attempt in range(20):  # redraw until the window shows some part
-            if attempt == 0 and len(visible) and rng.random() < part_windows:
+            # (no draw at all when part windows are off: the shipped model's random stream stays)
+            if attempt == 0 and part_windows > 0 and len(visible) and rng.random() < part_windows:
                 r, c, h, w = _bounding_box(cov[rng.choice(visible.tolist())])
             else:
                 h, w = rng.randint(3, 6), rng.randint(3, 6)
