@@ -21,8 +21,11 @@ from mmfinercam.testbed.train import (
     caption_truth,
     part_coverage,
     region_captions,
+    species_consistency,
     to_tensor,
 )
+
+SPECIES_NAMES = [s.name for s in SPECIES]
 
 
 def test_generator_is_deterministic():
@@ -98,9 +101,17 @@ def test_training_steps_lower_the_loss():
     for _ in range(8):
         regions = region_captions(coverage, np.array(species), rng)
         loss, parts = batch_loss(
-            model, tok, x, species, texts, token_path="gem", regions=regions, region_weight=1.0
+            model,
+            tok,
+            x,
+            species,
+            texts,
+            token_path="gem",
+            regions=regions,
+            region_weight=1.0,
+            species_region_weight=1.0,
         )
-        assert set(parts) == {"cls", "tokens", "regions"}
+        assert set(parts) == {"cls", "tokens", "regions", "species_regions"}
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -223,3 +234,39 @@ def test_part_windows_off_draws_what_the_shipped_recipe_drew():
         shown = [p for p in range(len(TRAIT_PARTS)) if frac[p] >= 0.5 and cov[p].sum() > 0]
         reference.choice(shown)
     assert rng.getstate() == reference.getstate()
+
+
+def test_species_consistency_marks_what_a_window_is_evidence_for():
+    """A window on the trait that separates siblings is evidence for its species alone; one on a
+    trait they share is evidence for all of them; a differing part at the edge is ignored."""
+    finches = [s.name for s in SPECIES if s.family == "finch"]
+    alder = SPECIES_NAMES.index(finches[0])
+    wing, body = TRAIT_PARTS.index("wing"), TRAIT_PARTS.index("body")
+    states = np.zeros((3, len(TRAIT_PARTS)), np.int8)
+    states[0, wing] = 1  # the red wing, whole
+    states[1, body] = 1  # the brown body all finches share
+    states[2, body], states[2, wing] = 1, -1  # the body, and the wing cut by the window's edge
+    pos, ignore = species_consistency(states, np.array([alder] * 3))
+    names = lambda row: {SPECIES_NAMES[i] for i in np.flatnonzero(row)}  # noqa: E731
+    assert names(pos[0]) == {finches[0]} and not ignore[0].any()
+    assert set(finches) <= names(pos[1]) and not ignore[1].any()
+    assert names(pos[1]) == {s.name for s in SPECIES if s.body == "brown"}
+    assert names(pos[2]) == {finches[0]} and names(ignore[2]) == set(finches[1:])
+
+
+def test_background_windows_show_no_part_and_extra_windows_show_one():
+    coverage = np.zeros((2, len(TRAIT_PARTS), GRID, GRID), np.uint8)
+    coverage[:, TRAIT_PARTS.index("wing"), 0:3, 0:3] = 255
+    coverage[:, TRAIT_PARTS.index("head"), 3:5, 3:5] = 255
+    species = np.array([0, 1])
+    reg = region_captions(coverage, species, random.Random(3), windows_per_image=2, background_windows=1)
+    assert len(reg.texts) == 4 and reg.windows.shape == (6, GRID, GRID)
+    assert reg.owner.tolist() == [0, 0, 0, 1, 1, 1]
+    background = [2, 5]
+    bird = torch.from_numpy(coverage.max(axis=1) > 0)
+    for w in background:
+        assert reg.windows[w].sum() >= 9
+        assert (reg.windows[w].bool() & bird[reg.owner[w]]).sum() <= 0.1 * bird[0].sum()
+        assert not reg.positives[w].any() and not reg.species_positives[w].any()
+    for w in (0, 1, 3, 4):
+        assert reg.positives[w].any() and reg.species_positives[w, species[reg.owner[w]]]
