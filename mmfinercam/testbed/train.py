@@ -546,7 +546,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--background-windows",
         type=int,
         default=0,
-        help="windows an image per step that show no part: negatives for every trait caption",
+        help="windows an image per step that show no part: negatives for every caption",
     )
     p.add_argument("--gem-depth", type=int, default=4, help="GEM depth of the training path")
     p.add_argument(
