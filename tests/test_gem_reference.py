@@ -86,5 +86,15 @@ def test_one_temperature_for_all_equals_the_same_per_image():
 
 
 def test_testbed_carries_its_gem_settings():
+    """The GEM depth and temperature chosen on the validation split travel with the model."""
+    import json
+
+    from mmfinercam.testbed.model import MODEL_DIR
+
+    meta = json.loads((MODEL_DIR / "testbed.json").read_text())
+    chosen = meta["gem_depth_selection"]["scores"]
+    best = max(chosen, key=chosen.get)
+    assert best == f"depth={meta['gem_depth']} temperature={meta['gem_temperature']}"
     loc = mf.load("testbed", device="cpu")
-    assert loc.info.default_depth == 4 and loc.info.gem_temperature == 20.0
+    assert loc.info.default_depth == meta["gem_depth"] == 4
+    assert loc.info.gem_temperature == meta["gem_temperature"] == 10.0

@@ -22,13 +22,13 @@ Contrastive objectives share the weights; none ever sees a mask:
   parts outside it. The captions come from the generator's part masks; the maps never see a
   mask. It raised validation part pointing from 0.41 to 0.56 and accuracy from 91 to 94 %
   (benchmarks/RESULTS.md); ``--region-weight 0`` trains the previous model;
-* species prompts on the same windows (``--species-region-weight``, off by default): a window's
+* species prompts on the same windows (``--species-region-weight``, 1 by default): a window's
   mean GEM token must match the inference prompt ("a photo of a {species}.") of every species
   consistent with what the window shows, and not those that differ on a part it shows. On a
   trait siblings share, all siblings are positives, so Finer-CAM's contrast cancels there; on
-  the part that separates them only the bird's own species is. At weight 1 it raised part
-  pointing from 0.56 to 0.64 on the validation split and from 0.53 to 0.61 on the eval split,
-  but is not the shipped recipe: see benchmarks/RESULTS.md, item 10.
+  the part that separates them only the bird's own species is. It raised part pointing from
+  0.56 to 0.64 on the validation split and from 0.53 to 0.61 on the eval split
+  (benchmarks/RESULTS.md, item 10).
 
 Captions are species names, full trait descriptions or single trait phrases; the loss counts
 every caption that is true of an image as a positive (many images share "a photo of a X.").
@@ -538,7 +538,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--species-region-weight",
         type=float,
-        default=0.0,
+        default=1.0,
         help="weight of the species-prompt loss on region windows (0: off)",
     )
     p.add_argument("--region-windows", type=int, default=1, help="part windows an image per step")
