@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import math
 import random
@@ -154,6 +155,12 @@ class RegionCaptions:
     species_ignore: torch.Tensor | None = None
 
 
+@functools.cache
+def _trait_table() -> np.ndarray:
+    """S×P: each species' trait phrase for each of :data:`TRAIT_PARTS` (made once)."""
+    return np.array([[sp.traits()[p] for p in TRAIT_PARTS] for sp in SPECIES])
+
+
 def species_consistency(states: np.ndarray, birds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Which species each window is evidence for: (positives, ignore), both W×S bool.
 
@@ -165,7 +172,7 @@ def species_consistency(states: np.ndarray, birds: np.ndarray) -> tuple[np.ndarr
     trait the siblings share is thus a positive for all of them, so sibling contrasts cancel
     there, and one on the part that separates them is a positive for its own species only.
     """
-    table = np.array([[sp.traits()[p] for p in TRAIT_PARTS] for sp in SPECIES])  # S×P
+    table = _trait_table()
     differs = table[None, :, :] != table[birds][:, None, :]  # W×S×P
     shown_differs = (differs & (states == 1)[:, None, :]).any(axis=2)
     partly_differs = (differs & (states == -1)[:, None, :]).any(axis=2)
@@ -243,7 +250,7 @@ def region_captions(
             owners.append(i)
             states.append(st)
             part = rng.choice(np.flatnonzero(st == 1).tolist())
-            named.append((part, SPECIES[species[i]].traits()[TRAIT_PARTS[part]]))
+            named.append((part, _trait_table()[species[i], part]))
         for _ in range(background_windows):
             for _attempt in range(20):
                 box = _random_window(rng)
@@ -256,11 +263,12 @@ def region_captions(
     windows = torch.zeros(len(boxes), GRID, GRID)
     for w, (r, c, h, wd) in enumerate(boxes):
         windows[w, r : r + h, c : c + wd] = 1
-    has = np.array(
-        [[SPECIES[species[i]].traits()[TRAIT_PARTS[p]] == phrase for p, phrase in named] for i in owners]
-    )
-    part_state = np.stack(states)[:, [p for p, _ in named]]  # W×T: state in window w of caption t's part
-    species_pos, species_ignore = species_consistency(np.stack(states), np.asarray(species)[owners])
+    birds = np.asarray(species)[owners]
+    caption_parts = [p for p, _ in named]
+    phrases = np.array([phrase for _, phrase in named], dtype=str)
+    has = _trait_table()[birds][:, caption_parts] == phrases  # W×T: window w's bird has caption t's trait
+    part_state = np.stack(states)[:, caption_parts]  # W×T: state in window w of caption t's part
+    species_pos, species_ignore = species_consistency(np.stack(states), birds)
     return RegionCaptions(
         windows=windows,
         owner=torch.tensor(owners),
@@ -325,10 +333,8 @@ def batch_loss(
     unique = {text: k for k, text in enumerate(dict.fromkeys(all_texts))}  # each caption encoded once
     where = torch.tensor([unique[text] for text in all_texts])
     t = F.normalize(model.encode_text(tokenizer(list(unique))), dim=-1)[where]
-    t, t_regions, t_species = (
-        t[: len(texts)],
-        t[len(texts) : len(all_texts) - len(species_texts)],
-        t[len(all_texts) - len(species_texts) :],
+    t, t_regions, t_species = t.split(
+        [len(texts), len(all_texts) - len(texts) - len(species_texts), len(species_texts)]
     )
     scale = model.logit_scale.exp().clamp(max=100)
     losses = {"cls": multi_positive_nce(scale * z @ t.T, positives)}
