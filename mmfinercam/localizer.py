@@ -230,15 +230,17 @@ class Localizer:
 
         With ``templates`` each prompt is embedded in every template, the embeddings normalized,
         averaged and normalized again. Every distinct string is encoded once and cached, and so
-        are the last 64 whole sets, so a stream of images scored against the same prompts never
-        re-encodes or re-stacks them (a set's tensor is shared: do not modify it in place).
+        are the 64 most recently used whole sets, so a stream of images scored against the same
+        prompts never re-encodes or re-stacks them (a set's tensor is shared: do not modify it in
+        place).
         """
         if isinstance(prompts, str):
             prompts = [prompts]
         templates = list(templates) if templates else ["{}"]
         key = (tuple(prompts), tuple(templates)) if all(isinstance(p, str) for p in prompts) else None
-        cached = self._prompt_set_cache.get(key) if key else None  # a stream asks for the same set
-        if cached is not None:  # one made under inference_mode cannot join autograd: copy it
+        cached = self._prompt_set_cache.pop(key, None) if key else None  # a stream asks for the same set
+        if cached is not None:  # back in as the most recently used; an inference tensor is copied
+            self._prompt_set_cache[key] = cached
             outside = cached.is_inference() and not torch.is_inference_mode_enabled()
             return cached.clone() if outside else cached
         prompts = [check_prompt(p) for p in prompts]
@@ -252,7 +254,7 @@ class Localizer:
         emb = torch.stack([self._text_cache[s] for s in texts]).view(len(prompts), len(templates), -1)
         out = F.normalize(emb.mean(dim=1), dim=-1)
         if key:
-            if len(self._prompt_set_cache) >= 64:  # keep the most recent sets
+            if len(self._prompt_set_cache) >= 64:  # drop the least recently used set
                 self._prompt_set_cache.pop(next(iter(self._prompt_set_cache)))
             self._prompt_set_cache[key] = out
         return out

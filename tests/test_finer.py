@@ -233,6 +233,19 @@ def test_text_embeddings_are_cached(tiny_localizer):
     torch.testing.assert_close(fresh, again)
 
 
+def test_prompt_set_in_use_outlives_newer_sets(tiny_localizer):
+    """The whole-set cache drops the least recently used set, not the one a stream keeps using."""
+    tiny_localizer.clear_cache()
+    kept = tiny_localizer.encode_text(["a bird", "a fish"])
+    first_other = tiny_localizer.encode_text(["prompt 0"])
+    for i in range(1, 70):
+        assert tiny_localizer.encode_text(["a bird", "a fish"]) is kept  # the stream's set, reused
+        tiny_localizer.encode_text([f"prompt {i}"])
+    assert tiny_localizer.encode_text(["a bird", "a fish"]) is kept
+    assert tiny_localizer.encode_text(["prompt 0"]) is not first_other  # evicted, made anew
+    tiny_localizer.clear_cache()
+
+
 def test_text_cached_under_inference_mode_can_join_autograd(tiny_localizer):
     """A set first encoded under torch.inference_mode (a dense run) serves a gradient CAM later."""
     tiny_localizer.clear_cache()
