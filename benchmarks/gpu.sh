@@ -1,23 +1,29 @@
 #!/usr/bin/env bash
-# The GPU checks in one go, for a lent GPU machine: the GPU tests, then `mmfinercam bench` on CUDA
-# in bf16 (eager, torch.compile, CUDA graphs), fp32 (with the peers) and fp16; a profile.
+# The GPU checks in one go, for a lent GPU machine: the fused kernel's check and timing, the GPU
+# tests, then `mmfinercam bench` on CUDA in bf16 (eager, torch.compile, CUDA graphs), fp32 (with
+# the peers) and fp16; a profile.
 #
-#   bash benchmarks/gpu.sh [OUT]     # OUT defaults to $OUT, else mmfinercam-bench/gpu
+#   bash benchmarks/gpu.sh [OUT] [STEP...]   # OUT defaults to $OUT, else mmfinercam-bench/gpu
 #
-# Needs torch with CUDA plus this project's dependencies; gem_torch in .gem-ref (see
-# mmfinercam/bench.py). Writes env.txt, tests.txt, one JSON report per setting and log.txt under
-# OUT; `python benchmarks/report.py OUT/*.json` turns the reports into RESULTS.md tables.
+# STEPs (default: all, in this order): kernel bf16 profile tests compile graphs fp32 fp16.
+# Needs torch with CUDA and triton plus this project's dependencies; gem_torch in .gem-ref (see
+# mmfinercam/bench.py). Writes env.txt, kernel.txt, tests.txt, one JSON report per setting and
+# log.txt under OUT; `python benchmarks/report.py OUT/*.json` turns the reports into RESULTS.md
+# tables.
 set -u
 out=${1:-${OUT:-mmfinercam-bench/gpu}}
+shift || true
+steps=${*:-kernel bf16 profile tests compile graphs fp32 fp16}
 mkdir -p "$out"
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 log="$out/log.txt"
 step() { echo "== $*" | tee -a "$log"; }
 
 step environment
 { nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
-  python3 -c "import torch, open_clip, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda,
-  '| open_clip', open_clip.__version__, '| transformers', transformers.__version__, '|', torch.cuda.get_device_name())"
+  python3 -c "import torch, triton, open_clip, transformers; print('torch', torch.__version__, 'cuda',
+  torch.version.cuda, '| triton', triton.__version__, '| open_clip', open_clip.__version__,
+  '| transformers', transformers.__version__, '|', torch.cuda.get_device_name())"
   nproc; } 2>&1 | tee "$out/env.txt"
 
 bench() {  # NAME SECONDS ARGS...: one report, kept as NAME.json
@@ -29,14 +35,21 @@ bench() {  # NAME SECONDS ARGS...: one report, kept as NAME.json
 }
 
 common=(--repeats 20 --batch 4 --batches 1 4 16 64 256)
-bench bf16 60 --dtype bf16 "${common[@]}" --sizes 224 448 896 --no-peers
-bench bf16-compile 110 --dtype bf16 --compile --repeats 10 --batch 4 --concepts 1 100 --batches 64 256 --sizes
-step "GPU tests"
-timeout 80 python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tee "$out/tests.txt" | tail -3
-bench bf16-graphs 110 --dtype bf16 --compile --compile-mode reduce-overhead --repeats 10 --batch 4 \
-  --concepts 1 100 --batches 1 16 --sizes
-bench fp32 70 --dtype fp32 "${common[@]}" --sizes 224 448 896
-bench fp16 50 --dtype fp16 "${common[@]}" --sizes 224 --no-peers
-step "profile"
-timeout 40 python3 benchmarks/profile_gpu.py --dtype bf16 --batches 256 --table 2>&1 | tee -a "$log" | grep "^b="
+for s in $steps; do
+  case $s in
+    kernel) step "fused self-self attention kernel"
+      timeout 120 python3 benchmarks/ss_kernel_gpu.py --configs 2>&1 | tee "$out/kernel.txt" ;;
+    bf16) bench bf16 90 --dtype bf16 "${common[@]}" --sizes 224 448 896 --no-peers ;;
+    profile) step "profile"
+      timeout 60 python3 benchmarks/profile_gpu.py --dtype bf16 --batches 4 64 256 2>&1 | tee -a "$log" | grep "^b=" ;;
+    tests) step "GPU tests"
+      timeout 150 python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tee "$out/tests.txt" | tail -5 ;;
+    compile) bench bf16-compile 120 --dtype bf16 --compile --repeats 10 --batch 4 --concepts 1 100 --batches 64 256 --sizes ;;
+    graphs) bench bf16-graphs 110 --dtype bf16 --compile --compile-mode reduce-overhead --repeats 10 --batch 4 \
+      --concepts 1 100 --batches 1 16 --sizes ;;
+    fp32) bench fp32 70 --dtype fp32 "${common[@]}" --sizes 224 448 896 ;;
+    fp16) bench fp16 60 --dtype fp16 "${common[@]}" --sizes 224 --no-peers ;;
+    *) echo "unknown step $s" | tee -a "$log" ;;
+  esac
+done
 step done

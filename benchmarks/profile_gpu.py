@@ -2,7 +2,8 @@
 
     python benchmarks/profile_gpu.py [--dtype bf16] [--batches 4 64] [--table]
 
-Times (median of 20, synchronized) the floor, our tower without GEM ("raw"), with GEM, and the
+Times (median of 20, synchronized) the floor, our tower without GEM ("raw"), with GEM (with the
+fused self-self attention kernel, and without it), and the
 whole ``finer_cam`` call at K=100, so a gap can be put on the stage that makes it; with
 ``--table``, the profiler's top kernels for the whole call.
 """
@@ -14,6 +15,12 @@ import torch
 
 import mmfinercam as mf
 from mmfinercam.bench import measure, prompts, synchronize
+from mmfinercam.gem import fused_attention
+
+
+def unfused(fn):
+    with fused_attention(False):
+        return fn()
 
 
 @torch.inference_mode()
@@ -22,6 +29,7 @@ def stage_times(model, loc, x, text) -> dict[str, float]:
         "encode_image": lambda: model.encode_image(x),
         "tower raw": lambda: loc.image_tokens(x, method="raw"),
         "tower gem": lambda: loc.image_tokens(x, method="gem"),
+        "tower gem, PyTorch self-self": lambda: unfused(lambda: loc.image_tokens(x, method="gem")),
         "finer_cam K=100": lambda: loc.finer_cam(x, text[0], text[1:]),
     }
     return {name: measure(fn, x.device, repeats=20)[0] * 1000 for name, fn in stages.items()}

@@ -114,6 +114,8 @@ def run(
     import open_clip
 
     import mmfinercam as mf
+    from mmfinercam import kernels
+    from mmfinercam.gem import fused_attention
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(0)
@@ -166,6 +168,14 @@ def run(
                 batch,
                 concepts=100,
             )
+        if 100 in concepts and kernels.available(x) and x.dtype in (torch.float16, torch.bfloat16):
+            text = prompts(100)
+
+            def pytorch_self_self():
+                with fused_attention(False):
+                    return loc.finer_cam(x, text[0], text[1:])
+
+            add("mmfinercam dense Finer-CAM K=100, GEM without the fused kernel", pytorch_self_self, batch)
         for s in sizes:
             xs = images(1, s)
             # open_clip's encode_image cannot take other sizes (no position resampling): the
@@ -212,6 +222,9 @@ def run(
         ratios["dense K=100 throughput / bare encode_image (GPU bf16 target >= 0.8)"] = (
             floor.seconds / k100.seconds
         )
+    unfused = by.get("mmfinercam dense Finer-CAM K=100, GEM without the fused kernel")
+    if unfused and k100:
+        ratios["dense K=100: fused self-self kernel speed-up"] = unfused.seconds / k100.seconds
     raw = by.get("mmfinercam dense Finer-CAM K=100, raw tokens (no GEM)")
     if raw:
         ratios["dense K=100 without GEM throughput / bare encode_image"] = floor.seconds / raw.seconds

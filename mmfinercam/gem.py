@@ -15,13 +15,37 @@ rounding; see ``tests/test_gem_reference.py``.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import kernels
 from .backends.base import VisionTower
+
+_fused_enabled = True
+
+
+@contextmanager
+def fused_attention(enabled: bool) -> Iterator[None]:
+    """Turn the fused GPU kernel for self-self attention (:mod:`mmfinercam.kernels`) on or off
+    within the block, to compare it with the PyTorch path. It is on by default."""
+    global _fused_enabled
+    saved, _fused_enabled = _fused_enabled, enabled
+    try:
+        yield
+    finally:
+        _fused_enabled = saved
+
+
+def _runs_fused(q: Tensor, k: Tensor, v: Tensor) -> bool:
+    """Half precision on a GPU, with no gradient to carry: the fused kernel applies."""
+    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    half = v.dtype in (torch.float16, torch.bfloat16)
+    return _fused_enabled and half and not needs_grad and kernels.available(v)
 
 
 def resample_pos_embed(
@@ -63,9 +87,13 @@ def self_self_attention(
 ) -> Tensor:
     """GEM's attention for one block: q, k, v are B×heads×N×head_dim; returns the same shape.
 
-    The three streams run stacked as one batch through fused scaled-dot-product attention; a
-    per-image temperature (B×1×1×1) is folded into the queries, a single number is SDPA's scale.
+    In half precision on a GPU (and without gradients) it runs in the fused kernels of
+    :mod:`mmfinercam.kernels`. Otherwise the three streams run stacked as one batch through
+    scaled-dot-product attention; a per-image temperature (B×1×1×1) is folded into the queries,
+    a single number is SDPA's scale.
     """
+    if _runs_fused(q, k, v):
+        return kernels.self_self_attention(q, k, v, inv_temp, iterations)
     if isinstance(inv_temp, Tensor):  # one temperature per image: scale the queries
         inv_temp = inv_temp.view(1, -1, 1, 1, 1).to(v.dtype)
         scale, weight = 1.0, inv_temp

@@ -16,6 +16,7 @@ import torch
 from conftest import gpu_test_device
 
 import mmfinercam as mf
+from mmfinercam import gem, kernels
 from mmfinercam.batch import BatchJob, BatchRunner, PromptSet, iter_results, load_map, read_collection
 from mmfinercam.testbed import held_out
 from mmfinercam.testing import build_tiny_open_clip, deterministic_image, open_clip_to_transformers
@@ -107,6 +108,35 @@ def test_compiled_tower_on_the_gpu_equals_eager(device, birds):
     loc.compile(backend=backend, fullgraph=True)
     compiled = loc.similarity_maps(x, [TARGET, *CONTRAST])
     torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("tokens", [197, 785])
+def test_fused_self_self_attention_is_as_close_to_float64_as_pytorch(device, dtype, tokens):
+    """The Triton kernel against GEM's PyTorch path, both against float64, on fresh inputs."""
+    qkv = torch.randn(4, tokens, 3, 12, 64, device=device).mul(3).to(dtype).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv
+    temp = torch.rand(4, 1, 1, 1, device=device) * 8 + 1
+    ref = gem.self_self_attention(q.double(), k.double(), v.double(), temp.double())
+    with gem.fused_attention(False):
+        pytorch = gem.self_self_attention(q, k, v, temp)
+    out = torch.full_like(v, float("nan"))  # poisoned: every element must be written
+    out.copy_(kernels.self_self_attention_fused(q, k, v, temp))
+    assert torch.isfinite(out).all()
+    err = ((out.double() - ref).norm() / ref.norm()).item()
+    err_pytorch = ((pytorch.double() - ref).norm() / ref.norm()).item()
+    assert err < 1e-2 and err <= 2 * err_pytorch + 1e-4, (err, err_pytorch)
+
+
+def test_compiled_bf16_tower_keeps_the_kernel_and_its_maps(device, birds):
+    """bf16 compiled by inductor around the kernel: the maps of eager bf16, peak for peak."""
+    loc = mf.load("testbed", device=device, dtype="bf16")
+    prepared, _ = loc.prepare(birds)
+    x = torch.stack([p.pixels for p in prepared]).to(torch.bfloat16)
+    eager = loc.similarity_maps(x, [TARGET, *CONTRAST])
+    loc.compile(backend="inductor", fullgraph=True)
+    compiled = loc.similarity_maps(x, [TARGET, *CONTRAST])
+    assert _correlation(compiled.flatten(0, 1), eager.flatten(0, 1)).min() >= 0.99
 
 
 @pytest.mark.parametrize("method", ["gradcam", "layercam"])

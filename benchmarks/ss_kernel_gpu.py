@@ -1,0 +1,98 @@
+"""The fused self-self attention kernel on a GPU: error against float64, time against PyTorch.
+
+    python benchmarks/ss_kernel_gpu.py [--batch 256] [--configs]
+
+Checks ``mmfinercam.kernels`` against the PyTorch path of ``mmfinercam.gem`` (run in float64)
+on fresh random inputs of several shapes, then times one block's self-self attention of
+ViT-B/16 (12 heads × 197 tokens × 64) both ways with ``triton.testing.do_bench`` (median).
+``--configs`` also times other block sizes, to choose ``kernels._block_sizes``.
+"""
+
+import argparse
+import itertools
+
+import torch
+import triton
+
+from mmfinercam import gem, kernels
+
+
+def streams(b, heads, n, d, dtype, device):
+    """q, k, v as a fused qkv projection leaves them (views of one buffer)."""
+    qkv = torch.randn(b, n, 3, heads, d, device=device).mul(3).to(dtype).permute(2, 0, 3, 1, 4)
+    return qkv[0], qkv[1], qkv[2]
+
+
+def check(device):
+    worst = {}
+    shapes = [(4, 12, 197, 64), (2, 16, 785, 64), (3, 4, 50, 72), (2, 6, 257, 32), (1, 12, 1, 64)]
+    for (b, h, n, d), dtype, it, per_image in itertools.product(
+        shapes, [torch.bfloat16, torch.float16], [1, 2], [True, False]
+    ):
+        q, k, v = streams(b, h, n, d, dtype, device)
+        temp = torch.rand(b, 1, 1, 1, device=device) * 8 + 1 if per_image else 6.5
+        ref = gem.self_self_attention(q.double(), k.double(), v.double(),
+                                      temp.double() if per_image else temp, it)  # fmt: skip
+        with gem.fused_attention(False):
+            torch_path = gem.self_self_attention(q, k, v, temp, it)
+        out = kernels.self_self_attention_fused(q, k, v, temp, it)
+        assert torch.isfinite(out).all(), (b, h, n, d, dtype, it)
+        err = ((out.double() - ref).norm() / ref.norm()).item()
+        err_torch = ((torch_path.double() - ref).norm() / ref.norm()).item()
+        key = f"{str(dtype)[6:]}"
+        worst[key] = max(worst.get(key, (0, 0)), (err, err_torch))
+        print(f"n={n:4d} d={d} b={b} h={h} {key} it={it} per_image={per_image}: "
+              f"fused {err:.2e}, PyTorch path {err_torch:.2e}")  # fmt: skip
+    for key, (err, err_torch) in worst.items():
+        print(f"worst {key}: fused {err:.2e} against PyTorch path {err_torch:.2e}")
+
+
+def timing(device, batch, configs):
+    q, k, v = streams(batch, 12, 197, 64, torch.bfloat16, device)
+    temp = torch.rand(batch, 1, 1, 1, device=device) * 8 + 1
+
+    def run_torch():
+        with gem.fused_attention(False):
+            gem.self_self_attention(q, k, v, temp)
+
+    def run_fused():
+        kernels.self_self_attention_fused(q, k, v, temp)
+
+    t_torch = triton.testing.do_bench(run_torch, return_mode="median")
+    t_fused = triton.testing.do_bench(run_fused, return_mode="median")
+    flop = 2 * 2 * 2 * 3 * batch * 12 * 197 * 197 * 64  # two rounds, three streams, QK and PV
+    print(f"b={batch} bf16 one block: PyTorch {t_torch:.3f} ms, fused {t_fused:.3f} ms "
+          f"({t_torch / t_fused:.2f}x; fused {flop / t_fused / 1e9:.0f} TFLOP/s)")  # fmt: skip
+    if not configs:
+        return
+    default = kernels._block_sizes
+    candidates = [
+        (64, 64, 4, 1), (64, 64, 4, 2), (64, 64, 4, 3), (64, 64, 8, 2), (64, 32, 4, 2),
+        (32, 64, 4, 2), (32, 32, 2, 2), (128, 64, 8, 2), (128, 32, 8, 2), (128, 64, 4, 2),
+    ]  # fmt: skip
+    for bm, bn, warps, stages in candidates:
+        kernels._block_sizes = lambda n, d, c=(bm, bn, warps, stages): dict(
+            BLOCK_M=c[0], BLOCK_N=c[1], BLOCK_D=max(16, triton.next_power_of_2(d)),
+            num_warps=c[2], num_stages=c[3])  # fmt: skip
+        try:
+            t = triton.testing.do_bench(run_fused, return_mode="median")
+            print(f"  BLOCK_M={bm} BLOCK_N={bn} warps={warps} stages={stages}: {t:.3f} ms")
+        except Exception as err:  # noqa: BLE001 - a config that does not fit is reported
+            print(f"  BLOCK_M={bm} BLOCK_N={bn} warps={warps} stages={stages}: {type(err).__name__}")
+    kernels._block_sizes = default
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batch", type=int, nargs="+", default=[4, 64, 256])
+    parser.add_argument("--configs", action="store_true")
+    args = parser.parse_args()
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    check(device)
+    for b in args.batch:
+        timing(device, b, args.configs and b == max(args.batch))
+
+
+if __name__ == "__main__":
+    main()

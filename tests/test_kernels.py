@@ -1,0 +1,130 @@
+"""The fused self-self attention kernel (``mmfinercam.kernels``) against the PyTorch path.
+
+No GPU is needed: the Triton kernels run under Triton's interpreter (``TRITON_INTERPRET=1``, set
+before triton is imported, so in a subprocess: this file run as a script). The interpreter
+computes fp32 and fp16 faithfully; its bf16 matrix product does not, so bf16 is checked on a
+GPU (``tests/test_gpu.py``, ``benchmarks/ss_kernel_gpu.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mmfinercam import gem, kernels
+
+pytest.importorskip("triton")
+
+
+def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+def interpreted_checks() -> dict:
+    """Run under TRITON_INTERPRET=1: the kernel's errors against float64, case by case."""
+    torch.manual_seed(0)
+    found = {}
+    cases = [  # b, heads, tokens, head_dim, iterations, per-image temperature, evenly spaced views
+        (2, 2, 197, 64, 1, True, True),  # ViT-B/16 at 224 px: 197 tokens, 4 blocks of 64, a ragged end
+        (1, 2, 50, 72, 2, False, True),  # a head size that is no power of two; two rounds
+        (3, 1, 17, 32, 1, True, False),  # q, k, v as separate tensors (stacked by the kernel's host)
+        (1, 1, 1, 16, 1, False, True),  # one token
+    ]
+    for b, h, n, d, it, per_image, fused_qkv in cases:
+        qkv = torch.randn(b, n, 3, h, d).mul(3)
+        if fused_qkv:
+            q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        else:
+            q, k, v = (qkv[:, :, i].transpose(1, 2).contiguous() for i in range(3))
+        temp = torch.rand(b, 1, 1, 1) * 8 + 1 if per_image else 6.5
+        ref = gem.self_self_attention(
+            q.double(), k.double(), v.double(), temp.double() if per_image else temp, it
+        )
+        name = f"b{b} h{h} n{n} d{d} it{it}"
+        found[f"fp32 {name}"] = _rel_err(kernels.self_self_attention_fused(q, k, v, temp, it), ref)
+        half = [t.half() for t in (q, k, v)]
+        found[f"fp16 {name}"] = _rel_err(kernels.self_self_attention_fused(*half, temp, it), ref)
+        with gem.fused_attention(False):
+            found[f"fp16 PyTorch {name}"] = _rel_err(gem.self_self_attention(*half, temp, it), ref)
+
+    # the whole tower in fp16: the kernel (taken by the dispatch) against the PyTorch path
+    from mmfinercam.testing import build_tiny_open_clip
+
+    model = build_tiny_open_clip(seed=0).half()
+    import mmfinercam as mf
+
+    loc = mf.Localizer.from_open_clip(model, None, name="tiny")
+    x = torch.randn(2, 3, 64, 64).half()
+    with torch.inference_mode():
+        fused = gem.run_tower(loc.backend.vision, x).tokens
+        with gem.fused_attention(False):
+            plain = gem.run_tower(loc.backend.vision, x).tokens
+        # torch.compile traces the kernel as one opaque operator, with no graph break
+        graphs = []
+
+        def record(gm, _inputs):
+            graphs.append(gm.code)
+            return gm.forward
+
+        traced = torch.compile(gem.run_tower, backend=record, fullgraph=True)(loc.backend.vision, x)
+    found["tower fp16 fused vs PyTorch"] = _rel_err(fused, plain)
+    found["tower fp16 compiled vs eager"] = _rel_err(traced.tokens, fused)
+    found["kernel calls in the compiled graph"] = graphs[0].count("mmfinercam.self_self_attention")
+    q, k, v = torch.randn(3, 2, 2, 40, 32).half()
+    torch.library.opcheck(kernels._self_self_attention_op, (q, k, v, torch.rand(2) + 1, 0.0, 1))
+    return found
+
+
+@pytest.fixture(scope="module")
+def interpreted() -> dict:
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_fp32_kernel_equals_the_pytorch_path(interpreted):
+    fp32 = {k: v for k, v in interpreted.items() if k.startswith("fp32")}
+    assert len(fp32) == 4 and max(fp32.values()) < 1e-5, fp32
+
+
+def test_fp16_kernel_is_as_close_to_float64_as_the_pytorch_path(interpreted):
+    for name, err in interpreted.items():
+        if name.startswith("fp16 b"):
+            torch_err = interpreted[name.replace("fp16", "fp16 PyTorch")]
+            assert err < 2e-3 and err < 2 * torch_err + 1e-4, (name, err, torch_err)
+
+
+def test_tower_takes_the_kernel_in_half_precision_and_compiles_it_whole(interpreted):
+    assert interpreted["tower fp16 fused vs PyTorch"] < 5e-3
+    # compiling alone moves fp16 tokens by ~1e-3 on the CPU (with or without the kernel)
+    assert interpreted["tower fp16 compiled vs eager"] < 5e-3
+    assert interpreted["kernel calls in the compiled graph"] == 6  # depth 7: the last six blocks
+
+
+def test_evenly_spaced_qkv_are_read_in_place_and_others_stacked():
+    qkv = torch.randn(2, 5, 3, 4, 8).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv
+    view = kernels._streams(q, k, v)
+    assert view.data_ptr() == q.data_ptr() and torch.equal(view, torch.stack([q, k, v]))
+    separate = [t.contiguous() for t in (q, k, v)]
+    stacked = kernels._streams(*separate)
+    assert stacked.data_ptr() != separate[0].data_ptr() and torch.equal(stacked, view)
+
+
+def test_dispatch_keeps_the_pytorch_path_on_cpu_in_fp32_and_under_autograd():
+    q = torch.randn(1, 2, 5, 8)
+    assert not gem._runs_fused(q, q, q)  # CPU, fp32
+    assert not gem._runs_fused(q.half(), q.half(), q.half())  # no GPU and no interpreter here
+    w = q.half().requires_grad_()
+    with gem.fused_attention(True):
+        assert not gem._runs_fused(w, w, w) or not torch.is_grad_enabled()
+
+
+if __name__ == "__main__":
+    print(json.dumps(interpreted_checks()))
