@@ -4,7 +4,8 @@ The same function as :func:`mmfinercam.gem.self_self_attention`, computed in two
 instead of about a dozen passes over the three q/k/v streams:
 
 * one **round** per self-self iteration: every (stream, image, head, block of query rows)
-  normalizes its rows and the keys as it reads them, and writes ``softmax(t · n(u) n(u)ᵀ) n(u)``;
+  writes ``n(softmax(t · n(u) n(u)ᵀ) n(u))`` for its rows, ``n`` the L2 normalization (the
+  first round normalizes q, k and v as it reads them; later ones read unit rows);
 * the **final** round reads the last round's streams as queries and keys and the original
   values, and writes the mean of the three streams' outputs, already laid out as
   B×N×heads×head_dim so that merging the heads is free.
@@ -43,12 +44,19 @@ if triton is not None:
     _LOG2E = 1.4426950408889634
 
     @triton.jit
-    def _normalized(ptr, rows, dims, n_tokens, head_dim, stride_n, stride_d):
-        """Rows ``rows`` of one stream, L2-normalized in fp32 (zero where out of range)."""
+    def _unit_rows(u):
+        """Rows scaled to unit L2 norm, as ``F.normalize`` does (fp32)."""
+        return u / tl.maximum(tl.sqrt(tl.sum(u * u, 1)), 1e-12)[:, None]
+
+    @triton.jit
+    def _load_rows(ptr, rows, dims, n_tokens, head_dim, stride_n, stride_d, NORMALIZE: tl.constexpr):
+        """Rows ``rows`` of one stream in fp32, normalized if asked (zero where out of range)."""
         mask = (rows[:, None] < n_tokens) & (dims[None, :] < head_dim)
         u = tl.load(ptr + rows[:, None] * stride_n + dims[None, :] * stride_d, mask=mask, other=0.0)
         u = u.to(tl.float32)
-        return u / tl.maximum(tl.sqrt(tl.sum(u * u, 1)), 1e-12)[:, None]
+        if NORMALIZE:
+            u = _unit_rows(u)
+        return u
 
     @triton.jit
     def _self_self_round(
@@ -64,6 +72,7 @@ if triton is not None:
         sv_b, sv_h, sv_n, sv_d,
         so_s, so_b, so_h, so_n, so_d,
         PER_IMAGE: tl.constexpr,
+        NORMALIZE_INPUT: tl.constexpr,  # the first launch reads raw q, k, v; later ones unit rows
         FINAL: tl.constexpr,
         BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr,
@@ -84,7 +93,7 @@ if triton is not None:
         total = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
         for s in range(first, last):
             base = x_ptr + s * sx_s + b * sx_b + h * sx_h
-            q = _normalized(base, rows, dims, n_tokens, head_dim, sx_n, sx_d)
+            q = _load_rows(base, rows, dims, n_tokens, head_dim, sx_n, sx_d, NORMALIZE_INPUT)
             q_scaled = (q * scale).to(dtype)
             # each row's own logit is its largest: queries and keys are the same unit rows
             row_max = tl.sum(q_scaled.to(tl.float32) * q.to(dtype).to(tl.float32), 1)
@@ -92,7 +101,8 @@ if triton is not None:
             denom = tl.zeros((BLOCK_M,), dtype=tl.float32)
             for start in range(0, n_tokens, BLOCK_N):
                 cols = start + tl.arange(0, BLOCK_N)
-                k = _normalized(base, cols, dims, n_tokens, head_dim, sx_n, sx_d).to(dtype)
+                k = _load_rows(base, cols, dims, n_tokens, head_dim, sx_n, sx_d, NORMALIZE_INPUT)
+                k = k.to(dtype)
                 if IEEE:
                     logits = tl.dot(q_scaled, tl.trans(k), input_precision="ieee")
                 else:
@@ -112,8 +122,8 @@ if triton is not None:
             out = acc / denom[:, None]
             if FINAL:
                 total += out.to(dtype).to(tl.float32)  # each stream's output rounds as SDPA's does
-            else:
-                total = out
+            else:  # the next launch reads these rows as unit rows
+                total = _unit_rows(out)
         if FINAL:
             total = total / 3.0
             obase = out_ptr + b * so_b + h * so_h
@@ -136,9 +146,11 @@ def _streams(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
 def _block_sizes(n_tokens: int, head_dim: int) -> dict:
     block_d = max(16, triton.next_power_of_2(head_dim))
-    block = 64 if n_tokens > 32 else max(16, triton.next_power_of_2(n_tokens))
+    # 64 query rows by 32 keys: the fastest of ten shapes on an H200 at 197 tokens (RESULTS §3)
+    rows = 64 if n_tokens > 32 else max(16, triton.next_power_of_2(n_tokens))
+    keys = 32 if n_tokens > 16 else 16
     warps = 4 if block_d <= 64 else 8
-    return dict(BLOCK_M=block, BLOCK_N=block, BLOCK_D=block_d, num_warps=warps, num_stages=2)
+    return dict(BLOCK_M=rows, BLOCK_N=keys, BLOCK_D=block_d, num_warps=warps, num_stages=2)
 
 
 def self_self_attention_fused(
@@ -159,17 +171,17 @@ def self_self_attention_fused(
     grid_rows = triton.cdiv(n, sizes["BLOCK_M"])
     common = dict(PER_IMAGE=per_image, IEEE=v.dtype == torch.float32, **sizes)
     temp_args = (temps if per_image else x, 0.0 if per_image else float(inv_temp))
-    for _ in range(iterations):
+    for i in range(iterations):
         out = torch.empty((3, b, heads, n, d), dtype=v.dtype, device=v.device)
         _self_self_round[(grid_rows, b * heads, 3)](
             x, v, out, *temp_args, n, heads, d, *x.stride(), *v.stride(), *out.stride(),
-            FINAL=False, **common,
+            NORMALIZE_INPUT=i == 0, FINAL=False, **common,
         )  # fmt: skip
         x = out
     out = torch.empty((b, n, heads, d), dtype=v.dtype, device=v.device).permute(0, 2, 1, 3)
     _self_self_round[(grid_rows, b * heads, 1)](
         x, v, out, *temp_args, n, heads, d, *x.stride(), *v.stride(), 0, *out.stride(),
-        FINAL=True, **common,
+        NORMALIZE_INPUT=iterations == 0, FINAL=True, **common,
     )  # fmt: skip
     return out
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,28 @@ from .images import FailedImage, ImageInput, PreparedImage, check_pixel_batch, p
 DENSE_METHODS = ("gem", "raw")
 
 
+class ContrastNames(Sequence[list[str]]):
+    """The contrast prompts of each image, named when read: a call over 256 images against 99
+    contrasts would otherwise build 25,000 strings on the host before returning."""
+
+    def __init__(self, entries: Sequence[str], index: Tensor):
+        self._entries, self._index = list(entries), index.cpu()
+
+    def __len__(self) -> int:
+        return self._index.shape[0]
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return [self._entries[j] for j in self._index[i].tolist()]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return repr(list(self))
+
+
 @dataclass
 class FinerCAMResult:
     """Maps and the numbers behind them, for the images that could be used.
@@ -46,7 +68,7 @@ class FinerCAMResult:
 
     scores: Tensor | list[Tensor]  #: B×h×w raw Finer-CAM scores on the patch grid
     target: str
-    contrast: list[list[str]]  #: the contrast prompts used, per image
+    contrast: Sequence[list[str]]  #: the contrast prompts used, per image (a list per image)
     weights: Tensor  #: B×D contrast weights (rows sum to 1)
     alpha: float
     method: str
@@ -101,6 +123,25 @@ def _stack_if_uniform(items: list[Tensor]) -> Tensor | list[Tensor]:
     if items and all(t.shape == items[0].shape for t in items):
         return torch.stack(items)
     return items
+
+
+def _pixel_batches(
+    prepared: list[PreparedImage], step: int, tensor: Tensor | None = None
+) -> Iterator[tuple[list[int], Tensor]]:
+    """Batches of at most ``step`` same-sized images: (their positions in ``prepared``, B×3×H×W).
+
+    Images given as one tensor are sliced from it; files and arrays are grouped by size."""
+    for start in range(0, len(prepared), step):
+        stop = min(start + step, len(prepared))
+        if tensor is not None:  # one size already; no per-image copy
+            h, w = prepared[0].pixels.shape[-2:]
+            yield list(range(start, stop)), check_pixel_batch(tensor, (1, 1))[start:stop, :, :h, :w]
+            continue
+        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for i in range(start, stop):
+            groups[tuple(prepared[i].pixels.shape)].append(i)
+        for members in groups.values():
+            yield members, torch.stack([prepared[i].pixels for i in members])
 
 
 def _in_order(chunks: list[Tensor], positions: list[int]) -> Tensor | list[Tensor]:
@@ -401,22 +442,17 @@ class Localizer:
         step = batch_size or (len(prepared) if isinstance(images, Tensor) else 16)
         positions: list[int] = []  # where each group's rows sit in ``prepared``
         outputs: list[dict[str, Tensor]] = []
-        for start in range(0, len(prepared), step):
-            groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
-            for i in range(start, min(start + step, len(prepared))):
-                groups[tuple(prepared[i].pixels.shape)].append(i)
-            for members in groups.values():
-                pixels = torch.stack([prepared[i].pixels for i in members])
-                out = self.image_tokens(pixels, method="raw" if gradient else method, depth=depth)
-                z = F.normalize(out.global_embedding, dim=-1)
-                pick = _pick_contrasts(z, target_text, candidate_text, vocabulary is not None, contrast_ranks)
-                if gradient:
-                    parts = self._gradient_batch(pixels, target_text, candidate_text, pick, alpha, method)
-                else:
-                    parts = self._dense_batch(out, target_text, candidate_text, pick, alpha, weighting)
-                parts.update(pick)
-                outputs.append({k: v.cpu() for k, v in parts.items()})  # on the device until here
-                positions += members
+        for members, pixels in _pixel_batches(prepared, step, images if isinstance(images, Tensor) else None):
+            out = self.image_tokens(pixels, method="raw" if gradient else method, depth=depth)
+            z = F.normalize(out.global_embedding, dim=-1)
+            pick = _pick_contrasts(z, target_text, candidate_text, vocabulary is not None, contrast_ranks)
+            if gradient:
+                parts = self._gradient_batch(pixels, target_text, candidate_text, pick, alpha, method)
+            else:
+                parts = self._dense_batch(out, target_text, candidate_text, pick, alpha, weighting)
+            parts.update(pick)
+            outputs.append({k: v.cpu() for k, v in parts.items()})  # on the device until here
+            positions += members
 
         def rows(key: str) -> Tensor | list[Tensor]:
             """One output for every prepared image, in input order (stacked if sizes agree)."""
@@ -427,7 +463,7 @@ class Localizer:
         return FinerCAMResult(
             scores=rows("scores"),
             target=target,
-            contrast=[[entries[i] for i in row] for row in contrast_index.tolist()],
+            contrast=ContrastNames(entries, contrast_index),
             weights=rows("weights"),
             alpha=float(alpha),
             method=method,
