@@ -103,6 +103,11 @@ def _add_localize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--templates", default=None, help="template set name or file; 'verbatim' uses the prompts as written"
     )
+    p.add_argument(
+        "--smooth",
+        action="store_true",
+        help="average 8 views (half-patch shifts each way, and mirrored): finer maps, 8 more passes",
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--out", "-o", default="mmfinercam-out", help="output folder")
     p.add_argument("--no-overlay", action="store_true", help="skip the PNG overlays (faster)")
@@ -168,6 +173,8 @@ def localize(args: argparse.Namespace) -> int:
                     depth=args.depth,
                     image_size=args.image_size,
                     batch_size=args.batch_size,
+                    shifts=2 if args.smooth else 1,
+                    flip=args.smooth,
                 )
             except ImageLoadError as err:
                 if not err.failed:
@@ -222,7 +229,7 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
     else:
         items, names = testbed_items(args.n, start=args.start)
         what = f"testbed held-out split, {len(items)} images from held-out index {args.start}"
-    methods = default_methods(args.alphas, args.cams)
+    methods = default_methods(args.alphas, args.cams, smooth=not args.no_smooth)
     if args.methods:
         methods = [m for m in methods if any(key in m.name for key in args.methods)]
     start = time.time()
@@ -466,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", default=None, help="keep methods whose name contains one")
     p.add_argument("--auc-steps", type=int, default=8, help="deletion/insertion steps (0 = skip)")
     p.add_argument("--gallery", type=int, default=6, help="images in the gallery")
+    p.add_argument("--no-smooth", action="store_true", help="leave out the GEM maps averaged over 8 views")
     p.add_argument("--out", "-o", default="mmfinercam-eval")
     _add_model_args(p)
     p.set_defaults(func=evaluate_cmd, model="testbed")

@@ -43,10 +43,19 @@ class MethodSpec:
     name: str
     method: str
     alpha: float
+    shifts: int = 1  #: sub-patch shifts per axis (:mod:`mmfinercam.smoothing`); 1 = none
+    flip: bool = False  #: also average the mirrored image's map
 
     @property
     def is_plain(self) -> bool:
         return self.alpha == 0
+
+    @property
+    def family(self) -> str:
+        """The method and its smoothing: one line in the metric-vs-alpha plot."""
+        if self.shifts == 1 and not self.flip:
+            return self.method
+        return f"{self.method}, {self.shifts**2 * (2 if self.flip else 1)} views"
 
 
 CAM_LABELS = {
@@ -58,12 +67,18 @@ CAM_LABELS = {
 
 
 def default_methods(
-    alphas: Sequence[float] = (0.4, 0.6, 0.8, 1.0, 1.5), cams: Sequence[str] = ("gradcam", "layercam")
+    alphas: Sequence[float] = (0.4, 0.6, 0.8, 1.0, 1.5),
+    cams: Sequence[str] = ("gradcam", "layercam"),
+    smooth: bool = True,
 ) -> list[MethodSpec]:
-    """Plain maps (alpha 0) of each family, and Finer-CAM at several alphas (GEM) or at 1."""
+    """Plain maps (alpha 0) of each family, and Finer-CAM at several alphas (GEM) or at 1;
+    with ``smooth``, also the GEM maps averaged over 8 shifted and mirrored views."""
     methods = [MethodSpec("plain GEM", "gem", 0.0), MethodSpec("plain raw tokens", "raw", 0.0)]
     methods.append(MethodSpec("Finer raw tokens (a=1)", "raw", 1.0))
     methods += [MethodSpec(f"Finer GEM (a={a:g})", "gem", float(a)) for a in alphas]
+    if smooth:  # 8 views: half-patch shifts each way, and mirrored
+        methods.append(MethodSpec("plain GEM, 8 views", "gem", 0.0, shifts=2, flip=True))
+        methods.append(MethodSpec("Finer GEM (a=1), 8 views", "gem", 1.0, shifts=2, flip=True))
     for cam in cams:
         label = CAM_LABELS.get(cam, cam)
         methods += [MethodSpec(f"plain {label}", cam, 0.0), MethodSpec(f"Finer {label} (a=1)", cam, 1.0)]
@@ -115,7 +130,9 @@ Runner = Callable[[Localizer, torch.Tensor, str, list[str], MethodSpec], FinerCA
 
 
 def _run_localizer(loc: Localizer, pixels: torch.Tensor, target: str, contrast: list[str], spec: MethodSpec):
-    return loc.finer_cam(pixels, target, contrast, alpha=spec.alpha, method=spec.method)
+    return loc.finer_cam(
+        pixels, target, contrast, alpha=spec.alpha, method=spec.method, shifts=spec.shifts, flip=spec.flip
+    )
 
 
 #: method family -> how to run it (dense maps and the gradient CAMs on CLIP)
@@ -158,10 +175,12 @@ def evaluate(
     batch_size: int = 128,
     progress: bool = True,
     keep_maps: int = 0,
+    confidence: bool = True,
 ) -> tuple[list[MethodScores], dict[str, list[torch.Tensor]]]:
     """Score every method on every item; returns per-method scores and the first maps.
 
     Maps are made per target (all its images in one call), metrics in large mixed batches.
+    ``confidence=False`` keeps only the mask metrics (no re-scoring passes for RD and AUCs).
     """
     from tqdm.auto import tqdm
 
@@ -211,7 +230,7 @@ def evaluate(
         v["iou"] = M.mask_iou(maps, masks).tolist()
         if object_masks is not None:
             v["object_pointing"] = M.pointing_game(maps, object_masks).float().tolist()
-        for j in range(0, n, batch_size):
+        for j in range(0, n if confidence else 0, batch_size):
             sl = slice(j, j + batch_size)
             x, m, cc, dd, pb = pixels[sl], maps[sl], c[sl], d[sl], probs[sl]
             v["rd5"] += M.relative_confidence_drop(predict, x, m, cc, dd, 0.05, probs_before=pb).tolist()
@@ -257,7 +276,7 @@ def write_report(
         for spec, s in rows:
             n = len(next(iter(scores[0].values.values()), []))
             w.writerow(
-                [spec.name, spec.method, spec.alpha, n]
+                [spec.name, spec.family, spec.alpha, n]
                 + [f"{s[x]:.4f}" for k in keys for x in (k, k + "_sem")]
             )
     names = dict(METRIC_COLUMNS)
@@ -272,7 +291,7 @@ def write_report(
 
     by_family: dict[str, list[tuple[float, dict]]] = defaultdict(list)
     for spec, s in rows:
-        by_family[spec.method].append((spec.alpha, s))
+        by_family[spec.family].append((spec.alpha, s))
     plot_keys = [k for k in ("pointing", "energy", "rd5") if k in keys]
     fig, axes = plt.subplots(1, len(plot_keys), figsize=(4 * len(plot_keys), 3.2))
     for ax, key in zip(np.atleast_1d(axes), plot_keys):

@@ -41,7 +41,6 @@ def available(x: Tensor) -> bool:
 
 
 if triton is not None:
-    _LOG2E = 1.4426950408889634
 
     @triton.jit
     def _unit_rows(u):
@@ -60,7 +59,7 @@ if triton is not None:
 
     @triton.jit
     def _self_self_round(
-        x_ptr,  # 3×B×H×N×d streams: queries and keys (normalized on load)
+        x_ptr,  # 3×B×H×N×d streams: queries and keys (unit rows, or normalized on load)
         v_ptr,  # B×H×N×d values of the final round
         out_ptr,  # 3×B×H×N×d (a round) or B×N×H×d (the final mean)
         temp_ptr,  # B per-image inverse temperatures, when PER_IMAGE

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import prompts as prompt_library
+from . import smoothing
 from .backends import Backend, create_backend
 from .backends.base import ModelInfo
 from .cams import CAM_METHODS, cam_heatmap, clip_cam, finer_score
@@ -79,6 +80,7 @@ class FinerCAMResult:
     image_sizes: list[tuple[int, int]]  #: (height, width) of each image as given
     failed: list[FailedImage] = field(default_factory=list)
     target_scores: Tensor | list[Tensor] | None = None  #: B×h×w plain target map (alpha = 0)
+    views: int = 1  #: how many shifted/mirrored views each map averages (see ``shifts``, ``flip``)
     _heatmaps: Tensor | list[Tensor] | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -396,6 +398,8 @@ class Localizer:
         templates: Sequence[str] | None = None,
         image_size: int | None = None,
         batch_size: int | None = None,
+        shifts: int = 1,
+        flip: bool = False,
     ) -> FinerCAMResult:
         """Where is the evidence for ``target`` and not for the contrasting concepts?
 
@@ -404,6 +408,11 @@ class Localizer:
         by ``|<z,t_i> - <z,t_c>|`` are taken for each image. ``alpha=0`` gives the plain target
         map; larger values keep only what differs. Prompts are wrapped in ``templates``
         (default: the model's own, e.g. ``"a photo of a {}."``; ``["{}"]`` uses them verbatim).
+
+        ``shifts=2, flip=True`` averages the maps of 8 views of each image (shifted by half a
+        patch each way, and mirrored; :mod:`mmfinercam.smoothing`) on a grid twice as fine: 8
+        more passes, for maps that depend less on where the patch grid falls. Contrasts and
+        weights come from the image as given.
 
         A tensor of images runs as the one batch it is; files and arrays run ``batch_size``
         (default 16) at a time. Broken images do not stop the batch: they are listed in
@@ -417,6 +426,7 @@ class Localizer:
             raise ValueError(f"alpha must be >= 0, got {alpha}")
         if contrast is not None and vocabulary is not None:
             raise PromptError("give either explicit contrasts or a vocabulary, not both")
+        n_views = len(smoothing.views(self.patch_size, shifts, flip))  # checks shifts early
         templates = self.templates if templates is None else list(templates)
         target_text = self.encode_text([target], templates)[0]
         if vocabulary is not None:
@@ -450,6 +460,17 @@ class Localizer:
                 parts = self._gradient_batch(pixels, target_text, candidate_text, pick, alpha, method)
             else:
                 parts = self._dense_batch(out, target_text, candidate_text, pick, alpha, weighting)
+            if shifts > 1 or flip:
+
+                def run(view: Tensor, pick: dict[str, Tensor] = pick) -> dict[str, Tensor]:
+                    if gradient:
+                        return self._gradient_batch(view, target_text, candidate_text, pick, alpha, method)
+                    tokens = self.image_tokens(view, method=method, depth=depth)
+                    return self._dense_batch(tokens, target_text, candidate_text, pick, alpha, weighting)
+
+                keys = ("scores",) if gradient else ("scores", "target_scores")
+                patch = self.patch_size
+                parts.update(smoothing.smoothed_maps(run, pixels, patch, keys, shifts=shifts, flip=flip))
             parts.update(pick)
             outputs.append({k: v.cpu() for k, v in parts.items()})  # on the device until here
             positions += members
@@ -466,6 +487,7 @@ class Localizer:
             contrast=ContrastNames(entries, contrast_index),
             weights=rows("weights"),
             alpha=float(alpha),
+            views=n_views,
             method=method,
             target_similarity=rows("target_similarity"),
             contrast_similarity=rows("contrast_similarity"),

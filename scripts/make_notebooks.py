@@ -178,7 +178,8 @@ NB3 = [
         "md",
         "# Methods compared on the testbed\n\nThe eval table (pointing game and energy on the part "
         "that separates a species from its siblings, RD@5/10%, deletion/insertion AUC) and a gallery, for "
-        "plain and Finer variants of GEM, raw tokens, Grad-CAM and Layer-CAM. The full-size run "
+        "plain and Finer variants of GEM, raw tokens, Grad-CAM and Layer-CAM, and the GEM maps averaged over "
+        "8 shifted and mirrored views (`shifts=2, flip=True`). The full-size run "
         "(`mmfinercam eval --n 500`) is in `benchmarks/RESULTS.md`; this notebook uses a small split.\n\n"
         + SWITCH,
     ),
