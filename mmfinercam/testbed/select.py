@@ -1,9 +1,10 @@
 """Choose the testbed model's GEM depth and temperature on a validation split (never the eval split).
 
-    python -m mmfinercam.testbed.select DIR      # updates DIR/testbed.json
+    python -m mmfinercam.testbed.select DIR --n 480 --smooth   # updates DIR/testbed.json
 
-The validation images are held-out indices 10000..10239; ``mmfinercam eval`` uses 0..499 by
-default, the notebooks 2000.., the tests 3000.. and 5000.. .
+The validation images are held-out indices 10000..10000+n-1 (the shipped model's selection
+used n=480, with maps averaged over 8 views as in ``mmfinercam eval``'s headline row);
+``mmfinercam eval`` uses 0..499 by default, the notebooks 2000.., the tests 3000.. and 5000.. .
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ from pathlib import Path
 VALIDATION_START = 10_000
 
 
-TEMPERATURES = (None, 5.0, 10.0, 20.0, 50.0)
+TEMPERATURES = (None, 5.0, 10.0, 20.0, 50.0, 100.0)
 
 
-def select_gem_depth(folder: str | Path, n: int = 240, alpha: float = 1.0) -> dict:
+def select_gem_depth(folder: str | Path, n: int = 240, alpha: float = 1.0, smooth: bool = False) -> dict:
     """Finer-CAM pointing on the differing part for every GEM depth and self-self attention
-    temperature (None = GEM's adaptive default); write the best pair into ``testbed.json``."""
+    temperature (None = GEM's adaptive default); write the best pair into ``testbed.json``.
+
+    With ``smooth`` the maps are averaged over 8 views (``shifts=2, flip=True``), as the
+    headline row of ``mmfinercam eval`` is."""
     import mmfinercam as mf
 
     from ..evaluate import MethodSpec, evaluate, testbed_items
@@ -33,8 +37,8 @@ def select_gem_depth(folder: str | Path, n: int = 240, alpha: float = 1.0) -> di
     for depth in range(2, blocks + 2):
         for temp in TEMPERATURES:
             loc.info.default_depth, loc.info.gem_temperature = depth, temp
-            spec = MethodSpec("Finer GEM", "gem", alpha)
-            (ms,), _ = evaluate(loc, items, names, [spec], auc_steps=0, progress=False)
+            spec = MethodSpec("Finer GEM", "gem", alpha, shifts=2 if smooth else 1, flip=smooth)
+            (ms,), _ = evaluate(loc, items, names, [spec], auc_steps=0, progress=False, confidence=False)
             key = f"depth={depth} temperature={temp}"
             scores[key] = round(ms.summary()["pointing"], 4)
             print(f"GEM {key}: validation pointing game {scores[key]:.3f}", flush=True)
@@ -46,7 +50,8 @@ def select_gem_depth(folder: str | Path, n: int = 240, alpha: float = 1.0) -> di
     meta["gem_temperature"] = None if temp.endswith("None") else float(temp.split("=")[1])
     meta["gem_depth_selection"] = {
         "validation": f"held-out indices {VALIDATION_START}..{VALIDATION_START + n - 1}",
-        "metric": f"Finer GEM (alpha={alpha:g}) pointing game on the differing part",
+        "metric": f"Finer GEM (alpha={alpha:g}) pointing game on the differing part"
+        + (", maps averaged over 8 views (shifts=2, flip)" if smooth else ""),
         "scores": scores,
     }
     meta_path.write_text(json.dumps(meta, indent=2))
@@ -59,8 +64,9 @@ def main() -> None:
     )
     parser.add_argument("folder")
     parser.add_argument("--n", type=int, default=240)
+    parser.add_argument("--smooth", action="store_true", help="score maps averaged over 8 views")
     args = parser.parse_args()
-    print(json.dumps(select_gem_depth(args.folder, args.n)))
+    print(json.dumps(select_gem_depth(args.folder, args.n, smooth=args.smooth)))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
 
 The model is a plain open_clip CLIP from a custom config (ViT image tower, small text tower),
 so it loads with ``open_clip.create_model("local-dir:...")`` and ``mf.load("testbed")``. After
-training, the GEM depth is chosen on a validation split (:mod:`.select`).
+training, the GEM depth and temperature are chosen on a validation split (:mod:`.select`).
 
 Contrastive objectives share the weights; none ever sees a mask:
 
@@ -581,7 +581,7 @@ def main(argv: list[str] | None = None) -> None:
 
     args = parse_args(argv)
     train(args)
-    select_gem_depth(args.out)
+    select_gem_depth(args.out, n=480, smooth=True)  # about 20 minutes on 2 cores
 
 
 if __name__ == "__main__":
