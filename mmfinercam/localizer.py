@@ -67,7 +67,7 @@ class FinerCAMResult:
     ``failed`` lists the inputs that could not be used and why.
     """
 
-    scores: Tensor | list[Tensor]  #: B×h×w raw Finer-CAM scores on the patch grid
+    scores: Tensor | list[Tensor]  #: B×h×w raw Finer-CAM scores on the patch grid (finer with ``shifts``)
     target: str
     contrast: Sequence[list[str]]  #: the contrast prompts used, per image (a list per image)
     weights: Tensor  #: B×D contrast weights (rows sum to 1)

@@ -281,3 +281,21 @@ def test_padded_contrasts_weigh_like_unpadded(weighting):
     w = contrast_weights(sim, 10.0, weighting, valid)
     torch.testing.assert_close(w[0, :2], contrast_weights(sim[:1, :2], 10.0, weighting)[0])
     assert w[0, 2] == 0 and torch.equal(w[1], torch.zeros(3))  # a row with no contrast weighs nothing
+
+
+def test_contrast_names_are_made_per_image_when_read():
+    from mmfinercam.localizer import ContrastNames
+
+    names = ContrastNames(["blue wing", "green wing", "red body"], torch.tensor([[0, 2], [1, 0], [2, 1]]))
+    assert len(names) == 3 and names[1] == ["green wing", "blue wing"]
+    assert names[-1] == ["red body", "green wing"] and names[:2] == [["blue wing", "red body"], names[1]]
+    assert names == [["blue wing", "red body"], ["green wing", "blue wing"], ["red body", "green wing"]]
+    assert names != [["blue wing", "red body"]] and list(names)[2] == names[2]
+
+
+def test_tensor_batch_is_sliced_in_chunks_in_order(tiny_localizer):
+    x = torch.randn(5, 3, 64, 70, generator=torch.Generator().manual_seed(2))  # 70: cropped to 64
+    whole = tiny_localizer.finer_cam(x, "a red wing", ["a blue wing"])
+    chunked = tiny_localizer.finer_cam(x, "a red wing", ["a blue wing"], batch_size=2)
+    assert whole.scores.shape == (5, 4, 4) and whole.indices == [0, 1, 2, 3, 4]
+    torch.testing.assert_close(chunked.scores, whole.scores, atol=1e-5, rtol=1e-5)
