@@ -5,7 +5,7 @@
 Checks ``mmfinercam.kernels`` against the PyTorch path of ``mmfinercam.gem`` (run in float64)
 on fresh random inputs of several shapes, then times one block's self-self attention of
 ViT-B/16 (12 heads × 197 tokens × 64) both ways with ``triton.testing.do_bench`` (median).
-``--configs`` also times other block sizes, to choose ``kernels._block_sizes``.
+``--configs`` also times other launch shapes (``blocks=``), to choose the default.
 """
 
 import argparse
@@ -55,8 +55,8 @@ def timing(device, batch, configs):
         with gem.fused_attention(False):
             gem.self_self_attention(q, k, v, temp)
 
-    def run_fused():
-        kernels.self_self_attention_fused(q, k, v, temp)
+    def run_fused(blocks=None):
+        kernels.self_self_attention_fused(q, k, v, temp, blocks=blocks)
 
     t_torch = triton.testing.do_bench(run_torch, return_mode="median")
     t_fused = triton.testing.do_bench(run_fused, return_mode="median")
@@ -65,21 +65,17 @@ def timing(device, batch, configs):
           f"({t_torch / t_fused:.2f}x; fused {flop / t_fused / 1e9:.0f} TFLOP/s)")  # fmt: skip
     if not configs:
         return
-    default = kernels._block_sizes
     candidates = [
         (64, 64, 4, 1), (64, 64, 4, 2), (64, 64, 4, 3), (64, 64, 8, 2), (64, 32, 4, 2),
         (32, 64, 4, 2), (32, 32, 2, 2), (128, 64, 8, 2), (128, 32, 8, 2), (128, 64, 4, 2),
     ]  # fmt: skip
-    for bm, bn, warps, stages in candidates:
-        kernels._block_sizes = lambda n, d, c=(bm, bn, warps, stages): dict(
-            BLOCK_M=c[0], BLOCK_N=c[1], BLOCK_D=max(16, triton.next_power_of_2(d)),
-            num_warps=c[2], num_stages=c[3])  # fmt: skip
+    for blocks in candidates:
+        label = "BLOCK_M={} BLOCK_N={} warps={} stages={}".format(*blocks)
         try:
-            t = triton.testing.do_bench(run_fused, return_mode="median")
-            print(f"  BLOCK_M={bm} BLOCK_N={bn} warps={warps} stages={stages}: {t:.3f} ms")
+            t = triton.testing.do_bench(lambda b=blocks: run_fused(b), return_mode="median")
+            print(f"  {label}: {t:.3f} ms")
         except Exception as err:  # noqa: BLE001 - a config that does not fit is reported
-            print(f"  BLOCK_M={bm} BLOCK_N={bn} warps={warps} stages={stages}: {type(err).__name__}")
-    kernels._block_sizes = default
+            print(f"  {label}: {type(err).__name__}")
 
 
 def main():

@@ -143,22 +143,32 @@ def _streams(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return torch.stack([q, k, v])
 
 
-def _block_sizes(n_tokens: int, head_dim: int) -> dict:
+def _block_sizes(n_tokens: int, head_dim: int, blocks: tuple[int, int, int, int] | None = None) -> dict:
+    """Launch shape: ``blocks`` = (query rows, keys, warps, stages), or the tuned default."""
     block_d = max(16, triton.next_power_of_2(head_dim))
-    # 64 query rows by 32 keys: the fastest of ten shapes on an H200 at 197 tokens (RESULTS §3)
-    rows = 64 if n_tokens > 32 else max(16, triton.next_power_of_2(n_tokens))
-    keys = 32 if n_tokens > 16 else 16
-    warps = 4 if block_d <= 64 else 8
-    return dict(BLOCK_M=rows, BLOCK_N=keys, BLOCK_D=block_d, num_warps=warps, num_stages=2)
+    if blocks is None:
+        # 64 query rows by 32 keys: the fastest of ten shapes on an H200 at 197 tokens (RESULTS §3)
+        rows = 64 if n_tokens > 32 else max(16, triton.next_power_of_2(n_tokens))
+        keys = 32 if n_tokens > 16 else 16
+        blocks = (rows, keys, 4 if block_d <= 64 else 8, 2)
+    rows, keys, warps, stages = blocks
+    return dict(BLOCK_M=rows, BLOCK_N=keys, BLOCK_D=block_d, num_warps=warps, num_stages=stages)
 
 
 def self_self_attention_fused(
-    q: Tensor, k: Tensor, v: Tensor, inv_temp: Tensor | float, iterations: int = 1
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    inv_temp: Tensor | float,
+    iterations: int = 1,
+    *,
+    blocks: tuple[int, int, int, int] | None = None,
 ) -> Tensor:
     """GEM's self-self attention of one block (q, k, v: B×heads×N×head_dim) in fused kernels.
 
-    ``inv_temp`` is one number or one per image (B×1×1×1 or B). Returns B×heads×N×head_dim, a
-    view of a B×N×heads×head_dim buffer.
+    ``inv_temp`` is one number or one per image (B×1×1×1 or B). ``blocks`` overrides the launch
+    shape (query rows, keys, warps, stages), for tuning. Returns B×heads×N×head_dim, a view of
+    a B×N×heads×head_dim buffer.
     """
     if triton is None:
         raise RuntimeError("the fused self-self attention needs triton (pip install triton)")
@@ -166,7 +176,7 @@ def self_self_attention_fused(
     per_image = isinstance(inv_temp, Tensor)
     temps = inv_temp.reshape(-1).float().expand(b).contiguous() if per_image else None
     x = _streams(q, k, v)
-    sizes = _block_sizes(n, d)
+    sizes = _block_sizes(n, d, blocks)
     grid_rows = triton.cdiv(n, sizes["BLOCK_M"])
     common = dict(PER_IMAGE=per_image, IEEE=v.dtype == torch.float32, **sizes)
     temp_args = (temps if per_image else x, 0.0 if per_image else float(inv_temp))
