@@ -133,12 +133,14 @@ def _pixel_batches(
     """Batches of at most ``step`` same-sized images: (their positions in ``prepared``, B×3×H×W).
 
     Images given as one tensor are sliced from it; files and arrays are grouped by size."""
+    if tensor is not None:  # one size already, cropped as ``prepared`` is; no per-image copy
+        h, w = prepared[0].pixels.shape[-2:]
+        batch = check_pixel_batch(tensor, (h, w))[..., :h, :w]
+        for start in range(0, len(prepared), step):
+            yield list(range(start, min(start + step, len(prepared)))), batch[start : start + step]
+        return
     for start in range(0, len(prepared), step):
         stop = min(start + step, len(prepared))
-        if tensor is not None:  # one size already; no per-image copy
-            h, w = prepared[0].pixels.shape[-2:]
-            yield list(range(start, stop)), check_pixel_batch(tensor, (1, 1))[start:stop, :, :h, :w]
-            continue
         groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for i in range(start, stop):
             groups[tuple(prepared[i].pixels.shape)].append(i)
