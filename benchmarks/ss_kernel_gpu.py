@@ -66,8 +66,8 @@ def timing(device, batch, configs):
     if not configs:
         return
     candidates = [
-        (64, 64, 4, 1), (64, 64, 4, 2), (64, 64, 4, 3), (64, 64, 8, 2), (64, 32, 4, 2),
-        (32, 64, 4, 2), (32, 32, 2, 2), (128, 64, 8, 2), (128, 32, 8, 2), (128, 64, 4, 2),
+        (64, 32, 4, 2), (64, 32, 4, 3), (64, 32, 4, 4), (64, 64, 4, 3), (64, 64, 4, 4), (128, 32, 8, 3),
+        (128, 64, 8, 3), (32, 32, 2, 3),
     ]  # fmt: skip
     for blocks in candidates:
         label = "BLOCK_M={} BLOCK_N={} warps={} stages={}".format(*blocks)

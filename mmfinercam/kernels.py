@@ -1,14 +1,20 @@
 """A fused GPU kernel for GEM's self-self attention (Triton), for inference on CUDA.
 
-The same function as :func:`mmfinercam.gem.self_self_attention`, computed in two launches
+The same function as :func:`mmfinercam.gem.self_self_attention`, computed in three launches
 instead of about a dozen passes over the three q/k/v streams:
 
+* q, k and v are first written as unit rows, ``n(u)`` (``n`` the L2 normalization), once: the
+  query tiles of the next launch all read every key, and normalizing a key as it is read
+  cost each tile the same work again (8 % of the kernel's time on an H200, RESULTS §3);
 * one **round** per self-self iteration: every (stream, image, head, block of query rows)
-  writes ``n(softmax(t · n(u) n(u)ᵀ) n(u))`` for its rows, ``n`` the L2 normalization (the
-  first round normalizes q, k and v as it reads them; later ones read unit rows);
+  writes ``n(softmax(t · u uᵀ) u)`` for its unit rows ``u``;
 * the **final** round reads the last round's streams as queries and keys and the original
   values, and writes the mean of the three streams' outputs, already laid out as
   B×N×heads×head_dim so that merging the heads is free.
+
+Rows come in tiles of 64 queries by 32 keys; a ragged end gets a tile of its own, at least 16
+wide (197 tokens: three 64-row tiles and a 16-row one, six 32-key blocks and a masked 16-key
+one), and only that tile checks bounds.
 
 Why it can skip the running maximum of flash attention: queries and keys are the same
 L2-normalized rows, so every row's largest logit is its own, ``t · |n(u_i)|²`` (Cauchy-Schwarz).
@@ -48,18 +54,124 @@ if triton is not None:
         return u / tl.maximum(tl.sqrt(tl.sum(u * u, 1)), 1e-12)[:, None]
 
     @triton.jit
-    def _load_rows(ptr, rows, dims, n_tokens, head_dim, stride_n, stride_d, NORMALIZE: tl.constexpr):
-        """Rows ``rows`` of one stream in fp32, normalized if asked (zero where out of range)."""
-        mask = (rows[:, None] < n_tokens) & (dims[None, :] < head_dim)
-        u = tl.load(ptr + rows[:, None] * stride_n + dims[None, :] * stride_d, mask=mask, other=0.0)
-        u = u.to(tl.float32)
-        if NORMALIZE:
-            u = _unit_rows(u)
-        return u
+    def _dot(a, b, IEEE: tl.constexpr):
+        if IEEE:
+            return tl.dot(a, b, input_precision="ieee")
+        return tl.dot(a, b)
+
+    @triton.jit
+    def _load_rows(
+        ptr, rows, dims, n_tokens, head_dim, stride_n, stride_d,
+        MASK_ROWS: tl.constexpr, EVEN_D: tl.constexpr,
+    ):  # fmt: skip
+        """Rows ``rows`` of one stream in fp32 (zero where out of range). Masks only what may be
+        out of range: ragged rows, a head size that is no power of 2."""
+        ptrs = ptr + rows[:, None] * stride_n + dims[None, :] * stride_d
+        if MASK_ROWS or not EVEN_D:
+            u = tl.load(ptrs, mask=(rows[:, None] < n_tokens) & (dims[None, :] < head_dim), other=0.0)
+        else:
+            u = tl.load(ptrs)
+        return u.to(tl.float32)
+
+    @triton.jit
+    def _key_block(
+        q_scaled, row_max, acc, denom, base, v_base, start, dims, n_tokens, head_dim,
+        sx_n, sx_d, sv_n, sv_d,
+        FINAL: tl.constexpr, KEYS: tl.constexpr, MASKED: tl.constexpr,
+        EVEN_D: tl.constexpr, IEEE: tl.constexpr,
+    ):  # fmt: skip
+        """One block of ``KEYS`` keys into a query tile's running sums (softmax numerator and
+        denominator). ``MASKED``: the last, ragged block; the others need no bounds checks."""
+        dtype = base.dtype.element_ty
+        cols = start + tl.arange(0, KEYS)
+        k = _load_rows(base, cols, dims, n_tokens, head_dim, sx_n, sx_d, MASKED, EVEN_D).to(dtype)
+        p = tl.exp2(_dot(q_scaled, tl.trans(k), IEEE) - row_max[:, None])
+        if MASKED:
+            p = tl.where(cols[None, :] < n_tokens, p, 0.0)
+        denom += tl.sum(p, 1)
+        if FINAL:
+            values = _load_rows(v_base, cols, dims, n_tokens, head_dim, sv_n, sv_d, MASKED, EVEN_D)
+            values = values.to(dtype)
+        else:
+            values = k
+        acc += _dot(p.to(dtype), values, IEEE)
+        return acc, denom
+
+    @triton.jit
+    def _query_tile(
+        x_ptr, v_ptr, out_ptr, scale, b, h, stream, row0, n_tokens, head_dim,
+        sx_s, sx_b, sx_h, sx_n, sx_d,
+        sv_b, sv_h, sv_n, sv_d,
+        so_s, so_b, so_h, so_n, so_d,
+        FINAL: tl.constexpr, ROWS: tl.constexpr,
+        MASK_ROWS: tl.constexpr, BLOCK_N: tl.constexpr, KEY_TAIL: tl.constexpr,
+        BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, IEEE: tl.constexpr,
+    ):  # fmt: skip
+        """``ROWS`` query rows from ``row0``: one stream's round, or the final mean of three."""
+        rows = row0 + tl.arange(0, ROWS)
+        dims = tl.arange(0, BLOCK_D)
+        dtype = x_ptr.dtype.element_ty
+        v_base = v_ptr + b * sv_b + h * sv_h
+        full_keys = n_tokens // BLOCK_N * BLOCK_N
+        # a round runs one stream a program; the final round sums all three in one program
+        first = 0 if FINAL else stream
+        last = 3 if FINAL else stream + 1
+        total = tl.zeros((ROWS, BLOCK_D), dtype=tl.float32)
+        for s in range(first, last):
+            base = x_ptr + s * sx_s + b * sx_b + h * sx_h
+            q = _load_rows(base, rows, dims, n_tokens, head_dim, sx_n, sx_d, MASK_ROWS, EVEN_D)
+            q_scaled = (q * scale).to(dtype)
+            # each row's own logit is its largest: queries and keys are the same unit rows
+            row_max = tl.sum(q_scaled.to(tl.float32) * q.to(dtype).to(tl.float32), 1)
+            acc = tl.zeros((ROWS, BLOCK_D), dtype=tl.float32)
+            denom = tl.zeros((ROWS,), dtype=tl.float32)
+            for start in range(0, full_keys, BLOCK_N):
+                acc, denom = _key_block(
+                    q_scaled, row_max, acc, denom, base, v_base, start, dims, n_tokens, head_dim,
+                    sx_n, sx_d, sv_n, sv_d, FINAL, BLOCK_N, False, EVEN_D, IEEE,
+                )  # fmt: skip
+            if KEY_TAIL > 0:
+                acc, denom = _key_block(
+                    q_scaled, row_max, acc, denom, base, v_base, full_keys, dims, n_tokens, head_dim,
+                    sx_n, sx_d, sv_n, sv_d, FINAL, KEY_TAIL, True, EVEN_D, IEEE,
+                )  # fmt: skip
+            out = acc / denom[:, None]
+            if FINAL:
+                total += out.to(dtype).to(tl.float32)  # each stream's output rounds as SDPA's does
+            else:  # the next launch reads these rows as unit rows
+                total = _unit_rows(out)
+        if FINAL:
+            total = total / 3.0
+            obase = out_ptr + b * so_b + h * so_h
+        else:
+            obase = out_ptr + first * so_s + b * so_b + h * so_h
+        optrs = obase + rows[:, None] * so_n + dims[None, :] * so_d
+        if MASK_ROWS or not EVEN_D:
+            tl.store(optrs, total.to(dtype), mask=(rows[:, None] < n_tokens) & (dims[None, :] < head_dim))
+        else:
+            tl.store(optrs, total.to(dtype))
+
+    @triton.jit
+    def _unit_streams(
+        x_ptr, out_ptr, n_rows, n_tokens, n_heads, batch, head_dim,
+        sx_s, sx_b, sx_h, sx_n, sx_d,
+        ROWS: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
+    ):  # fmt: skip
+        """q, k, v (a strided 3×B×H×N×d view) as unit rows, written contiguous: once, instead of
+        every query tile of the first round normalizing every key again."""
+        r = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)
+        n, rest = r % n_tokens, r // n_tokens
+        h, rest = rest % n_heads, rest // n_heads
+        b, s = rest % batch, rest // batch
+        dims = tl.arange(0, BLOCK_D)
+        src = x_ptr + (s * sx_s + b * sx_b + h * sx_h + n * sx_n)[:, None] + dims[None, :] * sx_d
+        mask = (r[:, None] < n_rows) & (dims[None, :] < head_dim)
+        u = _unit_rows(tl.load(src, mask=mask, other=0.0).to(tl.float32))
+        tl.store(out_ptr + r[:, None] * head_dim + dims[None, :], u.to(out_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
     def _self_self_round(
-        x_ptr,  # 3×B×H×N×d streams: queries and keys (unit rows, or normalized on load)
+        x_ptr,  # 3×B×H×N×d streams of unit rows: queries and keys
         v_ptr,  # B×H×N×d values of the final round
         out_ptr,  # 3×B×H×N×d (a round) or B×N×H×d (the final mean)
         temp_ptr,  # B per-image inverse temperatures, when PER_IMAGE
@@ -71,65 +183,42 @@ if triton is not None:
         sv_b, sv_h, sv_n, sv_d,
         so_s, so_b, so_h, so_n, so_d,
         PER_IMAGE: tl.constexpr,
-        NORMALIZE_INPUT: tl.constexpr,  # the first launch reads raw q, k, v; later ones unit rows
         FINAL: tl.constexpr,
         BLOCK_M: tl.constexpr,
+        ROW_TAIL: tl.constexpr,  # rows of the last, smaller query tile (0: all tiles BLOCK_M)
+        MASK_ROWS: tl.constexpr,  # whether BLOCK_M tiles can run past the last token
         BLOCK_N: tl.constexpr,
+        KEY_TAIL: tl.constexpr,  # keys of the last, masked key block (0: none)
         BLOCK_D: tl.constexpr,
+        EVEN_D: tl.constexpr,
         IEEE: tl.constexpr,
     ):  # fmt: skip
         pid_m, pid_bh = tl.program_id(0), tl.program_id(1)
         b, h = pid_bh // n_heads, pid_bh % n_heads
+        stream = 0 if FINAL else tl.program_id(2)
         if PER_IMAGE:
             temp = tl.load(temp_ptr + b).to(tl.float32)
         scale = temp * 1.4426950408889634  # softmax in base 2
-        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        dims = tl.arange(0, BLOCK_D)
-        dtype = x_ptr.dtype.element_ty
-        # a round runs one stream a program; the final round sums all three in one program
-        first = 0 if FINAL else tl.program_id(2)
-        last = 3 if FINAL else first + 1
-        total = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-        for s in range(first, last):
-            base = x_ptr + s * sx_s + b * sx_b + h * sx_h
-            q = _load_rows(base, rows, dims, n_tokens, head_dim, sx_n, sx_d, NORMALIZE_INPUT)
-            q_scaled = (q * scale).to(dtype)
-            # each row's own logit is its largest: queries and keys are the same unit rows
-            row_max = tl.sum(q_scaled.to(tl.float32) * q.to(dtype).to(tl.float32), 1)
-            acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-            denom = tl.zeros((BLOCK_M,), dtype=tl.float32)
-            for start in range(0, n_tokens, BLOCK_N):
-                cols = start + tl.arange(0, BLOCK_N)
-                k = _load_rows(base, cols, dims, n_tokens, head_dim, sx_n, sx_d, NORMALIZE_INPUT)
-                k = k.to(dtype)
-                if IEEE:
-                    logits = tl.dot(q_scaled, tl.trans(k), input_precision="ieee")
-                else:
-                    logits = tl.dot(q_scaled, tl.trans(k))
-                p = tl.where(cols[None, :] < n_tokens, tl.exp2(logits - row_max[:, None]), 0.0)
-                denom += tl.sum(p, 1)
-                if FINAL:
-                    vmask = (cols[:, None] < n_tokens) & (dims[None, :] < head_dim)
-                    vptr = v_ptr + b * sv_b + h * sv_h + cols[:, None] * sv_n + dims[None, :] * sv_d
-                    values = tl.load(vptr, mask=vmask, other=0.0)
-                else:
-                    values = k
-                if IEEE:
-                    acc += tl.dot(p.to(dtype), values, input_precision="ieee")
-                else:
-                    acc += tl.dot(p.to(dtype), values)
-            out = acc / denom[:, None]
-            if FINAL:
-                total += out.to(dtype).to(tl.float32)  # each stream's output rounds as SDPA's does
-            else:  # the next launch reads these rows as unit rows
-                total = _unit_rows(out)
-        if FINAL:
-            total = total / 3.0
-            obase = out_ptr + b * so_b + h * so_h
-        else:
-            obase = out_ptr + first * so_s + b * so_b + h * so_h
-        omask = (rows[:, None] < n_tokens) & (dims[None, :] < head_dim)
-        tl.store(obase + rows[:, None] * so_n + dims[None, :] * so_d, total.to(dtype), mask=omask)
+        if ROW_TAIL == 0:
+            _query_tile(
+                x_ptr, v_ptr, out_ptr, scale, b, h, stream, pid_m * BLOCK_M, n_tokens, head_dim,
+                sx_s, sx_b, sx_h, sx_n, sx_d, sv_b, sv_h, sv_n, sv_d, so_s, so_b, so_h, so_n, so_d,
+                FINAL, BLOCK_M, MASK_ROWS, BLOCK_N, KEY_TAIL, BLOCK_D, EVEN_D, IEEE,
+            )  # fmt: skip
+        else:  # the ragged end of the rows in a tile of its own size, not a mostly empty BLOCK_M one
+            full_rows = n_tokens // BLOCK_M
+            if pid_m < full_rows:
+                _query_tile(
+                    x_ptr, v_ptr, out_ptr, scale, b, h, stream, pid_m * BLOCK_M, n_tokens, head_dim,
+                    sx_s, sx_b, sx_h, sx_n, sx_d, sv_b, sv_h, sv_n, sv_d, so_s, so_b, so_h, so_n, so_d,
+                    FINAL, BLOCK_M, False, BLOCK_N, KEY_TAIL, BLOCK_D, EVEN_D, IEEE,
+                )  # fmt: skip
+            else:
+                _query_tile(
+                    x_ptr, v_ptr, out_ptr, scale, b, h, stream, full_rows * BLOCK_M, n_tokens, head_dim,
+                    sx_s, sx_b, sx_h, sx_n, sx_d, sv_b, sv_h, sv_n, sv_d, so_s, so_b, so_h, so_n, so_d,
+                    FINAL, ROW_TAIL, True, BLOCK_N, KEY_TAIL, BLOCK_D, EVEN_D, IEEE,
+                )  # fmt: skip
 
 
 def _streams(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -144,15 +233,36 @@ def _streams(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
 
 def _block_sizes(n_tokens: int, head_dim: int, blocks: tuple[int, int, int, int] | None = None) -> dict:
-    """Launch shape: ``blocks`` = (query rows, keys, warps, stages), or the tuned default."""
+    """Launch shape: ``blocks`` = (query rows, keys, warps, stages), or the tuned default; and
+    the ragged ends. 197 tokens in 64-row tiles: three full tiles and a 16-row one for the last
+    5 rows; in 32-key blocks: six unmasked blocks and a masked 16-key one."""
     block_d = max(16, triton.next_power_of_2(head_dim))
     if blocks is None:
-        # 64 query rows by 32 keys: the fastest of ten shapes on an H200 at 197 tokens (RESULTS §3)
+        # 64 query rows by 32 keys, 4 warps, 4 stages: among the fastest on an H200 at 197 tokens
+        # at every batch size (RESULTS §3)
         rows = 64 if n_tokens > 32 else max(16, triton.next_power_of_2(n_tokens))
         keys = 32 if n_tokens > 16 else 16
-        blocks = (rows, keys, 4 if block_d <= 64 else 8, 2)
+        blocks = (rows, keys, 4 if block_d <= 64 else 8, 4)
     rows, keys, warps, stages = blocks
-    return dict(BLOCK_M=rows, BLOCK_N=keys, BLOCK_D=block_d, num_warps=warps, num_stages=stages)
+    row_tail = _tail(n_tokens % rows)
+    key_tail = _tail(n_tokens % keys)
+    return dict(
+        BLOCK_M=rows,
+        ROW_TAIL=row_tail if row_tail < rows else 0,  # a tail as big as a tile: mask the tiles
+        MASK_ROWS=n_tokens % rows != 0 and row_tail >= rows,
+        BLOCK_N=keys,
+        KEY_TAIL=key_tail,
+        BLOCK_D=block_d,
+        EVEN_D=block_d == head_dim,
+        num_warps=warps,
+        num_stages=stages,
+    )
+
+
+def _tail(rest: int) -> int:
+    """Size of a block for ``rest`` leftover rows: a power of 2, at least 16 (a matrix
+    instruction's least), 0 for none."""
+    return max(16, triton.next_power_of_2(rest)) if rest else 0
 
 
 def self_self_attention_fused(
@@ -177,20 +287,27 @@ def self_self_attention_fused(
     temps = inv_temp.reshape(-1).float().expand(b).contiguous() if per_image else None
     x = _streams(q, k, v)
     sizes = _block_sizes(n, d, blocks)
-    grid_rows = triton.cdiv(n, sizes["BLOCK_M"])
+    units = torch.empty((3, b, heads, n, d), dtype=v.dtype, device=v.device)
+    rows = 3 * b * heads * n
+    _unit_streams[(triton.cdiv(rows, 64),)](
+        x, units, rows, n, heads, b, d, *x.stride(),
+        ROWS=64, BLOCK_D=sizes["BLOCK_D"], EVEN_D=sizes["EVEN_D"], num_warps=4,
+    )  # fmt: skip
+    x = units
+    grid_rows = triton.cdiv(n, sizes["BLOCK_M"])  # the last may be a smaller tail tile
     common = dict(PER_IMAGE=per_image, IEEE=v.dtype == torch.float32, **sizes)
     temp_args = (temps if per_image else x, 0.0 if per_image else float(inv_temp))
-    for i in range(iterations):
+    for _ in range(iterations):
         out = torch.empty((3, b, heads, n, d), dtype=v.dtype, device=v.device)
         _self_self_round[(grid_rows, b * heads, 3)](
             x, v, out, *temp_args, n, heads, d, *x.stride(), *v.stride(), *out.stride(),
-            NORMALIZE_INPUT=i == 0, FINAL=False, **common,
+            FINAL=False, **common,
         )  # fmt: skip
         x = out
     out = torch.empty((b, n, heads, d), dtype=v.dtype, device=v.device).permute(0, 2, 1, 3)
     _self_self_round[(grid_rows, b * heads, 1)](
         x, v, out, *temp_args, n, heads, d, *x.stride(), *v.stride(), 0, *out.stride(),
-        NORMALIZE_INPUT=iterations == 0, FINAL=True, **common,
+        FINAL=True, **common,
     )  # fmt: skip
     return out
 

@@ -34,6 +34,7 @@ def interpreted_checks() -> dict:
         (1, 2, 50, 72, 2, False, True),  # a head size that is no power of two; two rounds
         (3, 1, 17, 32, 1, True, False),  # q, k, v as separate tensors (stacked by the kernel's host)
         (1, 1, 1, 16, 1, False, True),  # one token
+        (1, 1, 85, 64, 1, False, True),  # a 32-row tail tile and a 32-key tail block
     ]
     for b, h, n, d, it, per_image, fused_qkv in cases:
         qkv = torch.randn(b, n, 3, h, d).mul(3)
@@ -92,7 +93,7 @@ def interpreted() -> dict:
 
 def test_fp32_kernel_equals_the_pytorch_path(interpreted):
     fp32 = {k: v for k, v in interpreted.items() if k.startswith("fp32")}
-    assert len(fp32) == 8 and max(fp32.values()) < 1e-5, fp32  # default and 16×16 launch shapes
+    assert len(fp32) == 10 and max(fp32.values()) < 1e-5, fp32  # default and 16×16 launch shapes
 
 
 def test_fp16_kernel_is_as_close_to_float64_as_the_pytorch_path(interpreted):
@@ -107,6 +108,18 @@ def test_tower_takes_the_kernel_in_half_precision_and_compiles_it_whole(interpre
     # compiling alone moves fp16 tokens by ~1e-3 on the CPU (with or without the kernel)
     assert interpreted["tower fp16 compiled vs eager"] < 5e-3
     assert interpreted["kernel calls in the compiled graph"] == 6  # depth 7: the last six blocks
+
+
+def test_ragged_ends_get_tiles_of_their_own_size():
+    vit_b16 = kernels._block_sizes(197, 64)  # 197 = 3 × 64 + 5 = 6 × 32 + 5
+    assert (vit_b16["BLOCK_M"], vit_b16["ROW_TAIL"], vit_b16["MASK_ROWS"]) == (64, 16, False)
+    assert (vit_b16["BLOCK_N"], vit_b16["KEY_TAIL"], vit_b16["EVEN_D"]) == (32, 16, True)
+    even = kernels._block_sizes(256, 64)  # no ragged end: nothing is masked
+    assert (even["ROW_TAIL"], even["MASK_ROWS"], even["KEY_TAIL"]) == (0, False, 0)
+    big_tail = kernels._block_sizes(785, 72)  # 785 = 12 × 64 + 17: a 32-row tail; d padded to 128
+    assert (big_tail["ROW_TAIL"], big_tail["KEY_TAIL"], big_tail["EVEN_D"]) == (32, 32, False)
+    as_big_as_a_tile = kernels._block_sizes(50, 64)  # 50 rows: one masked 64-row tile, no tail
+    assert (as_big_as_a_tile["ROW_TAIL"], as_big_as_a_tile["MASK_ROWS"]) == (0, True)
 
 
 def test_evenly_spaced_qkv_are_read_in_place_and_others_stacked():
