@@ -99,3 +99,24 @@ def test_testbed_carries_its_gem_settings():
     assert loc.info.default_depth == meta["gem_depth"]
     assert loc.info.gem_temperature == meta["gem_temperature"]
     assert "8 views" in meta["gem_depth_selection"]["metric"]  # chosen for the headline row
+
+
+@pytest.mark.parametrize("size", [(64, 64), (70, 45)])
+def test_patch_embedding_as_one_matrix_product_equals_the_convolution(size):
+    """Patchifying convolutions run as a matrix product (a ragged edge dropped, as the stride
+    drops it); any other convolution runs as it is."""
+    from mmfinercam.backends.base import patch_embed
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, *size, dtype=torch.float64)
+    for conv, fast in [
+        (torch.nn.Conv2d(3, 24, 8, 8, bias=False), True),
+        (torch.nn.Conv2d(3, 24, (8, 4), (8, 4)), True),  # rectangular patches, with a bias
+        (torch.nn.Conv2d(3, 24, 8, 4), False),  # overlapping: not a patchify
+    ]:
+        conv = conv.double()
+        ref = conv(x)
+        tokens, grid = patch_embed(x, conv)
+        assert grid == tuple(ref.shape[-2:])
+        torch.testing.assert_close(tokens, ref.flatten(2).transpose(1, 2), rtol=1e-12, atol=1e-12)
+        assert tokens.is_contiguous() == fast  # the product's output, or the conv's transposed view

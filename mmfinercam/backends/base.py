@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -27,6 +28,27 @@ def hf_cache_dir() -> str:
     """Where huggingface_hub looks for downloaded models (HF_HUB_CACHE, else HF_HOME/hub)."""
     home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
     return os.environ.get("HF_HUB_CACHE") or str(home / "hub")
+
+
+def patch_embed(pixels: Tensor, conv: nn.Conv2d) -> tuple[Tensor, tuple[int, int]]:
+    """A ViT's patchifying convolution as one matrix product: (B×N×C tokens, grid).
+
+    The same numbers as ``conv(pixels).flatten(2).transpose(1, 2)``, in a row-major grid. Why:
+    cuDNN runs this convolution (kernel = stride) as a generic kernel plus layout conversions,
+    about 2 ms of a 36 ms Finer-CAM call at batch 256 in bf16 on an H200; the matrix product
+    takes a tenth of a millisecond. Other convolutions are run as they are.
+    """
+    kh, kw = conv.kernel_size
+    pixels = pixels.to(conv.weight.dtype)
+    patchify = tuple(conv.stride) == (kh, kw) and conv.padding in ((0, 0), "valid")
+    if not (patchify and tuple(conv.dilation) == (1, 1) and conv.groups == 1):
+        x = conv(pixels)
+        return x.flatten(2).transpose(1, 2), (int(x.shape[-2]), int(x.shape[-1]))
+    b, c, h, w = pixels.shape
+    gh, gw = h // kh, w // kw
+    patches = pixels[:, :, : gh * kh, : gw * kw].reshape(b, c, gh, kh, gw, kw)
+    patches = patches.permute(0, 2, 4, 1, 3, 5).reshape(b, gh * gw, c * kh * kw)
+    return F.linear(patches, conv.weight.reshape(conv.out_channels, -1), conv.bias), (gh, gw)
 
 
 class TransformerBlock(ABC):

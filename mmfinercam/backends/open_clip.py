@@ -20,7 +20,15 @@ from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError, WeightsNotFoundError
 from ..gem import resample_pos_embed
-from .base import Backend, ImageConfig, ModelInfo, TransformerBlock, VisionTower, hf_cache_dir
+from .base import (
+    Backend,
+    ImageConfig,
+    ModelInfo,
+    TransformerBlock,
+    VisionTower,
+    hf_cache_dir,
+    patch_embed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +94,8 @@ class OpenCLIPVisionTower(VisionTower):
 
     def embed(self, pixels: Tensor) -> Tensor:
         v = self.visual
-        x = v.conv1(pixels.to(v.conv1.weight.dtype))
-        b, c, gh, gw = x.shape
-        x = x.flatten(2).transpose(1, 2)
+        x, (gh, gw) = patch_embed(pixels, v.conv1)
+        b, _, c = x.shape
         cls = v.class_embedding.to(x.dtype).view(1, 1, c).expand(b, 1, c)
         pos = resample_pos_embed(v.positional_embedding, (gh, gw), self.grid_size, 1)
         x = torch.cat([cls, x], dim=1) + pos.to(x.dtype)
@@ -99,6 +106,8 @@ class OpenCLIPVisionTower(VisionTower):
         pool_type = getattr(v, "pool_type", "tok")
         if getattr(v, "final_ln_after_pool", False):
             pooled = v.ln_post(_global_pool(x, pool_type))
+        elif pool_type == "tok":  # the norm is per token: only the pooled one needs it
+            pooled = v.ln_post(x[:, 0])
         else:
             pooled = _global_pool(v.ln_post(x), pool_type)
         return pooled @ v.proj if v.proj is not None else pooled

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError
 from ..gem import resample_pos_embed
-from .base import TransformerBlock, VisionTower
+from .base import TransformerBlock, VisionTower, patch_embed
 
 
 class TimmBlock(TransformerBlock):
@@ -73,9 +73,9 @@ class TimmVisionTower(VisionTower):
     def embed(self, pixels: Tensor) -> Tensor:
         t = self.trunk
         pe = t.patch_embed
-        x = pe.proj(pixels.to(pe.proj.weight.dtype))
-        b, c, gh, gw = x.shape
-        x = pe.norm(x.flatten(2).transpose(1, 2))
+        x, (gh, gw) = patch_embed(pixels, pe.proj)
+        b = x.shape[0]
+        x = pe.norm(x)
         prefix = [
             tok.expand(b, -1, -1) for tok in (t.cls_token, getattr(t, "reg_token", None)) if tok is not None
         ]

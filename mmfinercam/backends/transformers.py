@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError, WeightsNotFoundError
 from ..gem import resample_pos_embed
-from .base import Backend, ImageConfig, ModelInfo, TransformerBlock, VisionTower, hf_cache_dir
+from .base import Backend, ImageConfig, ModelInfo, TransformerBlock, VisionTower, hf_cache_dir, patch_embed
 
 
 class HFBlock(TransformerBlock):
@@ -95,9 +95,8 @@ class HFVisionTower(VisionTower):
         if self.naflex:
             return self._embed_naflex(pixels)
         emb = self.vision.embeddings
-        x = emb.patch_embedding(pixels.to(emb.patch_embedding.weight.dtype))
-        b, c, gh, gw = x.shape
-        x = x.flatten(2).transpose(1, 2)
+        x, (gh, gw) = patch_embed(pixels, emb.patch_embedding)
+        b, _, c = x.shape
         if self.has_cls:
             x = torch.cat([emb.class_embedding.to(x.dtype).view(1, 1, c).expand(b, 1, c), x], dim=1)
         pos = resample_pos_embed(
