@@ -47,6 +47,7 @@ from .errors import ImageLoadError, MMFinerCAMError, PromptError
 from .finer import check_contrasts, check_prompt, dense_finer_maps, rank_contrasts
 from .images import IMAGE_SUFFIXES, prepare_images, read_image
 from .metrics import energy_pointing_game
+from .transfer import to_host
 
 CONTRAST_SEPARATOR = "|"
 FORMAT_VERSION = 1
@@ -623,11 +624,18 @@ class BatchRunner(BatchOutput):
         """One JSON-ready record per image and prompt set (tensors copied to the host once)."""
         b, s = target.shape
         gh, gw = scores.shape[-2:]
-        peak_val, peak = (t.cpu() for t in scores.flatten(2).max(dim=-1))
-        score_mean = scores.mean(dim=(-2, -1)).cpu()
-        target_sim = global_sim.gather(1, target).cpu()
-        contrast, valid, weights = contrast.cpu(), valid.cpu(), weights.cpu()
-        top_index, top_values = top.indices.cpu(), top.values.cpu()
+        peak_val, peak = scores.flatten(2).max(dim=-1)
+        peak_val, peak, score_mean, target_sim, contrast, valid, weights, top_index, top_values = to_host(
+            peak_val,
+            peak,
+            scores.mean(dim=(-2, -1)),
+            global_sim.gather(1, target),
+            contrast,
+            valid,
+            weights,
+            top.indices,
+            top.values,
+        )
         masks_energy = self._mask_energy(group, scores)
         out = []
         for i, (it, row) in enumerate(zip(group, rows)):

@@ -144,6 +144,22 @@ class PreparedImage:
     original_size: tuple[int, int]  #: (height, width) of the image as given
 
 
+class _BatchRow(PreparedImage):
+    """One image of a preprocessed tensor batch, sliced from it only when its pixels are read:
+    a batch of 256 runs as the one tensor it is, without 256 views made and dropped."""
+
+    def __init__(self, index: int, batch: Tensor, original_size: tuple[int, int]):
+        self.index, self.original_size, self._batch = index, original_size, batch
+
+    @property
+    def source(self) -> str:  # type: ignore[override]
+        return f"<tensor #{self.index}>"
+
+    @property
+    def pixels(self) -> Tensor:  # type: ignore[override]
+        return self._batch[self.index]
+
+
 @dataclass
 class FailedImage:
     """An image of a batch that could not be used, and why."""
@@ -176,7 +192,8 @@ def prepare_images(
         h = batch.shape[-2] // patch[0] * patch[0]
         w = batch.shape[-1] // patch[1] * patch[1]
         size = (int(batch.shape[-2]), int(batch.shape[-1]))
-        return [PreparedImage(i, f"<tensor #{i}>", batch[i, :, :h, :w], size) for i in range(len(batch))], []
+        batch = batch[..., :h, :w]
+        return [_BatchRow(i, batch, size) for i in range(len(batch))], []
     if isinstance(images, (str, Path, Image.Image, np.ndarray)):
         images = [images]
     prepared: list[PreparedImage] = []

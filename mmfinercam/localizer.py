@@ -32,6 +32,7 @@ from .finer import (
 )
 from .gem import TowerOutput, run_tower
 from .images import FailedImage, ImageInput, PreparedImage, check_pixel_batch, prepare_images
+from .transfer import to_host
 
 DENSE_METHODS = ("gem", "raw")
 
@@ -151,6 +152,8 @@ def _pixel_batches(
 def _in_order(chunks: list[Tensor], positions: list[int]) -> Tensor | list[Tensor]:
     """Rows of per-group tensors put back in input order: ``positions[r]`` is where the r-th row
     (counting through the chunks) belongs. Stacked when every row has the same shape."""
+    if len(chunks) == 1 and positions == list(range(len(positions))):
+        return chunks[0]  # one batch in input order (a tensor of images): nothing to move
     order = torch.empty(len(positions), dtype=torch.long)
     order[torch.tensor(positions)] = torch.arange(len(positions))
     if all(c.shape[1:] == chunks[0].shape[1:] for c in chunks):
@@ -474,7 +477,7 @@ class Localizer:
                 patch = self.patch_size
                 parts.update(smoothing.smoothed_maps(run, pixels, patch, keys, shifts=shifts, flip=flip))
             parts.update(pick)
-            outputs.append({k: v.cpu() for k, v in parts.items()})  # on the device until here
+            outputs.append(dict(zip(parts, to_host(*parts.values()))))  # on the device until here
             positions += members
 
         def rows(key: str) -> Tensor | list[Tensor]:

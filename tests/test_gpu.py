@@ -128,6 +128,16 @@ def test_fused_self_self_attention_is_as_close_to_float64_as_pytorch(device, dty
     assert err < 1e-2 and err <= 2 * err_pytorch + 1e-4, (err, err_pytorch)
 
 
+def test_results_come_to_the_host_whole_after_one_wait(device):
+    from mmfinercam.transfer import to_host
+
+    tensors = [torch.randn(64, 197, 512, device=device), torch.arange(1000, device=device), torch.ones(3)]
+    host = to_host(*tensors)
+    assert all(h.device.type == "cpu" for h in host)
+    for h, t in zip(host, tensors):
+        assert torch.equal(h, t.cpu())
+
+
 def test_compiled_bf16_tower_keeps_the_kernel_and_its_maps(device, birds):
     """bf16 compiled by inductor around the kernel: the maps of eager bf16, peak for peak."""
     loc = mf.load("testbed", device=device, dtype="bf16")

@@ -148,3 +148,15 @@ def test_shipped_vocabularies_and_taxon():
     with pytest.raises(mf.PromptError, match="genus"):
         mf.prompts.taxon({"family": "Parulidae"})
     assert "bioclip" in mf.prompts.available_templates()
+
+
+def test_tensor_batch_rows_are_its_cropped_images():
+    """A preprocessed batch is kept whole; each row reads as its own image, cropped to patches."""
+    from mmfinercam.images import prepare_images
+
+    x = torch.randn(5, 3, 70, 64)
+    prepared, failed = prepare_images(x, short_side=64, patch=(16, 16), mean=(0, 0, 0), std=(1, 1, 1))
+    assert failed == [] and [p.index for p in prepared] == list(range(5))
+    for i, p in enumerate(prepared):
+        assert p.source == f"<tensor #{i}>" and p.original_size == (70, 64)
+        assert p.pixels.shape == (3, 64, 64) and torch.equal(p.pixels, x[i, :, :64])
