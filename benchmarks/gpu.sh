@@ -44,7 +44,7 @@ for s in $steps; do
       timeout 60 python3 benchmarks/profile_gpu.py --dtype bf16 --batches 4 64 256 2>&1 | tee -a "$log" | grep "^b=" ;;
     tests) step "GPU tests"
       timeout 150 python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tee "$out/tests.txt" | tail -5 ;;
-    compile) bench bf16-compile 120 --dtype bf16 --compile --repeats 10 --batch 4 --concepts 1 100 --batches 64 256 --sizes ;;
+    compile) bench bf16-compile 200 --dtype bf16 --compile --repeats 10 --batch 4 --concepts 1 100 --batches 64 256 --sizes ;;
     graphs) bench bf16-graphs 110 --dtype bf16 --compile --compile-mode reduce-overhead --repeats 10 --batch 4 \
       --concepts 1 100 --batches 1 16 --sizes ;;
     fp32) bench fp32 70 --dtype fp32 "${common[@]}" --sizes 224 448 896 ;;
