@@ -5,7 +5,7 @@ instead of about a dozen passes over the three q/k/v streams:
 
 * q, k and v are first written as unit rows, ``n(u)`` (``n`` the L2 normalization), once: the
   query tiles of the next launch all read every key, and normalizing a key as it is read
-  cost each tile the same work again (8 % of the kernel's time on an H200, RESULTS §3);
+  cost each tile the same work again (7 % of the kernel's time on an H200, RESULTS §3);
 * one **round** per self-self iteration: every (stream, image, head, block of query rows)
   writes ``n(softmax(t · u uᵀ) u)`` for its unit rows ``u``;
 * the **final** round reads the last round's streams as queries and keys and the original

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -195,6 +196,26 @@ def test_eval_end_to_end(tmp_path):
         assert (out / f).stat().st_size > 1000
 
 
+def test_select_scores_every_validation_split_and_writes_the_best(tmp_path):
+    """``select`` scores the grid on each validation split (never the eval split) and pools them."""
+    import shutil
+
+    from mmfinercam.testbed.select import TEMPERATURES, VALIDATION_STARTS, select_gem_depth
+
+    folder = tmp_path / "testbed"
+    shutil.copytree(Path(mf.__file__).parent / "data" / "testbed", folder)
+    chosen = select_gem_depth(folder, n=2)
+    meta = json.loads((folder / "testbed.json").read_text())
+    selection = meta["gem_depth_selection"]
+    assert len(selection["scores"]) == 4 * len(TEMPERATURES)  # depths 2..5 of a 4-block tower
+    assert all(len(v) == len(VALIDATION_STARTS) for v in selection["scores_by_split"].values())
+    for key, pooled in selection["scores"].items():  # the pooled score is the splits' mean
+        assert pooled == pytest.approx(np.mean(selection["scores_by_split"][key]), abs=1e-3)
+    best = max(selection["scores"], key=selection["scores"].get)
+    assert chosen["chosen"] == best == f"depth={meta['gem_depth']} temperature={meta['gem_temperature']}"
+    assert min(VALIDATION_STARTS) >= 10_000  # far from the eval split (0..499) and the tests' images
+
+
 def test_testbed_missing_folder_is_clear(tmp_path):
     with pytest.raises(mf.WeightsNotFoundError, match="mmfinercam.testbed.train"):
         mf.load("testbed", str(tmp_path))
@@ -214,6 +235,23 @@ def test_part_windows_are_one_parts_bounding_box():
         np.testing.assert_array_equal(window, coverage[0, part] > 0)  # exactly the part's box
         seen.add(part)
     assert seen == {wing, head}
+
+
+def test_varying_windows_hold_the_part_siblings_differ_in_and_name_its_trait():
+    """--varying-windows 1: every window holds the family's varying part whole, its caption names
+    that part's trait, and the window's species prompts are positive for its own species alone."""
+    coverage = np.zeros((1, len(TRAIT_PARTS), GRID, GRID), np.uint8)
+    wing, head, body = (TRAIT_PARTS.index(p) for p in ("wing", "head", "body"))
+    coverage[0, body, 3:9, 2:9] = 255
+    coverage[0, wing, 4:6, 4:7] = 255
+    coverage[0, head, 1:3, 8:10] = 255
+    finch = next(i for i, s in enumerate(SPECIES) if s.family == "finch")  # finches differ in the wing
+    for seed in range(20):
+        reg = region_captions(coverage, np.array([finch]), random.Random(seed), varying_windows=1.0)
+        window = reg.windows[0].numpy() > 0
+        assert window[coverage[0, wing] > 0].all() and 3 <= window.sum(0).max() <= 6
+        assert reg.texts[0] == f"a bird with a {SPECIES[finch].wing} wing."
+        assert reg.species_positives[0].nonzero().flatten().tolist() == [finch]
 
 
 def test_part_windows_off_draws_what_the_shipped_recipe_drew():
