@@ -4,7 +4,10 @@
     heatmap  = upsample(finer) -> ReLU -> min-max to [0, 1]
 
 Contrasts are combined on the raw similarity scores, before any ReLU or normalization: the
-paper found subtracting finished heatmaps to be noise.
+paper found subtracting finished heatmaps to be noise. A similarity ``s_k(p) = <p, t_k>`` is
+linear in the text embedding, so the dense path mixes the texts instead of the maps:
+``finer(p) = <p, t_c - alpha * sum_d w_d t_d>``, the same numbers from two maps per image
+(the Finer map and the plain target map) however many contrasts are asked.
 """
 
 from __future__ import annotations
@@ -60,6 +63,29 @@ def finer_scores(target_maps: Tensor, contrast_maps: Tensor, weights: Tensor, al
     return target_maps - alpha * mixed
 
 
+def contrast_mixture(contrast_text: Tensor, weights: Tensor) -> Tensor:
+    """``sum_d w_d t_d``: contrast texts ...×D×E weighted by ...×D weights, ...×E."""
+    return torch.einsum("...d,...de->...e", weights.to(contrast_text.dtype), contrast_text)
+
+
+def mixed_finer_maps(
+    patches: Tensor, target_text: Tensor, mixture: Tensor, grid: tuple[int, int], alpha: float
+) -> tuple[Tensor, Tensor]:
+    """Finer scores ``<p, t_c - alpha m>`` and plain target maps ``<p, t_c>``, both B×S×h×w.
+
+    ``patches``: B×N×E normalized patch tokens; ``target_text`` and ``mixture`` (the weighted
+    contrast texts, :func:`contrast_mixture`): B×S×E. Equal to :func:`finer_scores` over every
+    contrast's map (linearity), at the cost of two maps a set.
+    """
+    if alpha < 0:
+        raise ValueError(f"alpha must be >= 0, got {alpha}")
+    b, s = target_text.shape[:2]
+    directions = torch.stack([target_text - alpha * mixture, target_text], dim=2)  # B×S×2×E
+    maps = torch.einsum("bnd,bskd->bskn", patches, directions.to(patches.dtype))
+    maps = maps.reshape(b, s, 2, *grid)
+    return maps[:, :, 0], maps[:, :, 1]
+
+
 def dense_finer_maps(
     patches: Tensor,
     text: Tensor,
@@ -71,7 +97,7 @@ def dense_finer_maps(
     weighting: str = "softmax",
     valid: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Dense Finer-CAM for S prompt sets per image, every map from one matmul.
+    """Dense Finer-CAM for S prompt sets per image, all sets in one matmul.
 
     ``patches``: B×N×E normalized patch tokens; ``text``: B×S×(1+D)×E, the target then its D
     contrasts for each set; ``contrast_similarity``: B×S×D global similarities (for the
@@ -79,15 +105,15 @@ def dense_finer_maps(
     Returns Finer scores and plain target maps (both B×S×h×w) and the weights (B×S×D).
     """
     b, s, k = text.shape[:3]
-    maps = torch.einsum("bnd,bskd->bskn", patches, text).reshape(b * s, k, *grid)
     weights = contrast_weights(
         contrast_similarity.reshape(b * s, k - 1),
         logit_scale,
         weighting,
         None if valid is None else valid.reshape(b * s, k - 1),
-    )
-    scores = finer_scores(maps[:, 0], maps[:, 1:], weights, alpha)
-    return scores.view(b, s, *grid), maps[:, 0].view(b, s, *grid), weights.view(b, s, k - 1)
+    ).view(b, s, k - 1)
+    mixture = contrast_mixture(text[:, :, 1:], weights)
+    scores, target_maps = mixed_finer_maps(patches, text[:, :, 0], mixture, grid, alpha)
+    return scores, target_maps, weights
 
 
 def to_heatmap(scores: Tensor, size: tuple[int, int]) -> Tensor:

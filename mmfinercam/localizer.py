@@ -26,7 +26,8 @@ from .errors import ImageLoadError, PromptError
 from .finer import (
     check_contrasts,
     check_prompt,
-    dense_finer_maps,
+    contrast_weights,
+    mixed_finer_maps,
     rank_contrasts,
     to_heatmap,
 )
@@ -512,24 +513,21 @@ class Localizer:
         alpha: float,
         weighting: str,
     ) -> dict[str, Tensor]:
-        """Dense Finer-CAM for one batch of same-sized images: every prompt in one matmul."""
-        b = out.tokens.shape[0]
-        contrast_text = candidate_text[pick["contrast_index"]]  # B×D×E
-        text = torch.cat([target_text.expand(b, 1, -1), contrast_text], dim=1)  # B×(1+D)×E
-        scores, target_maps, weights = dense_finer_maps(
+        """Dense Finer-CAM for one batch of same-sized images: the contrasts mixed by weight
+        first (one small matmul over the candidates, no per-image copies of their texts), then
+        two maps an image."""
+        index = pick["contrast_index"]  # B×D into the candidates
+        weights = contrast_weights(pick["contrast_similarity"], self.backend.logit_scale, weighting)
+        # every image's weights spread over all M candidates: B×M, zero where not picked
+        spread = weights.new_zeros(index.shape[0], candidate_text.shape[0]).scatter_(1, index, weights)
+        scores, target_maps = mixed_finer_maps(
             F.normalize(out.patch_tokens, dim=-1),
-            text[:, None],
-            pick["contrast_similarity"][:, None],
+            target_text.expand(index.shape[0], 1, -1),
+            (spread @ candidate_text)[:, None],
             out.grid,
-            alpha=alpha,
-            logit_scale=self.backend.logit_scale,
-            weighting=weighting,
+            alpha,
         )
-        return {
-            "scores": scores[:, 0],
-            "target_scores": target_maps[:, 0],
-            "weights": weights[:, 0],
-        }
+        return {"scores": scores[:, 0], "target_scores": target_maps[:, 0], "weights": weights}
 
     def _gradient_batch(
         self,

@@ -8,7 +8,15 @@ import torch.nn.functional as F
 from synthetic_backend import SyntheticBackend, basis, bird_image
 
 import mmfinercam as mf
-from mmfinercam.finer import contrast_weights, finer_scores, rank_contrasts, to_heatmap
+from mmfinercam.finer import (
+    contrast_mixture,
+    contrast_weights,
+    dense_finer_maps,
+    finer_scores,
+    mixed_finer_maps,
+    rank_contrasts,
+    to_heatmap,
+)
 
 TARGET, CONTRAST = "red-winged bird", "plain bird"
 
@@ -86,6 +94,54 @@ def test_finer_scores_formula():
     torch.testing.assert_close(finer_scores(t, c, w, 0.8), expected)
     with pytest.raises(ValueError, match="alpha"):
         finer_scores(t, c, w, -0.1)
+
+
+def test_mixing_texts_equals_mixing_every_contrast_map():
+    """The dense path's shortcut: <p, t_c - a sum w_d t_d> is the paper's formula over all maps."""
+    gen = torch.Generator().manual_seed(3)
+    b, s, d, e, grid = 2, 3, 5, 16, (3, 4)
+    patches = F.normalize(torch.randn(b, 12, e, generator=gen, dtype=torch.float64), dim=-1)
+    text = F.normalize(torch.randn(b, s, 1 + d, e, generator=gen, dtype=torch.float64), dim=-1)
+    w = torch.softmax(torch.randn(b, s, d, generator=gen, dtype=torch.float64), dim=-1)
+    every = torch.einsum("bne,bske->bskn", patches, text).reshape(b * s, 1 + d, *grid)
+    expected = finer_scores(every[:, 0], every[:, 1:], w.reshape(b * s, d), 0.7).view(b, s, *grid)
+    scores, target = mixed_finer_maps(patches, text[:, :, 0], contrast_mixture(text[:, :, 1:], w), grid, 0.7)
+    torch.testing.assert_close(scores, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(target, every[:, 0].view(b, s, *grid), rtol=0, atol=1e-12)
+    # padded contrasts weigh nothing, and a set with none gives the plain target map
+    sims = torch.randn(b, s, d, generator=gen, dtype=torch.float64)
+    valid = torch.ones(b, s, d, dtype=torch.bool)
+    valid[0, 1, 3:] = False
+    valid[1, 2] = False
+    scores, target, weights = dense_finer_maps(
+        patches, text, sims, grid, alpha=1.0, logit_scale=10.0, valid=valid
+    )
+    assert (weights[~valid] == 0).all() and (weights[1, 2] == 0).all()
+    every = every.view(b, s, 1 + d, *grid)
+    expected = every[0, 1, 0] - torch.einsum("dhw,d->hw", every[0, 1, 1:4], weights[0, 1, :3].double())
+    torch.testing.assert_close(scores[0, 1], expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(scores[1, 2], target[1, 2], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="alpha"):
+        mixed_finer_maps(patches, text[:, :, 0], text[:, :, 1], grid, -1.0)
+
+
+@pytest.mark.parametrize("contrasts", ["explicit", "vocabulary"])
+def test_finer_cam_equals_the_formula_over_every_map(tiny_localizer, sample_images, contrasts):
+    """finer_cam against s_c - alpha sum_d w_d s_d built from each contrast's own similarity map."""
+    loc = tiny_localizer
+    kwargs = (
+        dict(contrast=["a fish", "a cat", "a dog"])
+        if contrasts == "explicit"
+        else dict(vocabulary=["a fish", "a cat", "a dog", "a tree", "a car"])
+    )
+    res = loc.finer_cam(sample_images[:2], "a bird", alpha=0.8, **kwargs)
+    for i, image in enumerate(sample_images[:2]):
+        prepared, _ = loc.prepare(image)
+        names = ["a bird", *res.contrast[i]]
+        maps = loc.similarity_maps(prepared[0].pixels[None], loc.encode_text(names, loc.templates))[0]
+        expected = finer_scores(maps[None, 0], maps[None, 1:], res.weights[i][None], 0.8)[0]
+        torch.testing.assert_close(res.scores[i], expected, rtol=0, atol=1e-5)
+        torch.testing.assert_close(res.target_scores[i], maps[0], rtol=0, atol=1e-6)
 
 
 def test_heatmap_range_and_all_negative():
