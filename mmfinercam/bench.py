@@ -10,7 +10,11 @@ weights and the same inputs. Peers:
 * ``grad-cam``: pytorch-grad-cam's ``FinerCAM`` on CLIP through a hand-written wrapper, one
   backward pass per concept map.
 
-Ratios are what to read: absolute times depend on the machine.
+Ratios are what to read: absolute times depend on the machine. The calls a ratio compares are
+measured **interleaved**, round by round (the floor, then each of ours, in an order that rotates
+every round), so that a machine's drift between minutes (a 2-core CPU's speed moves by 10 %)
+falls on both sides alike. A ratio is the median over rounds of each round's own ratio, with
+its range over the rounds.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ class Timing:
     images: int  #: images per call
     peak_mb: float | None = None
     extra: dict = field(default_factory=dict)
+    samples: list[float] = field(default_factory=list)  #: seconds of each round, in order
+    group: int | None = None  #: timings of one group were measured in the same rounds
 
     @property
     def images_per_s(self) -> float:
@@ -56,19 +62,44 @@ def measure(
     fn: Callable[[], object], device: torch.device, repeats: int = 3, warmup: int = 1
 ) -> tuple[float, float | None]:
     """Median seconds of ``fn()`` and, on CUDA, its peak memory in MB."""
+    samples, peak = measure_rounds({"fn": fn}, device, repeats, warmup)["fn"]
+    return statistics.median(samples), peak
+
+
+def measure_rounds(
+    fns: dict[str, Callable[[], object]], device: torch.device, repeats: int = 3, warmup: int = 1
+) -> dict[str, tuple[list[float], float | None]]:
+    """Seconds of every call of each function, interleaved: ``repeats`` rounds, each calling
+    every function once, starting one further along each round. On CUDA, also each function's
+    peak memory in MB (reset before each of its calls)."""
+    names = list(fns)
     for _ in range(warmup):
-        fn()
+        for name in names:
+            fns[name]()
     synchronize(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    return statistics.median(times), peak
+    times: dict[str, list[float]] = {name: [] for name in names}
+    peaks: dict[str, float] = {name: 0.0 for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            start = time.perf_counter()
+            fns[name]()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+            if device.type == "cuda":
+                peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated(device) / 2**20)
+    return {name: (times[name], peaks[name] if device.type == "cuda" else None) for name in names}
+
+
+def paired_ratio(numerator: Timing, denominator: Timing) -> tuple[float, float, float]:
+    """Median and range over rounds of ``numerator / denominator`` time, round by round (both
+    measured in the same rounds); the ratio of medians when they were not."""
+    pairs = [a / b for a, b in zip(numerator.samples, denominator.samples)]
+    if numerator.group is None or numerator.group != denominator.group or not pairs:
+        ratio = numerator.seconds / denominator.seconds
+        return ratio, ratio, ratio
+    return statistics.median(pairs), min(pairs), max(pairs)
 
 
 def machine() -> str:
@@ -137,69 +168,60 @@ def run(
     def images(b: int, s: int) -> torch.Tensor:
         return torch.randn(b, 3, s, s, generator=gen).to(dev, tdtype)
 
-    def add(name: str, fn, b: int, **extra) -> Timing:
+    def measure_group(*calls: tuple[str, Callable[[], object], int, dict]) -> list[Timing]:
+        """Calls to be compared, measured in the same interleaved rounds."""
         # a GPU's first calls pick kernels and raise its clocks; CUDA graphs record late
-        sec, peak = measure(fn, dev, repeats, warmup=3 if compile or dev.type == "cuda" else 1)
-        t = Timing(name, sec, b, peak, extra)
-        results.append(t)
-        log(
-            f"{name:48s} {sec * 1000:9.1f} ms  {t.images_per_s:8.2f} img/s"
-            + (f"  {peak:.0f} MB" if peak else "")
-        )
-        return t
+        warmup = 3 if compile or dev.type == "cuda" else 1
+        got = measure_rounds({name: fn for name, fn, _, _ in calls}, dev, repeats, warmup)
+        group = len(results)
+        timings = []
+        for name, _, b, extra in calls:
+            samples, peak = got[name]
+            t = Timing(name, statistics.median(samples), b, peak, extra, samples, group)
+            log(
+                f"{name:48s} {t.seconds * 1000:9.1f} ms  {t.images_per_s:8.2f} img/s"
+                + (f"  {peak:.0f} MB" if peak else "")
+            )
+            timings.append(t)
+        results.extend(timings)
+        return timings
+
+    def dense(xs: torch.Tensor, k: int = 100, **options) -> Callable[[], object]:
+        text = prompts(k)
+        loc.encode_text(text, loc.templates)  # cached, like a stream of images
+        return lambda: loc.finer_cam(xs, text[0], text[1:] or None, **options)
 
     x = images(batch, size)
     with torch.inference_mode():
-        floor = add("open_clip encode_image (floor)", lambda: encode_image(x), batch)
-        for k in concepts:
-            text = prompts(k)
-            loc.encode_text(text[:1] + text[1:], loc.templates)  # cached, like a stream of images
-            add(
-                f"mmfinercam dense Finer-CAM K={k}",
-                lambda text=text: loc.finer_cam(x, text[0], text[1:] or None),
-                batch,
-                concepts=k,
-            )
+        ours = "mmfinercam dense Finer-CAM K="
+        headline = [("open_clip encode_image (floor)", lambda: encode_image(x), batch, {})]
+        headline += [(f"{ours}{k}", dense(x, k), batch, {"concepts": k}) for k in concepts]
         if 100 in concepts:  # the same call without GEM: what GEM's self-self attention costs
-            text = prompts(100)
-            add(
-                "mmfinercam dense Finer-CAM K=100, raw tokens (no GEM)",
-                lambda: loc.finer_cam(x, text[0], text[1:], method="raw"),
-                batch,
-                concepts=100,
-            )
+            raw = dense(x, method="raw")
+            headline.append((f"{ours}100, raw tokens (no GEM)", raw, batch, {"concepts": 100}))
         if 100 in concepts and kernels.available(x) and x.dtype in (torch.float16, torch.bfloat16):
-            text = prompts(100)
+            fused = dense(x)
 
             def pytorch_self_self():
                 with fused_attention(False):
-                    return loc.finer_cam(x, text[0], text[1:])
+                    return fused()
 
-            add("mmfinercam dense Finer-CAM K=100, GEM without the fused kernel", pytorch_self_self, batch)
+            headline.append((f"{ours}100, GEM without the fused kernel", pytorch_self_self, batch, {}))
+        floor = measure_group(*headline)[0]
         for s in sizes:
             xs = images(1, s)
             # open_clip's encode_image cannot take other sizes (no position resampling): the
             # floor here is our plain forward pass (last-layer tokens, positions resampled)
-            add(
-                f"plain forward (raw tokens) {s}px b=1",
-                lambda xs=xs: loc.image_tokens(xs, method="raw"),
-                1,
-                size=s,
-            )
-            add(
-                f"mmfinercam dense Finer-CAM K=100 {s}px b=1",
-                lambda xs=xs: loc.finer_cam(xs, prompts(100)[0], prompts(100)[1:]),
-                1,
-                size=s,
+            plain = lambda xs=xs: loc.image_tokens(xs, method="raw")  # noqa: E731
+            measure_group(
+                (f"plain forward (raw tokens) {s}px b=1", plain, 1, {"size": s}),
+                (f"mmfinercam dense Finer-CAM K=100 {s}px b=1", dense(xs), 1, {"size": s}),
             )
         for b in batches:
             xb = images(b, size)
-            add(f"open_clip encode_image b={b}", lambda xb=xb: encode_image(xb), b, batch=b)
-            add(
-                f"mmfinercam dense Finer-CAM K=100 b={b}",
-                lambda xb=xb: loc.finer_cam(xb, prompts(100)[0], prompts(100)[1:]),
-                b,
-                batch=b,
+            measure_group(
+                (f"open_clip encode_image b={b}", lambda xb=xb: encode_image(xb), b, {"batch": b}),
+                (f"mmfinercam dense Finer-CAM K=100 b={b}", dense(xb), b, {"batch": b}),
             )
 
     gem_ref = None
@@ -215,33 +237,39 @@ def run(
     k1 = by.get("mmfinercam dense Finer-CAM K=1")
     k10 = by.get("mmfinercam dense Finer-CAM K=10")
     k100 = by.get("mmfinercam dense Finer-CAM K=100")
-    ratios = {}
+    ratios: dict[str, tuple[float, float, float]] = {}
+
+    def inverse(r: tuple[float, float, float]) -> tuple[float, float, float]:
+        return 1 / r[0], 1 / r[2], 1 / r[1]
+
     if k1 and k100:
-        ratios["dense K=100 time / K=1 time (target <= 1.2)"] = k100.seconds / k1.seconds
-        ratios["dense K=100 time / bare encode_image (target <= 1.25)"] = k100.seconds / floor.seconds
-        ratios["dense K=100 throughput / bare encode_image (GPU bf16 target >= 0.8)"] = (
-            floor.seconds / k100.seconds
+        ratios["dense K=100 time / K=1 time (target <= 1.2)"] = paired_ratio(k100, k1)
+        ratios["dense K=100 time / bare encode_image (target <= 1.25)"] = paired_ratio(k100, floor)
+        ratios["dense K=100 throughput / bare encode_image (GPU bf16 target >= 0.8)"] = inverse(
+            paired_ratio(k100, floor)
         )
+    k1000 = by.get("mmfinercam dense Finer-CAM K=1000")
+    if k1 and k1000:
+        ratios["dense K=1000 time / K=1 time"] = paired_ratio(k1000, k1)
     unfused = by.get("mmfinercam dense Finer-CAM K=100, GEM without the fused kernel")
     if unfused and k100:
-        ratios["dense K=100: fused self-self kernel speed-up"] = unfused.seconds / k100.seconds
+        ratios["dense K=100: fused self-self kernel speed-up"] = paired_ratio(unfused, k100)
     raw = by.get("mmfinercam dense Finer-CAM K=100, raw tokens (no GEM)")
     if raw:
-        ratios["dense K=100 without GEM throughput / bare encode_image"] = floor.seconds / raw.seconds
-    if gem_ref is not None and k100:
-        ratios["dense K=100 throughput / gem_torch K=100 (target >= 5)"] = gem_ref.seconds / k100.seconds
+        ratios["dense K=100 without GEM throughput / bare encode_image"] = inverse(paired_ratio(raw, floor))
+    if gem_ref is not None and k100:  # measured apart (its own process): medians
+        ratios["dense K=100 throughput / gem_torch K=100 (target >= 5)"] = paired_ratio(gem_ref, k100)
     for b in batches:
         ours = by.get(f"mmfinercam dense Finer-CAM K=100 b={b}")
         bare = by.get(f"open_clip encode_image b={b}")
         if ours and bare:
-            ratios[f"b={b}: dense K=100 throughput / bare encode_image"] = bare.seconds / ours.seconds
+            ratios[f"b={b}: dense K=100 throughput / bare encode_image"] = inverse(paired_ratio(ours, bare))
     gc = by.get(f"grad-cam FinerCAM on CLIP, {gradcam_concepts} maps")
-    if gc is not None and k10:
-        ratios[f"dense K={gradcam_concepts} throughput / grad-cam FinerCAM (target >= 15)"] = (
-            gc.seconds / k10.seconds
-        )
-    for name, value in ratios.items():
-        log(f"{name}: {value:.2f}")
+    if gc is not None and k10:  # measured apart: medians
+        name = f"dense K={gradcam_concepts} throughput / grad-cam FinerCAM (target >= 15)"
+        ratios[name] = paired_ratio(gc, k10)
+    for name, (value, lo, hi) in ratios.items():
+        log(f"{name}: {value:.2f}" + (f" (rounds: {lo:.2f}-{hi:.2f})" if hi > lo else ""))
     return {
         "machine": machine(),
         "device": str(dev),
@@ -259,11 +287,14 @@ def run(
                 "ms": round(t.seconds * 1000, 2),
                 "images_per_s": round(t.images_per_s, 3),
                 "peak_mb": t.peak_mb,
+                "rounds_ms": [round(v * 1000, 2) for v in t.samples],
                 **t.extra,
             }
             for t in results
         ],
-        "ratios": {k: round(v, 3) for k, v in ratios.items()},
+        "ratios": {k: round(v[0], 3) for k, v in ratios.items()},
+        #: each ratio's range over the rounds (equal ends: measured apart, a ratio of medians)
+        "ratio_ranges": {k: [round(v[1], 3), round(v[2], 3)] for k, v in ratios.items()},
     }
 
 
@@ -364,7 +395,7 @@ def to_markdown(report: dict, command: str | None = None) -> str:
         f"Machine: {report['machine']} ({report['device']}, {report['dtype']}{compiled}, "
         f"torch {report['torch']}); "
         f"model {report['model']} (random weights), batch {report['batch']}, {report['size']} px, "
-        f"median of {report['repeats']}.",
+        f"median of {report['repeats']} interleaved rounds.",
         "",
         "| measurement | ms / call | images/s | peak MB |",
         "|---|---|---|---|",
@@ -374,9 +405,17 @@ def to_markdown(report: dict, command: str | None = None) -> str:
         + (f"{t['peak_mb']:.0f} |" if t.get("peak_mb") else "– |")
         for t in report["timings"]
     ]
-    lines += ["", "| ratio | value |", "|---|---|"]
-    lines += [f"| {k} | {v:.2f} |" for k, v in report["ratios"].items()]
+    ranges = report.get("ratio_ranges", {})
+    lines += ["", "| ratio | value | range over rounds |", "|---|---|---|"]
+    lines += [f"| {k} | {v:.2f} | {_range(ranges.get(k))} |" for k, v in report["ratios"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _range(bounds: list[float] | None) -> str:
+    """A paired ratio's range; a ratio of medians (measured apart) has none."""
+    if not bounds or bounds[0] == bounds[1]:
+        return "– (measured apart)"
+    return f"{bounds[0]:.2f}–{bounds[1]:.2f}"
 
 
 def write_markdown(report: dict, path: str | Path, command: str | None = None) -> None:
