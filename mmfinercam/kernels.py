@@ -3,7 +3,8 @@
 The same function as :func:`mmfinercam.gem.self_self_attention`, computed in three launches
 instead of about a dozen passes over the three q/k/v streams:
 
-* q, k and v are first written as unit rows, ``n(u)`` (``n`` the L2 normalization), once: the
+* q, k and v are first written as unit rows, ``n(u)`` (``n`` the L2 normalization), once,
+  read where they lie (one strided view of a fused qkv projection, or each tensor): the
   query tiles of the next launch all read every key, and normalizing a key as it is read
   cost each tile the same work again (7 % of the kernel's time on an H200, RESULTS §3);
 * one **round** per self-self iteration: every (stream, image, head, block of query rows)
@@ -221,15 +222,16 @@ if triton is not None:
                 )  # fmt: skip
 
 
-def _streams(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """q, k, v as one 3×B×H×N×d tensor: a view when they lie evenly spaced in one buffer (as a
-    fused qkv projection leaves them), else a copy."""
+def _streams(q: Tensor, k: Tensor, v: Tensor) -> list[Tensor]:
+    """q, k, v as views of S×B×H×N×d, never copies: one 3-stream view when they lie evenly
+    spaced in one buffer (as a fused qkv projection leaves them), else one view each (separate
+    projections)."""
     same = q.shape == k.shape == v.shape and q.stride() == k.stride() == v.stride()
     if same and q.untyped_storage().data_ptr() == v.untyped_storage().data_ptr():
         gap = k.storage_offset() - q.storage_offset()
         if gap > 0 and v.storage_offset() - k.storage_offset() == gap:
-            return q.as_strided((3, *q.shape), (gap, *q.stride()), q.storage_offset())
-    return torch.stack([q, k, v])
+            return [q.as_strided((3, *q.shape), (gap, *q.stride()), q.storage_offset())]
+    return [q[None], k[None], v[None]]
 
 
 def _block_sizes(n_tokens: int, head_dim: int, blocks: tuple[int, int, int, int] | None = None) -> dict:
@@ -285,15 +287,16 @@ def self_self_attention_fused(
     b, heads, n, d = v.shape
     per_image = isinstance(inv_temp, Tensor)
     temps = inv_temp.reshape(-1).float().expand(b).contiguous() if per_image else None
-    x = _streams(q, k, v)
     sizes = _block_sizes(n, d, blocks)
-    units = torch.empty((3, b, heads, n, d), dtype=v.dtype, device=v.device)
-    rows = 3 * b * heads * n
-    _unit_streams[(triton.cdiv(rows, 64),)](
-        x, units, rows, n, heads, b, d, *x.stride(),
-        ROWS=64, BLOCK_D=sizes["BLOCK_D"], EVEN_D=sizes["EVEN_D"], num_warps=4,
-    )  # fmt: skip
-    x = units
+    x = torch.empty((3, b, heads, n, d), dtype=v.dtype, device=v.device)  # the unit rows
+    first = 0
+    for streams in _streams(q, k, v):  # read where they lie, written once as unit rows
+        rows = streams.shape[0] * b * heads * n
+        _unit_streams[(triton.cdiv(rows, 64),)](
+            streams, x[first:], rows, n, heads, b, d, *streams.stride(),
+            ROWS=64, BLOCK_D=sizes["BLOCK_D"], EVEN_D=sizes["EVEN_D"], num_warps=4,
+        )  # fmt: skip
+        first += streams.shape[0]
     grid_rows = triton.cdiv(n, sizes["BLOCK_M"])  # the last may be a smaller tail tile
     common = dict(PER_IMAGE=per_image, IEEE=v.dtype == torch.float32, **sizes)
     temp_args = (temps if per_image else x, 0.0 if per_image else float(inv_temp))
