@@ -164,7 +164,7 @@ def run_tower(
     if n_gem == 0:
         return TowerOutput(tower.pool(x), tower.project_tokens(x), grid, tower.num_prefix_tokens)
     gem = x
-    for block in blocks[first:]:
+    for i, block in enumerate(blocks[first:], start=first):
         h = block.norm1(x)
         q, k, v = block.qkv(h)
         temp = gem_inverse_temperature(h, q.shape[-1]) if ss_attn_temp is None else ss_attn_temp
@@ -174,6 +174,12 @@ def run_tower(
             with torch.no_grad():
                 ss = self_self_attention(q, k, v, temp, ss_attn_iter)
         gem = gem + block.attn_out(ss)
-        x = x + block.attn_out(block.attention(q, k, v))
+        if i == len(blocks) - 1 and tower.pooled_tokens is not None:
+            # after the last block only the pooled tokens of the original path are read: their
+            # queries alone (the last block's MLP is 6 % of a ViT-B/16 pass)
+            keep = tower.pooled_tokens
+            x = x[:, :keep] + block.attn_out(block.attention(q[:, :, :keep], k, v))
+        else:
+            x = x + block.attn_out(block.attention(q, k, v))
         x = block.mlp_residual(x)
     return TowerOutput(tower.pool(x), tower.project_tokens(gem), grid, tower.num_prefix_tokens)

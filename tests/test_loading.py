@@ -144,6 +144,32 @@ def test_open_clip_siglip_timm_tower(open_clip_siglip):
     torch.testing.assert_close(ours, loc.backend.model.encode_image(x).detach(), atol=1e-4, rtol=1e-4)
 
 
+def _timm_token_pooled():
+    from open_clip.model import CLIP
+
+    torch.manual_seed(0)
+    vision = dict(
+        image_size=64, timm_model_name="vit_tiny_patch16_224", timm_pool="token", timm_proj="linear"
+    )
+    model = CLIP(embed_dim=32, vision_cfg=vision, text_cfg=dict(width=32, heads=2, layers=1)).eval()
+    return mf.Localizer.from_open_clip(model, None)
+
+
+@pytest.mark.parametrize("tower", ["open_clip", "timm token", "timm attention pool"])
+def test_gem_pass_pools_what_the_model_pools(tower, tiny_localizer, open_clip_siglip):
+    """A tower pooled from its class token runs the last block's original path for that token
+    alone in a GEM pass; the pooled embedding is the model's own either way."""
+    loc = {"open_clip": tiny_localizer, "timm attention pool": open_clip_siglip}.get(tower)
+    loc = loc or _timm_token_pooled()
+    assert loc.backend.vision.pooled_tokens == (None if tower == "timm attention pool" else 1)
+    x = torch.randn(2, 3, 64, 80, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        gem = loc.image_tokens(x, depth=3)
+        raw = loc.image_tokens(x, method="raw")  # every block whole, as the model runs it
+    torch.testing.assert_close(gem.global_embedding, raw.global_embedding, atol=1e-5, rtol=1e-5)
+    assert gem.tokens.shape == raw.tokens.shape
+
+
 def test_timm_token_projection_is_the_pool_on_one_token(open_clip_siglip):
     tower = open_clip_siglip.backend.vision
     x = torch.randn(2, 3, tower.trunk.embed_dim)

@@ -121,6 +121,19 @@ def test_siglip_global_embedding_is_the_models_pooled_output(siglip):
         torch.testing.assert_close(ours, _pooled_reference(model, x), atol=1e-4, rtol=0)
 
 
+def test_gem_pass_pools_what_the_model_pools(pair, siglip):
+    """CLIP pools its class token: a GEM pass runs the last block for that token alone; SigLIP
+    pools every token by attention. The pooled embedding is the model's own either way."""
+    hf_clip = pair[1]
+    for loc, pooled in ((hf_clip, 1), (siglip, None)):
+        assert loc.backend.vision.pooled_tokens == pooled
+        x = torch.cat([deterministic_image(64, seed=6), deterministic_image(64, seed=7)])
+        with torch.inference_mode():
+            gem = loc.image_tokens(x, depth=2)
+            raw = loc.image_tokens(x, method="raw")
+        torch.testing.assert_close(gem.global_embedding, raw.global_embedding, atol=1e-5, rtol=1e-5)
+
+
 def test_siglip2_image_size_from_its_processor(tmp_path):
     from transformers import Siglip2ImageProcessor
 

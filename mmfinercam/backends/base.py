@@ -87,6 +87,9 @@ class VisionTower(ABC):
     patch_size: tuple[int, int]
     num_prefix_tokens: int
     blocks: Sequence[TransformerBlock]
+    #: how many leading tokens of the last layer :meth:`pool` reads (1: the class token), or
+    #: None for all; GEM then runs the last block's original path for those tokens alone
+    pooled_tokens: int | None = None
 
     @abstractmethod
     def embed(self, pixels: Tensor) -> Tensor:
@@ -94,7 +97,8 @@ class VisionTower(ABC):
 
     @abstractmethod
     def pool(self, x: Tensor) -> Tensor:
-        """Global image embedding (B×D, unnormalized) from the final tokens of the original path."""
+        """Global image embedding (B×D, unnormalized) from the final tokens of the original path
+        (only the first :attr:`pooled_tokens` of them, when that is set)."""
 
     @abstractmethod
     def project_tokens(self, x: Tensor) -> Tensor:

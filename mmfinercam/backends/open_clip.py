@@ -91,6 +91,7 @@ class OpenCLIPVisionTower(VisionTower):
         self.patch_size = (ps, ps) if isinstance(ps, int) else (int(ps[0]), int(ps[1]))
         self.grid_size = tuple(int(g) for g in visual.grid_size)
         self.num_prefix_tokens = 1
+        self.pooled_tokens = 1 if getattr(visual, "pool_type", "tok") == "tok" else None
 
     def embed(self, pixels: Tensor) -> Tensor:
         v = self.visual

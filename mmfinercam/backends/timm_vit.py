@@ -69,6 +69,8 @@ class TimmVisionTower(VisionTower):
         self.patch_size = (int(ps[0]), int(ps[1]))
         self.grid_size = tuple(int(g) for g in trunk.patch_embed.grid_size)
         self.num_prefix_tokens = int(trunk.num_prefix_tokens)
+        by_class_token = trunk.global_pool == "token" and getattr(trunk, "attn_pool", None) is None
+        self.pooled_tokens = 1 if by_class_token else None
 
     def embed(self, pixels: Tensor) -> Tensor:
         t = self.trunk

@@ -82,6 +82,7 @@ class HFVisionTower(VisionTower):
         self.projection = projection
         self.has_cls = hasattr(emb, "class_embedding")
         self.num_prefix_tokens = 1 if self.has_cls else 0
+        self.pooled_tokens = 1 if self.has_cls else None  # SigLIP pools all tokens by attention
         self.naflex = isinstance(emb.patch_embedding, nn.Linear)  # SigLIP 2: patches come flattened
         ps = (emb.patch_size, emb.patch_size) if self.naflex else emb.patch_embedding.kernel_size
         self.patch_size = (int(ps[0]), int(ps[1]))
