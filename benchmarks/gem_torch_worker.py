@@ -1,15 +1,16 @@
-"""Time the reference GEM on given weights/images/prompts; run with PYTHONPATH=<gem ref dir>.
+"""The reference GEM on given weights/images/prompts, called one at a time from ``mmfinercam
+bench``; run with PYTHONPATH=<gem ref dir> (its own open_clip).
 
-    python benchmarks/gem_torch_worker.py DIR REPEATS [DEVICE]  # DIR: weights.pt, images.pt, prompts.json
+    python benchmarks/gem_torch_worker.py DIR [DEVICE]  # DIR: weights.pt, images.pt, prompts.json
 
-Prints one JSON line: median seconds for GEMWrapper(images, prompts) (which re-encodes the
-prompts on every call, as the reference does) and for its visual tower alone.
+Prints ``ready`` once set up, then for each line read from stdin runs one call and prints
+``done`` when it has finished (on CUDA, synchronized): ``full`` is GEMWrapper(images, prompts),
+which re-encodes the prompts on every call as the reference does; ``visual`` its visual tower
+alone. The bench times each call from its side, interleaved with its own calls.
 """
 
 import json
-import statistics
 import sys
-import time
 import types
 from pathlib import Path
 
@@ -20,23 +21,9 @@ import open_clip  # noqa: E402
 from gem import GEMWrapper  # noqa: E402
 
 
-def median_time(fn, repeats, device):
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main():
-    folder, repeats = Path(sys.argv[1]), int(sys.argv[2])
-    device = torch.device(sys.argv[3] if len(sys.argv) > 3 else "cpu")
+    folder = Path(sys.argv[1])
+    device = torch.device(sys.argv[2] if len(sys.argv) > 2 else "cpu")
     spec = json.loads((folder / "prompts.json").read_text())
     if spec.get("config"):
         from open_clip.model import CLIP
@@ -49,10 +36,17 @@ def main():
     gem = GEMWrapper(model, open_clip.get_tokenizer("ViT-B-16"), depth=7)
     images = torch.load(folder / "images.pt", map_location="cpu").to(device)
     prompts = spec["prompts"]
+    calls = {
+        "full": lambda: gem(images, prompts, normalize=False),
+        "visual": lambda: gem.model.visual(images),
+    }
+    print("ready", flush=True)
     with torch.no_grad():
-        full = median_time(lambda: gem(images, prompts, normalize=False), repeats, device)
-        visual = median_time(lambda: gem.model.visual(images), repeats, device)
-    print(json.dumps({"seconds": full, "visual_seconds": visual}))
+        for line in sys.stdin:
+            calls[line.strip()]()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            print("done", flush=True)
 
 
 if __name__ == "__main__":

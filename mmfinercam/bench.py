@@ -4,9 +4,10 @@ Every figure is a median wall time over ``repeats`` runs after a warm-up, on the
 weights and the same inputs. Peers:
 
 * ``encode_image``: bare open_clip image encoding, the floor (one forward pass);
-* ``gem_torch``: the reference GEM (gem_torch 1.0.1 on open_clip 2.23, run in a subprocess with
-  ``PYTHONPATH=<ref dir>``; install with ``pip install --no-deps --target .gem-ref
-  open_clip_torch==2.23.0 gem_torch==1.0.1``). It re-encodes the prompts on every call;
+* ``gem_torch``: the reference GEM (gem_torch 1.0.1 on open_clip 2.23, kept running in a
+  subprocess with ``PYTHONPATH=<ref dir>`` that makes one call whenever asked; install with
+  ``pip install --no-deps --target .gem-ref open_clip_torch==2.23.0 gem_torch==1.0.1``). It
+  re-encodes the prompts on every call;
 * ``grad-cam``: pytorch-grad-cam's ``FinerCAM`` on CLIP through a hand-written wrapper, one
   backward pass per concept map.
 
@@ -27,7 +28,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,12 +95,11 @@ def measure_rounds(
 
 
 def paired_ratio(numerator: Timing, denominator: Timing) -> tuple[float, float, float]:
-    """Median and range over rounds of ``numerator / denominator`` time, round by round (both
-    measured in the same rounds); the ratio of medians when they were not."""
+    """Median and range over rounds of ``numerator / denominator`` time, round by round: both
+    must have been measured in the same rounds."""
+    if numerator.group is None or numerator.group != denominator.group:
+        raise ValueError(f"{numerator.name!r} and {denominator.name!r} were not measured in the same rounds")
     pairs = [a / b for a, b in zip(numerator.samples, denominator.samples)]
-    if numerator.group is None or numerator.group != denominator.group or not pairs:
-        ratio = numerator.seconds / denominator.seconds
-        return ratio, ratio, ratio
     return statistics.median(pairs), min(pairs), max(pairs)
 
 
@@ -168,11 +169,13 @@ def run(
     def images(b: int, s: int) -> torch.Tensor:
         return torch.randn(b, 3, s, s, generator=gen).to(dev, tdtype)
 
-    def measure_group(*calls: tuple[str, Callable[[], object], int, dict]) -> list[Timing]:
+    def measure_group(
+        *calls: tuple[str, Callable[[], object], int, dict], rounds: int | None = None
+    ) -> list[Timing]:
         """Calls to be compared, measured in the same interleaved rounds."""
         # a GPU's first calls pick kernels and raise its clocks; CUDA graphs record late
         warmup = 3 if compile or dev.type == "cuda" else 1
-        got = measure_rounds({name: fn for name, fn, _, _ in calls}, dev, repeats, warmup)
+        got = measure_rounds({name: fn for name, fn, _, _ in calls}, dev, rounds or repeats, warmup)
         group = len(results)
         timings = []
         for name, _, b, extra in calls:
@@ -224,18 +227,35 @@ def run(
                 (f"mmfinercam dense Finer-CAM K=100 b={b}", dense(xb), b, {"batch": b}),
             )
 
-    gem_ref = None
-    if peers:
+    gem_ref = gc = None
+    if peers:  # each peer interleaved with the call of ours it is compared with
         spec = {"model": model_name, "config": model_config}
-        gem_ref = _peer("gem_torch", lambda: _gem_torch(model, spec, x, ref_dir, repeats, log), log)
-        gc = _peer(
-            "grad-cam", lambda: _gradcam_finer(model, loc, x, gradcam_concepts, dev, repeats, log), log
-        )
-        results += [t for t in (gem_ref, gc) if t is not None]
+        ours_k = "mmfinercam dense Finer-CAM K={} (beside {})"
+        with _gem_torch(model, spec, x, ref_dir, log) as reference:
+            if reference is not None:
+                gem_ref = _peer(
+                    "gem_torch",
+                    lambda: measure_group(
+                        ("gem_torch K=100 (re-encodes prompts)", lambda: reference("full"), batch, {}),
+                        ("gem_torch visual tower alone", lambda: reference("visual"), batch, {}),
+                        (ours_k.format(100, "gem_torch"), dense(x), batch, {"concepts": 100}),
+                    ),
+                    log,
+                )
+        maps = _gradcam_finer(model, loc, x, gradcam_concepts, log)
+        if maps is not None:
+            gc = _peer(
+                "grad-cam",
+                lambda: measure_group(
+                    (f"grad-cam FinerCAM on CLIP, {gradcam_concepts} maps", maps, batch, {}),
+                    (ours_k.format(gradcam_concepts, "grad-cam"), dense(x, gradcam_concepts), batch, {}),
+                    rounds=max(1, repeats // 2),
+                ),
+                log,
+            )
 
     by = {t.name: t for t in results}
     k1 = by.get("mmfinercam dense Finer-CAM K=1")
-    k10 = by.get("mmfinercam dense Finer-CAM K=10")
     k100 = by.get("mmfinercam dense Finer-CAM K=100")
     ratios: dict[str, tuple[float, float, float]] = {}
 
@@ -257,17 +277,18 @@ def run(
     raw = by.get("mmfinercam dense Finer-CAM K=100, raw tokens (no GEM)")
     if raw:
         ratios["dense K=100 without GEM throughput / bare encode_image"] = inverse(paired_ratio(raw, floor))
-    if gem_ref is not None and k100:  # measured apart (its own process): medians
-        ratios["dense K=100 throughput / gem_torch K=100 (target >= 5)"] = paired_ratio(gem_ref, k100)
+    if gem_ref is not None:  # gem_torch, its visual tower, ours beside them
+        reference, tower, ours = gem_ref
+        ratios["dense K=100 throughput / gem_torch K=100 (target >= 5)"] = paired_ratio(reference, ours)
+        ratios["dense K=100 time / gem_torch's visual tower alone"] = paired_ratio(ours, tower)
     for b in batches:
         ours = by.get(f"mmfinercam dense Finer-CAM K=100 b={b}")
         bare = by.get(f"open_clip encode_image b={b}")
         if ours and bare:
             ratios[f"b={b}: dense K=100 throughput / bare encode_image"] = inverse(paired_ratio(ours, bare))
-    gc = by.get(f"grad-cam FinerCAM on CLIP, {gradcam_concepts} maps")
-    if gc is not None and k10:  # measured apart: medians
+    if gc is not None:  # grad-cam, ours beside it
         name = f"dense K={gradcam_concepts} throughput / grad-cam FinerCAM (target >= 15)"
-        ratios[name] = paired_ratio(gc, k10)
+        ratios[name] = paired_ratio(gc[0], gc[1])
     for name, (value, lo, hi) in ratios.items():
         log(f"{name}: {value:.2f}" + (f" (rounds: {lo:.2f}-{hi:.2f})" if hi > lo else ""))
     return {
@@ -293,12 +314,12 @@ def run(
             for t in results
         ],
         "ratios": {k: round(v[0], 3) for k, v in ratios.items()},
-        #: each ratio's range over the rounds (equal ends: measured apart, a ratio of medians)
+        #: each ratio's range over the rounds
         "ratio_ranges": {k: [round(v[1], 3), round(v[2], 3)] for k, v in ratios.items()},
     }
 
 
-def _peer(name: str, measure_peer: Callable[[], Timing | None], log) -> Timing | None:
+def _peer(name: str, measure_peer: Callable[[], list[Timing]], log) -> list[Timing] | None:
     """A peer that cannot run in this setting (a precision it does not support, say) is reported
     and left out; our own figures stand without it."""
     try:
@@ -308,15 +329,20 @@ def _peer(name: str, measure_peer: Callable[[], Timing | None], log) -> Timing |
         return None
 
 
-def _gem_torch(model, spec: dict, x, ref_dir, repeats, log) -> Timing | None:
-    """The reference GEM in its own environment, same weights and inputs, 100 prompts."""
+@contextmanager
+def _gem_torch(model, spec: dict, x, ref_dir, log) -> Iterator[Callable[[str], None] | None]:
+    """The reference GEM in its own process and environment, same weights and inputs, 100
+    prompts: yields ``call(kind)`` that runs one ``"full"`` or ``"visual"`` call and waits for
+    it, or None where it cannot run."""
     ref_dir = Path(ref_dir)
     if not (ref_dir / "gem").is_dir() or not REF_WORKER.is_file():
         log(f"gem_torch: skipped (no reference in {ref_dir}; see the module docstring)")
-        return None
+        yield None
+        return
     if x.dtype != torch.float32:
         log("gem_torch: measured in fp32 only (its code assumes fp32)")
-        return None
+        yield None
+        return
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         torch.save(model.state_dict(), tmp / "weights.pt")
@@ -324,32 +350,45 @@ def _gem_torch(model, spec: dict, x, ref_dir, repeats, log) -> Timing | None:
         (tmp / "prompts.json").write_text(json.dumps({"prompts": prompts(100), **spec}))
         path = [str(ref_dir.resolve()), os.environ.get("PYTHONPATH", "")]  # the reference comes first
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in path if p))
-        proc = subprocess.run(
-            [sys.executable, str(REF_WORKER), str(tmp), str(repeats), str(x.device)],
+        proc = subprocess.Popen(
+            [sys.executable, str(REF_WORKER), str(tmp), str(x.device)],
             env=env,
-            capture_output=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
         )
-        if proc.returncode != 0:
-            log("gem_torch: failed: " + proc.stderr.strip().splitlines()[-1])
-            return None
-        data = json.loads(proc.stdout.strip().splitlines()[-1])
-    t = Timing(
-        "gem_torch K=100 (re-encodes prompts)",
-        data["seconds"],
-        x.shape[0],
-        None,
-        {"visual_only_ms": round(data["visual_seconds"] * 1000, 2)},
-    )
-    log(
-        f"{t.name:48s} {t.seconds * 1000:9.1f} ms  {t.images_per_s:8.2f} img/s  (visual tower alone "
-        f"{data['visual_seconds'] * 1000:.1f} ms)"
-    )
-    return t
+
+        def answer(expected: str) -> None:
+            """Wait for the worker's word (anything else it prints is passed over)."""
+            for line in proc.stdout:
+                if line.strip() == expected:
+                    return
+            proc.wait()
+            last = (proc.stderr.read().strip().splitlines() or ["no message"])[-1]
+            raise RuntimeError(f"the worker ended: {last}")
+
+        def call(kind: str) -> None:
+            proc.stdin.write(kind + "\n")
+            proc.stdin.flush()
+            answer("done")
+
+        try:
+            answer("ready")
+        except RuntimeError as err:
+            log(f"gem_torch: failed ({err})")
+            yield None
+            return
+        try:
+            yield call
+        finally:
+            proc.stdin.close()
+            proc.wait()
 
 
-def _gradcam_finer(model, loc, x, k, device, repeats, log) -> Timing | None:
-    """pytorch-grad-cam FinerCAM on CLIP via a wrapper: one CAM call per concept."""
+def _gradcam_finer(model, loc, x, k, log) -> Callable[[], None] | None:
+    """pytorch-grad-cam FinerCAM on CLIP via a wrapper, one CAM call per concept: all ``k``
+    maps of the batch in one call."""
     try:
         from pytorch_grad_cam import FinerCAM
     except ImportError:
@@ -378,10 +417,7 @@ def _gradcam_finer(model, loc, x, k, device, repeats, log) -> Timing | None:
         for target in range(k):
             cam(x, target_idx=target)
 
-    sec, peak = measure(all_maps, device, max(1, repeats // 2))
-    t = Timing(f"grad-cam FinerCAM on CLIP, {k} maps", sec, x.shape[0], peak)
-    log(f"{t.name:48s} {sec * 1000:9.1f} ms  {t.images_per_s:8.2f} img/s")
-    return t
+    return all_maps
 
 
 def to_markdown(report: dict, command: str | None = None) -> str:
@@ -412,10 +448,7 @@ def to_markdown(report: dict, command: str | None = None) -> str:
 
 
 def _range(bounds: list[float] | None) -> str:
-    """A paired ratio's range; a ratio of medians (measured apart) has none."""
-    if not bounds or bounds[0] == bounds[1]:
-        return "– (measured apart)"
-    return f"{bounds[0]:.2f}–{bounds[1]:.2f}"
+    return f"{bounds[0]:.2f}–{bounds[1]:.2f}" if bounds else "–"
 
 
 def write_markdown(report: dict, path: str | Path, command: str | None = None) -> None:
