@@ -2,19 +2,20 @@
 
     python benchmarks/profile_gpu.py [--dtype bf16] [--batches 4 64] [--table]
 
-Times (median of 20, synchronized) the floor, our tower without GEM ("raw"), with GEM (with the
-fused self-self attention kernel, and without it), and the
-whole ``finer_cam`` call at K=100, so a gap can be put on the stage that makes it; with
-``--table``, the profiler's top kernels for the whole call.
+Times (median of 20 interleaved rounds, synchronized) the floor, our tower without GEM
+("raw"), with GEM (with the fused self-self attention kernel, and without it), and the whole
+``finer_cam`` call at K=100, so a gap can be put on the stage that makes it; with ``--table``,
+the profiler's top kernels for the whole call.
 """
 
 import argparse
+import statistics
 
 import open_clip
 import torch
 
 import mmfinercam as mf
-from mmfinercam.bench import measure, prompts, synchronize
+from mmfinercam.bench import measure_rounds, prompts, synchronize
 from mmfinercam.gem import fused_attention
 
 
@@ -32,7 +33,8 @@ def stage_times(model, loc, x, text) -> dict[str, float]:
         "tower gem, PyTorch self-self": lambda: unfused(lambda: loc.image_tokens(x, method="gem")),
         "finer_cam K=100": lambda: loc.finer_cam(x, text[0], text[1:]),
     }
-    return {name: measure(fn, x.device, repeats=20)[0] * 1000 for name, fn in stages.items()}
+    got = measure_rounds(stages, x.device, repeats=20, warmup=3)
+    return {name: statistics.median(samples) * 1000 for name, (samples, _) in got.items()}
 
 
 def main():

@@ -60,14 +60,6 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(
-    fn: Callable[[], object], device: torch.device, repeats: int = 3, warmup: int = 1
-) -> tuple[float, float | None]:
-    """Median seconds of ``fn()`` and, on CUDA, its peak memory in MB."""
-    samples, peak = measure_rounds({"fn": fn}, device, repeats, warmup)["fn"]
-    return statistics.median(samples), peak
-
-
 def measure_rounds(
     fns: dict[str, Callable[[], object]], device: torch.device, repeats: int = 3, warmup: int = 1
 ) -> dict[str, tuple[list[float], float | None]]:
@@ -281,6 +273,11 @@ def run(
         reference, tower, ours = gem_ref
         ratios["dense K=100 throughput / gem_torch K=100 (target >= 5)"] = paired_ratio(reference, ours)
         ratios["dense K=100 time / gem_torch's visual tower alone"] = paired_ratio(ours, tower)
+    for size in sizes:  # against our own plain pass: open_clip's cannot take other sizes
+        ours = by.get(f"mmfinercam dense Finer-CAM K=100 {size}px b=1")
+        plain = by.get(f"plain forward (raw tokens) {size}px b=1")
+        if ours and plain:
+            ratios[f"{size}px: dense K=100 time / plain forward"] = paired_ratio(ours, plain)
     for b in batches:
         ours = by.get(f"mmfinercam dense Finer-CAM K=100 b={b}")
         bare = by.get(f"open_clip encode_image b={b}")

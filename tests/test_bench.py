@@ -40,6 +40,7 @@ def test_bench_runs_on_a_tiny_model(tmp_path):
     assert "mmfinercam dense Finer-CAM K=100" in names
     assert all(t["ms"] > 0 and t["images_per_s"] > 0 for t in report["timings"])
     assert "dense K=100 time / K=1 time (target <= 1.2)" in report["ratios"]
+    assert "224px: dense K=100 time / plain forward" in report["ratios"]
     for name, value in report["ratios"].items():  # paired over the same 2 rounds: a range
         lo, hi = report["ratio_ranges"][name]
         assert lo <= value <= hi
