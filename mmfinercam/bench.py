@@ -188,12 +188,12 @@ def run(
 
     x = images(batch, size)
     with torch.inference_mode():
-        ours = "mmfinercam dense Finer-CAM K="
+        named = "mmfinercam dense Finer-CAM K="
         headline = [("open_clip encode_image (floor)", lambda: encode_image(x), batch, {})]
-        headline += [(f"{ours}{k}", dense(x, k), batch, {"concepts": k}) for k in concepts]
+        headline += [(f"{named}{k}", dense(x, k), batch, {"concepts": k}) for k in concepts]
         if 100 in concepts:  # the same call without GEM: what GEM's self-self attention costs
             raw = dense(x, method="raw")
-            headline.append((f"{ours}100, raw tokens (no GEM)", raw, batch, {"concepts": 100}))
+            headline.append((f"{named}100, raw tokens (no GEM)", raw, batch, {"concepts": 100}))
         if 100 in concepts and kernels.available(x) and x.dtype in (torch.float16, torch.bfloat16):
             fused = dense(x)
 
@@ -201,7 +201,7 @@ def run(
                 with fused_attention(False):
                     return fused()
 
-            headline.append((f"{ours}100, GEM without the fused kernel", pytorch_self_self, batch, {}))
+            headline.append((f"{named}100, GEM without the fused kernel", pytorch_self_self, batch, {}))
         floor = measure_group(*headline)[0]
         for s in sizes:
             xs = images(1, s)
@@ -270,9 +270,9 @@ def run(
     if raw:
         ratios["dense K=100 without GEM throughput / bare encode_image"] = inverse(paired_ratio(raw, floor))
     if gem_ref is not None:  # gem_torch, its visual tower, ours beside them
-        reference, tower, ours = gem_ref
-        ratios["dense K=100 throughput / gem_torch K=100 (target >= 5)"] = paired_ratio(reference, ours)
-        ratios["dense K=100 time / gem_torch's visual tower alone"] = paired_ratio(ours, tower)
+        reference, tower, beside = gem_ref
+        ratios["dense K=100 throughput / gem_torch K=100 (target >= 5)"] = paired_ratio(reference, beside)
+        ratios["dense K=100 time / gem_torch's visual tower alone"] = paired_ratio(beside, tower)
     for size in sizes:  # against our own plain pass: open_clip's cannot take other sizes
         ours = by.get(f"mmfinercam dense Finer-CAM K=100 {size}px b=1")
         plain = by.get(f"plain forward (raw tokens) {size}px b=1")

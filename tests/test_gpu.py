@@ -93,6 +93,9 @@ def test_vit_b16_bf16_global_embedding_is_open_clips(device):
         ref = model.encode_image(x).float()
     ours = loc.image_tokens(x, method="raw").global_embedding
     assert (ours - ref).norm() / ref.norm() < 2e-2
+    # a GEM pass runs the last block for the class token alone: the same pooled embedding
+    pooled = loc.image_tokens(x).global_embedding
+    assert loc.backend.vision.pooled_tokens == 1 and (pooled - ref).norm() / ref.norm() < 2e-2
     prompts = [f"trait number {i}" for i in range(1000)]
     maps = loc.similarity_maps(x, prompts)
     assert maps.shape == (4, 1000, 14, 14) and maps.device.type == device.type
