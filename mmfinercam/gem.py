@@ -163,8 +163,9 @@ def run_tower(
         x = block.forward(x)
     if n_gem == 0:
         return TowerOutput(tower.pool(x), tower.project_tokens(x), grid, tower.num_prefix_tokens)
-    gem = x
-    for i, block in enumerate(blocks[first:], start=first):
+    projections = [block.attn_out_affine() for block in blocks[first:]]
+    gem = _gem_start(x, projections)  # B·N×C: x plus every block's projection bias, once
+    for i, (block, projection) in enumerate(zip(blocks[first:], projections, strict=True), start=first):
         h = block.norm1(x)
         q, k, v = block.qkv(h)
         temp = gem_inverse_temperature(h, q.shape[-1]) if ss_attn_temp is None else ss_attn_temp
@@ -173,7 +174,11 @@ def run_tower(
         else:
             with torch.no_grad():
                 ss = self_self_attention(q, k, v, temp, ss_attn_iter)
-        gem = gem + block.attn_out(ss)
+        if projection is None:
+            gem = gem + block.attn_out(ss).reshape(gem.shape)
+        else:  # the product added where the sum lies (the fused kernel's heads merge as a view)
+            merged = ss.transpose(1, 2).reshape(gem.shape).to(gem.dtype)
+            gem = gem.addmm_(merged, projection[0].to(gem.dtype).t())
         if i == len(blocks) - 1 and tower.pooled_tokens is not None:
             # after the last block only the pooled tokens of the original path are read: their
             # queries alone (the last block's MLP is 6 % of a ViT-B/16 pass)
@@ -182,4 +187,15 @@ def run_tower(
         else:
             x = x + block.attn_out(block.attention(q, k, v))
         x = block.mlp_residual(x)
+    gem = gem.view(x.shape[0], -1, gem.shape[-1])
     return TowerOutput(tower.pool(x), tower.project_tokens(gem), grid, tower.num_prefix_tokens)
+
+
+def _gem_start(x: Tensor, projections: list[tuple[Tensor, Tensor | None] | None]) -> Tensor:
+    """GEM's sum before the blocks add their products: ``x`` plus the biases of the affine
+    output projections (summed in float32), a new B·N×C tensor that the products may add to."""
+    biases = [p[1] for p in projections if p is not None and p[1] is not None]
+    if not biases:
+        return x.reshape(-1, x.shape[-1]).clone()
+    bias = torch.stack(biases).float().sum(dim=0).to(x.dtype)
+    return (x + bias).reshape(-1, x.shape[-1])

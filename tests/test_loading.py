@@ -176,3 +176,47 @@ def test_timm_token_projection_is_the_pool_on_one_token(open_clip_siglip):
     ours = tower.project_tokens(x)
     for j in range(3):
         torch.testing.assert_close(ours[:, j], tower.pool(x[:, j : j + 1]), atol=1e-5, rtol=1e-5)
+
+
+def _layer_scaled(tower: str) -> mf.Localizer:
+    """A random tower whose blocks carry layer scales (gamma random, not 1), and for timm one
+    block with a norm over the merged heads (an output that is no affine map)."""
+    import timm.layers
+    from open_clip.model import CLIP
+
+    torch.manual_seed(0)
+    if tower == "open_clip":
+        vision = dict(image_size=64, layers=4, width=32, head_width=16, patch_size=16, ls_init_value=0.5)
+        model = CLIP(embed_dim=16, vision_cfg=vision, text_cfg=dict(width=32, heads=2, layers=1)).eval()
+        blocks = model.visual.transformer.resblocks
+        scales = [b.ls_1 for b in blocks]
+    else:
+        model = _timm_token_pooled().backend.model
+        blocks = model.visual.trunk.blocks
+        for b in blocks:
+            b.ls1 = timm.layers.LayerScale(b.norm1.normalized_shape[0])
+        blocks[-2].attn.norm = torch.nn.LayerNorm(b.norm1.normalized_shape[0])
+        scales = [b.ls1 for b in blocks]
+    for ls in scales:
+        torch.nn.init.uniform_(ls.gamma, 0.2, 2.0)
+    return mf.Localizer.from_open_clip(model.double(), None)
+
+
+@pytest.mark.parametrize("tower", ["open_clip", "timm"])
+def test_gem_sums_folded_projections_as_each_block_projects(tower, monkeypatch):
+    """GEM adds every block's output projection into its sum with the layer scale folded into
+    the weights and the biases added once; the tokens equal those of each block's own
+    projection (``attn_out``), and a block whose output is not affine keeps its own."""
+    from mmfinercam.gem import run_tower
+
+    vision = _layer_scaled(tower).backend.vision
+    affine = [b.attn_out_affine() is not None for b in vision.blocks]
+    assert affine == ([True] * 4 if tower == "open_clip" else [True] * 10 + [False, True])
+    x = torch.randn(2, 3, 64, 80, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    with torch.no_grad():
+        folded = run_tower(vision, x, depth=4).tokens
+        for block in vision.blocks:
+            monkeypatch.setattr(block, "attn_out_affine", lambda: None)
+        own = run_tower(vision, x, depth=4).tokens
+    torch.testing.assert_close(folded, own, atol=1e-12, rtol=1e-10)
+    assert folded.shape == (2, 21, 16 if tower == "open_clip" else 32)

@@ -51,6 +51,20 @@ def patch_embed(pixels: Tensor, conv: nn.Conv2d) -> tuple[Tensor, tuple[int, int
     return F.linear(patches, conv.weight.reshape(conv.out_channels, -1), conv.bias), (gh, gw)
 
 
+def fold_layer_scale(
+    linear: nn.Linear, layer_scale: nn.Module | None = None
+) -> tuple[Tensor, Tensor | None] | None:
+    """``layer_scale(linear(x))`` as one (weight, bias): the identity, or a per-channel ``gamma``
+    (open_clip's and timm's ``LayerScale``) folded into the rows; None for anything else."""
+    weight, bias = linear.weight, linear.bias
+    if layer_scale is None or isinstance(layer_scale, nn.Identity):
+        return weight, bias
+    gamma = getattr(layer_scale, "gamma", None)
+    if not isinstance(gamma, Tensor) or gamma.shape != weight.shape[:1]:
+        return None
+    return weight * gamma[:, None], None if bias is None else bias * gamma
+
+
 class TransformerBlock(ABC):
     """A pre-norm ViT residual block: ``x + ls1(attn(norm1(x)))`` then ``x + ls2(mlp(norm2(x)))``."""
 
@@ -71,6 +85,14 @@ class TransformerBlock(ABC):
     @abstractmethod
     def attn_out(self, o: Tensor) -> Tensor:
         """Merge heads (B×heads×N×head_dim), apply the output projection and layer scale."""
+
+    def attn_out_affine(self) -> tuple[Tensor, Tensor | None] | None:
+        """:meth:`attn_out` after the heads are merged, as one affine map (weight C×C, bias C),
+        the layer scale folded in; None where it is not affine (a norm over the merged heads).
+
+        GEM sums the six blocks' projections of its own path: with the map in hand it adds all
+        biases once and each product straight into the sum (``addmm_``), no pass of its own."""
+        return None
 
     @abstractmethod
     def mlp_residual(self, x: Tensor) -> Tensor:

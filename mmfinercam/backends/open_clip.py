@@ -26,6 +26,7 @@ from .base import (
     ModelInfo,
     TransformerBlock,
     VisionTower,
+    fold_layer_scale,
     hf_cache_dir,
     patch_embed,
 )
@@ -67,6 +68,9 @@ class OpenCLIPBlock(TransformerBlock):
         b, h, n, d = o.shape
         o = o.transpose(1, 2).reshape(b, n, h * d)
         return self.block.ls_1(self.attn.out_proj(o))
+
+    def attn_out_affine(self) -> tuple[Tensor, Tensor | None] | None:
+        return fold_layer_scale(self.attn.out_proj, self.block.ls_1)
 
     def mlp_residual(self, x: Tensor) -> Tensor:
         return x + self.block.ls_2(self.block.mlp(self.block.ln_2(x)))

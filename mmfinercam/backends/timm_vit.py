@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError
 from ..gem import resample_pos_embed
-from .base import TransformerBlock, VisionTower, patch_embed
+from .base import TransformerBlock, VisionTower, fold_layer_scale, patch_embed
 
 
 class TimmBlock(TransformerBlock):
@@ -48,6 +48,11 @@ class TimmBlock(TransformerBlock):
         b, h, n, d = o.shape
         o = self.attn.norm(o.transpose(1, 2).reshape(b, n, h * d))
         return self.block.ls1(self.attn.proj(o))
+
+    def attn_out_affine(self) -> tuple[Tensor, Tensor | None] | None:
+        if not isinstance(getattr(self.attn, "norm", nn.Identity()), nn.Identity):
+            return None  # a norm over the merged heads comes first
+        return fold_layer_scale(self.attn.proj, self.block.ls1)
 
     def mlp_residual(self, x: Tensor) -> Tensor:
         return x + self.block.ls2(self.block.mlp(self.block.norm2(x)))

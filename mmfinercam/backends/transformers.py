@@ -32,7 +32,16 @@ from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError, WeightsNotFoundError
 from ..gem import resample_pos_embed
-from .base import Backend, ImageConfig, ModelInfo, TransformerBlock, VisionTower, hf_cache_dir, patch_embed
+from .base import (
+    Backend,
+    ImageConfig,
+    ModelInfo,
+    TransformerBlock,
+    VisionTower,
+    fold_layer_scale,
+    hf_cache_dir,
+    patch_embed,
+)
 
 
 class HFBlock(TransformerBlock):
@@ -68,6 +77,9 @@ class HFBlock(TransformerBlock):
     def attn_out(self, o: Tensor) -> Tensor:
         b, h, n, d = o.shape
         return self.attn.out_proj(o.transpose(1, 2).reshape(b, n, h * d))
+
+    def attn_out_affine(self) -> tuple[Tensor, Tensor | None] | None:
+        return fold_layer_scale(self.attn.out_proj)
 
     def mlp_residual(self, x: Tensor) -> Tensor:
         return x + self.layer.mlp(self.layer.layer_norm2(x))
