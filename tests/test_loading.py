@@ -220,3 +220,22 @@ def test_gem_sums_folded_projections_as_each_block_projects(tower, monkeypatch):
         own = run_tower(vision, x, depth=4).tokens
     torch.testing.assert_close(folded, own, atol=1e-12, rtol=1e-10)
     assert folded.shape == (2, 21, 16 if tower == "open_clip" else 32)
+
+
+def test_fold_layer_scale_is_the_scaled_projection_or_none():
+    from mmfinercam.backends.base import fold_layer_scale
+
+    torch.manual_seed(0)
+    linear, x = torch.nn.Linear(8, 8).double(), torch.randn(5, 8, dtype=torch.float64)
+    scale = type("LayerScale", (torch.nn.Module,), {})()
+    scale.gamma = torch.rand(8, dtype=torch.float64)
+    for module, expected in [
+        (None, linear(x)),
+        (torch.nn.Identity(), linear(x)),
+        (scale, linear(x) * scale.gamma),
+    ]:
+        weight, bias = fold_layer_scale(linear, module)
+        torch.testing.assert_close(x @ weight.t() + bias, expected)
+    assert fold_layer_scale(linear, torch.nn.Dropout()) is None  # no gamma: not known to be affine
+    scale.gamma = torch.rand(3, dtype=torch.float64)
+    assert fold_layer_scale(linear, scale) is None  # a gamma that does not scale the outputs
