@@ -21,6 +21,11 @@ Why it can skip the running maximum of flash attention: queries and keys are the
 L2-normalized rows, so every row's largest logit is its own, ``t · |n(u_i)|²`` (Cauchy-Schwarz).
 The softmax is taken against that known maximum, in one pass over the keys.
 
+A call is planned (:func:`plan_self_self_attention`: buffers and launches) before it runs, so
+its launches can also be compiled for a GPU on a machine without one (:func:`compile_ahead`,
+:func:`resource_usage`): the tests check there that they compile for Hopper and Ampere, keep
+their loads pipelined and do not spill.
+
 Half precision only in :func:`mmfinercam.gem.self_self_attention`'s dispatch: fp32 keeps the
 exact SDPA path (the kernel's fp32 mode exists for testing against it under Triton's
 interpreter, ``TRITON_INTERPRET=1``). No backward pass: training uses the PyTorch path.
@@ -29,6 +34,8 @@ interpreter, ``TRITON_INTERPRET=1``). No backward pass: training uses the PyTorc
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -40,6 +47,7 @@ except ImportError:  # pragma: no cover - triton ships with CUDA builds of torch
     triton = None
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+MAX_GRID_Y = 65535  #: CUDA's limit on a grid's second and third axes
 
 
 def available(x: Tensor) -> bool:
@@ -154,21 +162,25 @@ if triton is not None:
 
     @triton.jit
     def _unit_streams(
-        x_ptr, out_ptr, n_rows, n_tokens, n_heads, batch, head_dim,
-        sx_s, sx_b, sx_h, sx_n, sx_d,
-        ROWS: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
+        x_ptr, out_ptr, n_tokens, n_heads, batch,
+        sx_s, sx_b, sx_h, sx_n, sx_d, so_n,
+        ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     ):  # fmt: skip
-        """q, k, v (a strided 3×B×H×N×d view) as unit rows, written contiguous: once, instead of
-        every query tile of the first round normalizing every key again."""
-        r = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)
-        n, rest = r % n_tokens, r // n_tokens
-        h, rest = rest % n_heads, rest // n_heads
-        b, s = rest % batch, rest // batch
+        """q, k, v (a strided 3×B×H×N×d view) as unit rows, written ``so_n`` apart: once, instead of
+        every query tile of the first round normalizing every key again. A program takes
+        ``ROWS`` tokens of one (stream, image, head): where a row lies needs no division a row."""
+        row_blocks = tl.cdiv(n_tokens, ROWS)
+        pid = tl.program_id(0)
+        plane, block = pid // row_blocks, pid % row_blocks  # plane: (stream, image, head)
+        h, b, s = plane % n_heads, plane // n_heads % batch, plane // n_heads // batch
+        base = x_ptr + s.to(tl.int64) * sx_s + b.to(tl.int64) * sx_b + h.to(tl.int64) * sx_h
+        n = block * ROWS + tl.arange(0, ROWS)
         dims = tl.arange(0, BLOCK_D)
-        src = x_ptr + (s * sx_s + b * sx_b + h * sx_h + n * sx_n)[:, None] + dims[None, :] * sx_d
-        mask = (r[:, None] < n_rows) & (dims[None, :] < head_dim)
-        u = _unit_rows(tl.load(src, mask=mask, other=0.0).to(tl.float32))
-        tl.store(out_ptr + r[:, None] * head_dim + dims[None, :], u.to(out_ptr.dtype.element_ty), mask=mask)
+        mask = (n[:, None] < n_tokens) & (dims[None, :] < HEAD_DIM)
+        u = tl.load(base + n[:, None] * sx_n + dims[None, :] * sx_d, mask=mask, other=0.0)
+        u = _unit_rows(u.to(tl.float32)).to(out_ptr.dtype.element_ty)
+        dst = out_ptr + plane.to(tl.int64) * n_tokens * so_n
+        tl.store(dst + n[:, None] * so_n + dims[None, :], u, mask=mask)
 
     @triton.jit
     def _self_self_round(
@@ -179,7 +191,6 @@ if triton is not None:
         temp,  # one inverse temperature for all, otherwise
         n_tokens,
         n_heads,
-        head_dim,
         sx_s, sx_b, sx_h, sx_n, sx_d,
         sv_b, sv_h, sv_n, sv_d,
         so_s, so_b, so_h, so_n, so_d,
@@ -190,36 +201,33 @@ if triton is not None:
         MASK_ROWS: tl.constexpr,  # whether BLOCK_M tiles can run past the last token
         BLOCK_N: tl.constexpr,
         KEY_TAIL: tl.constexpr,  # keys of the last, masked key block (0: none)
-        BLOCK_D: tl.constexpr,
+        HEAD_DIM: tl.constexpr,  # known when compiled: masks of a head size such as 72 then
+        BLOCK_D: tl.constexpr,  # come in whole vectors, and the loads can be pipelined
         EVEN_D: tl.constexpr,
         IEEE: tl.constexpr,
     ):  # fmt: skip
+        head_dim = HEAD_DIM
         pid_m, pid_bh = tl.program_id(0), tl.program_id(1)
         b, h = pid_bh // n_heads, pid_bh % n_heads
         stream = 0 if FINAL else tl.program_id(2)
         if PER_IMAGE:
             temp = tl.load(temp_ptr + b).to(tl.float32)
         scale = temp * 1.4426950408889634  # softmax in base 2
-        if ROW_TAIL == 0:
+        full_rows = n_tokens // BLOCK_M
+        # with no tail (a compile-time fact) this is no branch at all; else the last program
+        # takes the ragged end of the rows in a tile of its own size, not a mostly empty one
+        if ROW_TAIL == 0 or pid_m < full_rows:
             _query_tile(
                 x_ptr, v_ptr, out_ptr, scale, b, h, stream, pid_m * BLOCK_M, n_tokens, head_dim,
                 sx_s, sx_b, sx_h, sx_n, sx_d, sv_b, sv_h, sv_n, sv_d, so_s, so_b, so_h, so_n, so_d,
                 FINAL, BLOCK_M, MASK_ROWS, BLOCK_N, KEY_TAIL, BLOCK_D, EVEN_D, IEEE,
             )  # fmt: skip
-        else:  # the ragged end of the rows in a tile of its own size, not a mostly empty BLOCK_M one
-            full_rows = n_tokens // BLOCK_M
-            if pid_m < full_rows:
-                _query_tile(
-                    x_ptr, v_ptr, out_ptr, scale, b, h, stream, pid_m * BLOCK_M, n_tokens, head_dim,
-                    sx_s, sx_b, sx_h, sx_n, sx_d, sv_b, sv_h, sv_n, sv_d, so_s, so_b, so_h, so_n, so_d,
-                    FINAL, BLOCK_M, False, BLOCK_N, KEY_TAIL, BLOCK_D, EVEN_D, IEEE,
-                )  # fmt: skip
-            else:
-                _query_tile(
-                    x_ptr, v_ptr, out_ptr, scale, b, h, stream, full_rows * BLOCK_M, n_tokens, head_dim,
-                    sx_s, sx_b, sx_h, sx_n, sx_d, sv_b, sv_h, sv_n, sv_d, so_s, so_b, so_h, so_n, so_d,
-                    FINAL, ROW_TAIL, True, BLOCK_N, KEY_TAIL, BLOCK_D, EVEN_D, IEEE,
-                )  # fmt: skip
+        else:
+            _query_tile(
+                x_ptr, v_ptr, out_ptr, scale, b, h, stream, full_rows * BLOCK_M, n_tokens, head_dim,
+                sx_s, sx_b, sx_h, sx_n, sx_d, sv_b, sv_h, sv_n, sv_d, so_s, so_b, so_h, so_n, so_d,
+                FINAL, ROW_TAIL, True, BLOCK_N, KEY_TAIL, BLOCK_D, EVEN_D, IEEE,
+            )  # fmt: skip
 
 
 def _streams(q: Tensor, k: Tensor, v: Tensor) -> list[Tensor]:
@@ -267,6 +275,79 @@ def _tail(rest: int) -> int:
     return max(16, triton.next_power_of_2(rest)) if rest else 0
 
 
+@dataclass(frozen=True)
+class Launch:
+    """One kernel launch of a fused call: the Triton kernel, its grid, its arguments and its
+    compile-time values (``meta``, with ``num_warps`` and ``num_stages``)."""
+
+    kernel: Any
+    grid: tuple[int, ...]
+    args: tuple[Any, ...]
+    meta: dict[str, Any]
+
+    def __call__(self) -> None:
+        self.kernel[self.grid](*self.args, **self.meta)
+
+
+def plan_self_self_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    inv_temp: Tensor | float,
+    iterations: int = 1,
+    *,
+    blocks: tuple[int, int, int, int] | None = None,
+) -> tuple[Tensor, list[Launch]]:
+    """The buffers and launches of :func:`self_self_attention_fused`, not yet run: the output
+    (filled once every launch has run, in order) and the launches. Why apart: so the launches
+    can be compiled for a GPU on a machine without one (:func:`compile_ahead`)."""
+    if triton is None:
+        raise RuntimeError("the fused self-self attention needs triton (pip install triton)")
+    b, heads, n, d = v.shape
+    per_image = isinstance(inv_temp, Tensor)
+    temps = inv_temp.reshape(-1).float().expand(b).contiguous() if per_image else None
+    sizes = _block_sizes(n, d, blocks)
+    # rows of the unit-row buffers start at whole 16-element groups, so that Triton knows them
+    # aligned and loads them as vectors: at a head size such as SigLIP-so400m's 72 the rounds
+    # otherwise spilled registers (tests/test_kernels.py)
+    row = -(-d // 16) * 16
+
+    def unit_rows() -> Tensor:
+        return torch.empty((3, b, heads, n, row), dtype=v.dtype, device=v.device)[..., :d]
+
+    launches = []
+    x = unit_rows()
+    first = 0
+    for streams in _streams(q, k, v):  # read where they lie, written once as unit rows
+        programs = streams.shape[0] * b * heads * triton.cdiv(n, 64)
+        args = (streams, x[first:], n, heads, b, *streams.stride(), row)
+        meta = dict(ROWS=64, HEAD_DIM=d, BLOCK_D=sizes["BLOCK_D"], num_warps=4)
+        launches.append(Launch(_unit_streams, (programs,), args, meta))
+        first += streams.shape[0]
+    grid_rows = triton.cdiv(n, sizes["BLOCK_M"])  # the last may be a smaller tail tile
+    common = dict(PER_IMAGE=per_image, HEAD_DIM=d, IEEE=v.dtype == torch.float32, **sizes)
+    # a grid's second axis holds at most 65,535 (image, head) pairs: larger batches take turns
+    images = max(1, MAX_GRID_Y // heads)
+    parts = [slice(i, i + images) for i in range(0, b, images)]
+
+    def rounds(x: Tensor, out: Tensor, final: bool) -> None:
+        for part in parts:
+            xs, vs, outs = x[:, part], v[part], out[part] if final else out[:, part]
+            temp_args = (temps[part], 0.0) if per_image else (xs, float(inv_temp))
+            out_strides = (0, *outs.stride()) if final else outs.stride()
+            args = (xs, vs, outs, *temp_args, n, heads, *xs.stride(), *vs.stride(), *out_strides)
+            grid = (grid_rows, vs.shape[0] * heads, 1 if final else 3)  # a round: one a stream
+            launches.append(Launch(_self_self_round, grid, args, dict(FINAL=final, **common)))
+
+    for _ in range(iterations):
+        out = unit_rows()
+        rounds(x, out, final=False)
+        x = out
+    out = torch.empty((b, n, heads, d), dtype=v.dtype, device=v.device).permute(0, 2, 1, 3)
+    rounds(x, out, final=True)
+    return out, launches
+
+
 def self_self_attention_fused(
     q: Tensor,
     k: Tensor,
@@ -282,37 +363,70 @@ def self_self_attention_fused(
     shape (query rows, keys, warps, stages), for tuning. Returns B×heads×N×head_dim, a view of
     a B×N×heads×head_dim buffer.
     """
-    if triton is None:
-        raise RuntimeError("the fused self-self attention needs triton (pip install triton)")
-    b, heads, n, d = v.shape
-    per_image = isinstance(inv_temp, Tensor)
-    temps = inv_temp.reshape(-1).float().expand(b).contiguous() if per_image else None
-    sizes = _block_sizes(n, d, blocks)
-    x = torch.empty((3, b, heads, n, d), dtype=v.dtype, device=v.device)  # the unit rows
-    first = 0
-    for streams in _streams(q, k, v):  # read where they lie, written once as unit rows
-        rows = streams.shape[0] * b * heads * n
-        _unit_streams[(triton.cdiv(rows, 64),)](
-            streams, x[first:], rows, n, heads, b, d, *streams.stride(),
-            ROWS=64, BLOCK_D=sizes["BLOCK_D"], EVEN_D=sizes["EVEN_D"], num_warps=4,
-        )  # fmt: skip
-        first += streams.shape[0]
-    grid_rows = triton.cdiv(n, sizes["BLOCK_M"])  # the last may be a smaller tail tile
-    common = dict(PER_IMAGE=per_image, IEEE=v.dtype == torch.float32, **sizes)
-    temp_args = (temps if per_image else x, 0.0 if per_image else float(inv_temp))
-    for _ in range(iterations):
-        out = torch.empty((3, b, heads, n, d), dtype=v.dtype, device=v.device)
-        _self_self_round[(grid_rows, b * heads, 3)](
-            x, v, out, *temp_args, n, heads, d, *x.stride(), *v.stride(), *out.stride(),
-            FINAL=False, **common,
-        )  # fmt: skip
-        x = out
-    out = torch.empty((b, n, heads, d), dtype=v.dtype, device=v.device).permute(0, 2, 1, 3)
-    _self_self_round[(grid_rows, b * heads, 1)](
-        x, v, out, *temp_args, n, heads, d, *x.stride(), *v.stride(), 0, *out.stride(),
-        FINAL=True, **common,
-    )  # fmt: skip
+    out, launches = plan_self_self_attention(q, k, v, inv_temp, iterations, blocks=blocks)
+    for launch in launches:
+        launch()
     return out
+
+
+def compile_ahead(launch: Launch, target: tuple[str, int, int] = ("cuda", 90, 32)) -> Any:
+    """Compile one launch for a GPU ``target`` (backend, compute capability, warp size) as
+    Triton's JIT would for its arguments (alignment and unit values specialized alike), on any
+    machine: the tensors may be on the CPU. Returns Triton's compiled kernel (``asm`` holds its
+    TTGIR, PTX and cubin; ``metadata.shared`` its shared memory).
+
+    Why: Triton's interpreter runs the kernels' arithmetic but not its compiler, so a kernel
+    that no longer compiles for a GPU, stops being pipelined or needs more shared memory than a
+    GPU has would otherwise show only on a GPU (``tests/test_kernels.py``).
+    """
+    from triton._C.libtriton import native_specialize_impl  # what the JIT specializes on
+    from triton.backends.compiler import BaseBackend, GPUTarget
+    from triton.compiler import ASTSource
+
+    meta = dict(launch.meta)
+    options = {key: meta.pop(key) for key in ("num_warps", "num_stages") if key in meta}
+    signature: dict[str, str] = {}
+    constants: dict[str, Any] = dict(meta)
+    attrs: dict[tuple[int, ...], list] = {}
+    args = iter(launch.args)
+    for i, name in enumerate(launch.kernel.arg_names):
+        if name in meta:
+            signature[name] = "constexpr"
+            continue
+        kind, key = native_specialize_impl(BaseBackend, next(args), False, True, True)
+        signature[name] = kind
+        if kind == "constexpr":  # an integer 1
+            constants[name] = key
+        elif key:
+            attrs[(i,)] = BaseBackend.parse_attr(key)
+    source = ASTSource(launch.kernel, signature, constants, attrs)
+    return triton.compile(source, target=GPUTarget(*target), options=options)
+
+
+def resource_usage(compiled: Any) -> dict[str, int]:
+    """Registers a thread, and local memory (spills) and static shared memory a program, of a
+    kernel from :func:`compile_ahead`, as the CUDA toolkit's ``cuobjdump`` that ships with
+    Triton reads them from its cubin; plus ``dynamic_shared``, the shared memory Triton asks
+    for at launch."""
+    import re
+    import subprocess
+    import tempfile
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
+        cubin.write(compiled.asm["cubin"])
+        cubin.flush()
+        report = subprocess.run([tool, "-res-usage", cubin.name], capture_output=True, text=True, check=True)
+    found = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", report.stdout)
+    if found is None:
+        raise RuntimeError(f"no resource usage in cuobjdump's report: {report.stdout[-300:]}")
+    registers, stack, shared, local = (int(g) for g in found.groups())
+    return dict(
+        registers=registers,
+        spilled=stack + local,
+        static_shared=shared,
+        dynamic_shared=int(compiled.metadata.shared),
+    )
 
 
 @torch.library.custom_op("mmfinercam::self_self_attention", mutates_args=())
