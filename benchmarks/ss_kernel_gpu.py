@@ -5,11 +5,13 @@
 Checks ``mmfinercam.kernels`` against the PyTorch path of ``mmfinercam.gem`` (run in float64)
 on fresh random inputs of several shapes, then times one block's self-self attention of
 ViT-B/16 (12 heads × 197 tokens × 64) both ways with ``triton.testing.do_bench`` (median).
-``--configs`` also times other launch shapes (``blocks=``), to choose the default.
+``--configs`` also times other launch shapes (``blocks=``), to choose the default, and each
+launch of a call on its own.
 """
 
 import argparse
 import itertools
+from dataclasses import replace
 
 import torch
 import triton
@@ -65,6 +67,21 @@ def timing(device, batch, configs):
           f"({t_torch / t_fused:.2f}x; fused {flop / t_fused / 1e9:.0f} TFLOP/s)")  # fmt: skip
     if not configs:
         return
+    # each launch of a call on its own, and the final round held to 168 registers a thread:
+    # 3 blocks a multiprocessor instead of 2, with no spills when compiled for sm_90 at 197
+    # tokens (174 registers otherwise; ``kernels.compile_ahead``); not the default until timed
+    _, launches = kernels.plan_self_self_attention(q, k, v, temp)
+    for launch in launches:
+        launch()  # each launch reads what the one before it wrote
+    final = launches[-1]
+    variants = [("unit rows", launches[0]), ("round", launches[1]), ("final round", final)]
+    held = replace(final, meta={**final.meta, "maxnreg": 168})
+    variants.append(("final round, maxnreg=168", held))
+    for label, launch in variants:
+        try:
+            print(f"  {label}: {triton.testing.do_bench(launch, return_mode='median'):.3f} ms")
+        except Exception as err:  # noqa: BLE001 - a variant that does not compile is reported
+            print(f"  {label}: {type(err).__name__}: {str(err)[:120]}")
     candidates = [
         (64, 32, 4, 2), (64, 32, 4, 3), (64, 32, 4, 4), (64, 64, 4, 3), (64, 64, 4, 4), (128, 32, 8, 3),
         (128, 64, 8, 3), (32, 32, 2, 3),

@@ -48,6 +48,7 @@ except ImportError:  # pragma: no cover - triton ships with CUDA builds of torch
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 MAX_GRID_Y = 65535  #: CUDA's limit on a grid's second and third axes
+_LAUNCH_OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg")  # Triton's, not the kernel's
 
 
 def available(x: Tensor) -> bool:
@@ -384,7 +385,7 @@ def compile_ahead(launch: Launch, target: tuple[str, int, int] = ("cuda", 90, 32
     from triton.compiler import ASTSource
 
     meta = dict(launch.meta)
-    options = {key: meta.pop(key) for key in ("num_warps", "num_stages") if key in meta}
+    options = {key: meta.pop(key) for key in _LAUNCH_OPTIONS if key in meta}
     signature: dict[str, str] = {}
     constants: dict[str, Any] = dict(meta)
     attrs: dict[tuple[int, ...], list] = {}
