@@ -301,22 +301,41 @@ def plan_self_self_attention(
 ) -> tuple[Tensor, list[Launch]]:
     """The buffers and launches of :func:`self_self_attention_fused`, not yet run: the output
     (filled once every launch has run, in order) and the launches. Why apart: so the launches
-    can be compiled for a GPU on a machine without one (:func:`compile_ahead`)."""
+    can be compiled for a GPU on a machine without one (:func:`compile_ahead`).
+
+    A batch too large for one launch (more (image, head) pairs than a grid's second axis
+    holds, or a buffer past 32-bit offsets) runs in parts of the batch, each with buffers of its
+    own; any usual batch is one part."""
     if triton is None:
         raise RuntimeError("the fused self-self attention needs triton (pip install triton)")
     b, heads, n, d = v.shape
-    per_image = isinstance(inv_temp, Tensor)
-    temps = inv_temp.reshape(-1).float().expand(b).contiguous() if per_image else None
+    temps = inv_temp.reshape(-1).float().expand(b).contiguous() if isinstance(inv_temp, Tensor) else None
     sizes = _block_sizes(n, d, blocks)
     # rows of the unit-row buffers start at whole 16-element groups, so that Triton knows them
     # aligned and loads them as vectors: at a head size such as SigLIP-so400m's 72 the rounds
     # otherwise spilled registers (tests/test_kernels.py)
     row = -(-d // 16) * 16
+    out = torch.empty((b, n, heads, d), dtype=v.dtype, device=v.device).permute(0, 2, 1, 3)
+    images = max(1, min(MAX_GRID_Y // heads, (2**31 - 1) // (3 * heads * n * row)))
+    launches: list[Launch] = []
+    for i in range(0, b, images):
+        part = slice(i, i + images)
+        temp = float(inv_temp) if temps is None else temps[part]
+        launches += _plan_part(q[part], k[part], v[part], temp, out[part], iterations, sizes, row)
+    return out, launches
+
+
+def _plan_part(
+    q: Tensor, k: Tensor, v: Tensor, temp: Tensor | float, out: Tensor, iterations: int, sizes: dict, row: int
+) -> list[Launch]:
+    """The launches for a batch that fits one launch: unit rows, the rounds, the final round
+    into ``out`` (B×heads×N×d, a view of a B×N×heads×d buffer)."""
+    b, heads, n, d = v.shape
+    launches = []
 
     def unit_rows() -> Tensor:
         return torch.empty((3, b, heads, n, row), dtype=v.dtype, device=v.device)[..., :d]
 
-    launches = []
     x = unit_rows()
     first = 0
     for streams in _streams(q, k, v):  # read where they lie, written once as unit rows
@@ -326,27 +345,18 @@ def plan_self_self_attention(
         launches.append(Launch(_unit_streams, (programs,), args, meta))
         first += streams.shape[0]
     grid_rows = triton.cdiv(n, sizes["BLOCK_M"])  # the last may be a smaller tail tile
+    per_image = isinstance(temp, Tensor)
     common = dict(PER_IMAGE=per_image, HEAD_DIM=d, IEEE=v.dtype == torch.float32, **sizes)
-    # a grid's second axis holds at most 65,535 (image, head) pairs: larger batches take turns
-    images = max(1, MAX_GRID_Y // heads)
-    parts = [slice(i, i + images) for i in range(0, b, images)]
-
-    def rounds(x: Tensor, out: Tensor, final: bool) -> None:
-        for part in parts:
-            xs, vs, outs = x[:, part], v[part], out[part] if final else out[:, part]
-            temp_args = (temps[part], 0.0) if per_image else (xs, float(inv_temp))
-            out_strides = (0, *outs.stride()) if final else outs.stride()
-            args = (xs, vs, outs, *temp_args, n, heads, *xs.stride(), *vs.stride(), *out_strides)
-            grid = (grid_rows, vs.shape[0] * heads, 1 if final else 3)  # a round: one a stream
-            launches.append(Launch(_self_self_round, grid, args, dict(FINAL=final, **common)))
-
+    temp_args = (temp, 0.0) if per_image else (x, float(temp))
     for _ in range(iterations):
-        out = unit_rows()
-        rounds(x, out, final=False)
-        x = out
-    out = torch.empty((b, n, heads, d), dtype=v.dtype, device=v.device).permute(0, 2, 1, 3)
-    rounds(x, out, final=True)
-    return out, launches
+        result = unit_rows()
+        args = (x, v, result, *temp_args, n, heads, *x.stride(), *v.stride(), *result.stride())
+        grid = (grid_rows, b * heads, 3)  # a program for each stream
+        launches.append(Launch(_self_self_round, grid, args, dict(FINAL=False, **common)))
+        x = result
+    args = (x, v, out, *temp_args, n, heads, *x.stride(), *v.stride(), 0, *out.stride())
+    launches.append(Launch(_self_self_round, (grid_rows, b * heads, 1), args, dict(FINAL=True, **common)))
+    return launches
 
 
 def self_self_attention_fused(
