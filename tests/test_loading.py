@@ -193,9 +193,10 @@ def _layer_scaled(tower: str) -> mf.Localizer:
     else:
         model = _timm_token_pooled().backend.model
         blocks = model.visual.trunk.blocks
-        for b in blocks:
-            b.ls1 = timm.layers.LayerScale(b.norm1.normalized_shape[0])
-        blocks[-2].attn.norm = torch.nn.LayerNorm(b.norm1.normalized_shape[0])
+        width = blocks[0].norm1.normalized_shape[0]
+        for block in blocks:
+            block.ls1 = timm.layers.LayerScale(width)
+        blocks[-2].attn.norm = torch.nn.LayerNorm(width)
         scales = [b.ls1 for b in blocks]
     for ls in scales:
         torch.nn.init.uniform_(ls.gamma, 0.2, 2.0)
