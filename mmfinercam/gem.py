@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import kernels
-from .backends.base import VisionTower
+from .backends.base import VisionTower, merge_heads
 
 _fused_enabled = True
 
@@ -177,7 +177,7 @@ def run_tower(
         if projection is None:
             gem = gem + block.attn_out(ss).reshape(gem.shape)
         else:  # the product added where the sum lies (the fused kernel's heads merge as a view)
-            merged = ss.transpose(1, 2).reshape(gem.shape).to(gem.dtype)
+            merged = merge_heads(ss).reshape(gem.shape).to(gem.dtype)
             gem = gem.addmm_(merged, projection[0].to(gem.dtype).t())
         if i == len(blocks) - 1 and tower.pooled_tokens is not None:
             # after the last block only the pooled tokens of the original path are read: their

@@ -51,6 +51,14 @@ def patch_embed(pixels: Tensor, conv: nn.Conv2d) -> tuple[Tensor, tuple[int, int
     return F.linear(patches, conv.weight.reshape(conv.out_channels, -1), conv.bias), (gh, gw)
 
 
+def merge_heads(o: Tensor) -> Tensor:
+    """B×heads×N×head_dim attention outputs as B×N×(heads·head_dim), as an output projection
+    reads them: a view where the heads already lie merged in memory (the fused kernel's output),
+    else a copy."""
+    b, h, n, d = o.shape
+    return o.transpose(1, 2).reshape(b, n, h * d)
+
+
 def fold_layer_scale(
     linear: nn.Linear, layer_scale: nn.Module | None = None
 ) -> tuple[Tensor, Tensor | None] | None:

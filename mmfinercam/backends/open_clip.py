@@ -28,6 +28,7 @@ from .base import (
     VisionTower,
     fold_layer_scale,
     hf_cache_dir,
+    merge_heads,
     patch_embed,
 )
 
@@ -65,9 +66,7 @@ class OpenCLIPBlock(TransformerBlock):
         return qkv[0], qkv[1], qkv[2]
 
     def attn_out(self, o: Tensor) -> Tensor:
-        b, h, n, d = o.shape
-        o = o.transpose(1, 2).reshape(b, n, h * d)
-        return self.block.ls_1(self.attn.out_proj(o))
+        return self.block.ls_1(self.attn.out_proj(merge_heads(o)))
 
     def attn_out_affine(self) -> tuple[Tensor, Tensor | None] | None:
         return fold_layer_scale(self.attn.out_proj, self.block.ls_1)

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError
 from ..gem import resample_pos_embed
-from .base import TransformerBlock, VisionTower, fold_layer_scale, patch_embed
+from .base import TransformerBlock, VisionTower, fold_layer_scale, merge_heads, patch_embed
 
 
 class TimmBlock(TransformerBlock):
@@ -45,9 +45,7 @@ class TimmBlock(TransformerBlock):
         return F.scaled_dot_product_attention(q, k, v, scale=self.scale)
 
     def attn_out(self, o: Tensor) -> Tensor:
-        b, h, n, d = o.shape
-        o = self.attn.norm(o.transpose(1, 2).reshape(b, n, h * d))
-        return self.block.ls1(self.attn.proj(o))
+        return self.block.ls1(self.attn.proj(self.attn.norm(merge_heads(o))))
 
     def attn_out_affine(self) -> tuple[Tensor, Tensor | None] | None:
         if not isinstance(getattr(self.attn, "norm", nn.Identity()), nn.Identity):

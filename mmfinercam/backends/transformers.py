@@ -40,6 +40,7 @@ from .base import (
     VisionTower,
     fold_layer_scale,
     hf_cache_dir,
+    merge_heads,
     patch_embed,
 )
 
@@ -75,8 +76,7 @@ class HFBlock(TransformerBlock):
         return F.scaled_dot_product_attention(q, k, v, scale=self.scale)
 
     def attn_out(self, o: Tensor) -> Tensor:
-        b, h, n, d = o.shape
-        return self.attn.out_proj(o.transpose(1, 2).reshape(b, n, h * d))
+        return self.attn.out_proj(merge_heads(o))
 
     def attn_out_affine(self) -> tuple[Tensor, Tensor | None] | None:
         return fold_layer_scale(self.attn.out_proj)
