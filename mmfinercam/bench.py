@@ -273,11 +273,11 @@ def run(
         reference, tower, beside = gem_ref
         ratios["dense K=100 throughput / gem_torch K=100 (target >= 5)"] = paired_ratio(reference, beside)
         ratios["dense K=100 time / gem_torch's visual tower alone"] = paired_ratio(beside, tower)
-    for size in sizes:  # against our own plain pass: open_clip's cannot take other sizes
-        ours = by.get(f"mmfinercam dense Finer-CAM K=100 {size}px b=1")
-        plain = by.get(f"plain forward (raw tokens) {size}px b=1")
+    for s in sizes:  # against our own plain pass: open_clip's cannot take other sizes
+        ours = by.get(f"mmfinercam dense Finer-CAM K=100 {s}px b=1")
+        plain = by.get(f"plain forward (raw tokens) {s}px b=1")
         if ours and plain:
-            ratios[f"{size}px: dense K=100 time / plain forward"] = paired_ratio(ours, plain)
+            ratios[f"{s}px: dense K=100 time / plain forward"] = paired_ratio(ours, plain)
     for b in batches:
         ours = by.get(f"mmfinercam dense Finer-CAM K=100 b={b}")
         bare = by.get(f"open_clip encode_image b={b}")

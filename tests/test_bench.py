@@ -22,8 +22,10 @@ def test_bench_runs_on_a_tiny_model(tmp_path):
             "1",
             "10",
             "100",
-            "--sizes",
+            "--size",
             "224",
+            "--sizes",
+            "112",
             "--batches",
             "1",
             "--repeats",
@@ -40,7 +42,8 @@ def test_bench_runs_on_a_tiny_model(tmp_path):
     assert "mmfinercam dense Finer-CAM K=100" in names
     assert all(t["ms"] > 0 and t["images_per_s"] > 0 for t in report["timings"])
     assert "dense K=100 time / K=1 time (target <= 1.2)" in report["ratios"]
-    assert "224px: dense K=100 time / plain forward" in report["ratios"]
+    assert "112px: dense K=100 time / plain forward" in report["ratios"]
+    assert report["size"] == 224  # the headline's size, not the last of the size sweep
     for name, value in report["ratios"].items():  # paired over the same 2 rounds: a range
         lo, hi = report["ratio_ranges"][name]
         assert lo <= value <= hi
