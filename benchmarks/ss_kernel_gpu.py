@@ -6,11 +6,16 @@ Checks ``mmfinercam.kernels`` against the PyTorch path of ``mmfinercam.gem`` (ru
 on fresh random inputs of several shapes, then times one block's self-self attention of
 ViT-B/16 (12 heads × 197 tokens × 64) both ways with ``triton.testing.do_bench`` (median).
 ``--configs`` also times other launch shapes (``blocks=``), to choose the default, and each
-launch of a call on its own.
+launch of a call on its own. ``--against FILE`` times these kernels against another version of
+``kernels.py`` (e.g. ``git show HEAD~1:mmfinercam/kernels.py > /tmp/kernels_old.py``), the two
+interleaved on the same inputs: the A/B to decide a kernel change by.
 """
 
 import argparse
+import importlib.util
 import itertools
+import statistics
+import sys
 from dataclasses import replace
 
 import torch
@@ -95,13 +100,52 @@ def timing(device, batch, configs):
             print(f"  {label}: {type(err).__name__}")
 
 
+def load_kernels(path):
+    """Another version of ``mmfinercam/kernels.py``, imported beside the installed one."""
+    spec = importlib.util.spec_from_file_location("mmfinercam.kernels_against", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def against(device, batch, other, rounds=7):
+    """This version's kernels against ``other``'s: one block of ViT-B/16 in bf16, the two
+    interleaved round by round (median of the rounds' medians), then each launch on its own."""
+    q, k, v = streams(batch, 12, 197, 64, torch.bfloat16, device)
+    temp = torch.rand(batch, 1, 1, 1, device=device) * 8 + 1
+    versions = {"this": kernels, "other": other}
+    diff = versions["this"].self_self_attention_fused(q, k, v, temp).float()
+    diff -= versions["other"].self_self_attention_fused(q, k, v, temp).float()
+    times = {name: [] for name in versions}
+    for _ in range(rounds):
+        for name, module in versions.items():
+            run = lambda m=module: m.self_self_attention_fused(q, k, v, temp)  # noqa: E731
+            times[name].append(triton.testing.do_bench(run, return_mode="median"))
+    this, that = (statistics.median(times[name]) for name in versions)
+    print(f"b={batch} one block: this {this:.4f} ms, other {that:.4f} ms, this/other {this / that:.3f} "
+          f"(max |this - other| {diff.abs().max().item():.2e})")  # fmt: skip
+    for name, module in versions.items():
+        _, launches = module.plan_self_self_attention(q, k, v, temp)
+        for launch in launches:
+            launch()  # each launch reads what the one before it wrote
+        each = ", ".join(f"{triton.testing.do_bench(fn, return_mode='median'):.3f}" for fn in launches)
+        print(f"  {name}, each launch: {each} ms")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch", type=int, nargs="+", default=[4, 64, 256])
     parser.add_argument("--configs", action="store_true")
+    parser.add_argument("--against", metavar="FILE", help="another version of kernels.py to time against")
     args = parser.parse_args()
     device = torch.device("cuda")
     torch.manual_seed(0)
+    if args.against:
+        other = load_kernels(args.against)
+        for b in args.batch:
+            against(device, b, other)
+        return
     check(device)
     for b in args.batch:
         timing(device, b, args.configs and b == max(args.batch))
