@@ -338,7 +338,7 @@ def plan_self_self_attention(
     # rows of the unit-row buffers start at whole 16-element groups, so that Triton knows them
     # aligned and loads them as vectors: at a head size such as SigLIP-so400m's 72 the rounds
     # otherwise spilled registers (tests/test_kernels.py)
-    row = -(-d // 16) * 16
+    row = _cdiv(d, 16) * 16
     out = torch.empty((b, n, heads, d), dtype=v.dtype, device=v.device).permute(0, 2, 1, 3)
     images = max(1, min(MAX_GRID_Y // heads, (2**31 - 1) // (3 * heads * n * row)))
     temp = float(inv_temp) if temps is None else temps
