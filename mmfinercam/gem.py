@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import kernels
+from . import add_norm, kernels
 from .backends.base import VisionTower, merge_heads
 
 _fused_enabled = True
@@ -159,34 +159,42 @@ def run_tower(
     grid = (pixels.shape[-2] // tower.patch_size[0], pixels.shape[-1] // tower.patch_size[1])
     x = tower.embed(pixels)
     first = len(blocks) - n_gem
-    for block in blocks[:first]:
-        x = block.forward(x)
-    if n_gem == 0:
-        return TowerOutput(tower.pool(x), tower.project_tokens(x), grid, tower.num_prefix_tokens)
-    projections = [block.attn_out_affine() for block in blocks[first:]]
-    gem = _gem_start(x, projections)  # B·N×C: x plus every block's projection bias, once
-    for i, (block, projection) in enumerate(zip(blocks[first:], projections, strict=True), start=first):
-        h = block.norm1(x)
+    # Where the residual add and the norm after it run fused (a GPU, plain LayerNorms), every
+    # block runs here, split in its pieces, and each branch's output is added to x in the same
+    # pass as the norm that reads the sum; elsewhere the blocks before GEM's run as they are.
+    norms = [norm for b in blocks for norm in (b.norm1_layer, b.norm2_layer)]
+    split_all = all(add_norm.takes_kernel(x, None, norm) for norm in norms)
+    pending: Tensor | None = None  # a branch's output not yet added to x
+    gem: Tensor | None = None
+    for i, block in enumerate(blocks):
+        if i < first and not split_all:
+            x = block.forward(x)
+            continue
+        x, h = add_norm.add_norm(x, pending, block.norm1_layer)
         q, k, v = block.qkv(h)
-        temp = gem_inverse_temperature(h, q.shape[-1]) if ss_attn_temp is None else ss_attn_temp
-        if gem_attention_grad:
-            ss = self_self_attention(q, k, v, temp, ss_attn_iter)
-        else:
-            with torch.no_grad():
+        if i >= first:
+            if gem is None:  # B·N×C: x plus every block's projection bias, once
+                projections = [b.attn_out_affine() for b in blocks[first:]]
+                gem = _gem_start(x, projections)
+            temp = gem_inverse_temperature(h, q.shape[-1]) if ss_attn_temp is None else ss_attn_temp
+            with torch.set_grad_enabled(torch.is_grad_enabled() and gem_attention_grad):
                 ss = self_self_attention(q, k, v, temp, ss_attn_iter)
-        if projection is None:
-            gem = gem + block.attn_out(ss).reshape(gem.shape)
-        else:  # the product added where the sum lies (the fused kernel's heads merge as a view)
-            merged = merge_heads(ss).reshape(gem.shape).to(gem.dtype)
-            gem = gem.addmm_(merged, projection[0].to(gem.dtype).t())
-        if i == len(blocks) - 1 and tower.pooled_tokens is not None:
+            projection = projections[i - first]
+            if projection is None:
+                gem = gem + block.attn_out(ss).reshape(gem.shape)
+            else:  # the product added where the sum lies (the fused kernel's heads merge as a view)
+                merged = merge_heads(ss).reshape(gem.shape).to(gem.dtype)
+                gem = gem.addmm_(merged, projection[0].to(gem.dtype).t())
+        if i == len(blocks) - 1 and n_gem and tower.pooled_tokens is not None:
             # after the last block only the pooled tokens of the original path are read: their
             # queries alone (the last block's MLP is 6 % of a ViT-B/16 pass)
-            keep = tower.pooled_tokens
-            x = x[:, :keep] + block.attn_out(block.attention(q[:, :, :keep], k, v))
-        else:
-            x = x + block.attn_out(block.attention(q, k, v))
-        x = block.mlp_residual(x)
+            x, q = x[:, : tower.pooled_tokens], q[:, :, : tower.pooled_tokens]
+        x, h = add_norm.add_norm(x, block.attn_out(block.attention(q, k, v)), block.norm2_layer)
+        pending = block.mlp(h)
+    if pending is not None:
+        x = x + pending
+    if gem is None:
+        return TowerOutput(tower.pool(x), tower.project_tokens(x), grid, tower.num_prefix_tokens)
     gem = gem.view(x.shape[0], -1, gem.shape[-1])
     return TowerOutput(tower.pool(x), tower.project_tokens(gem), grid, tower.num_prefix_tokens)
 

@@ -256,11 +256,11 @@ def _streams(q: Tensor, k: Tensor, v: Tensor) -> list[Tensor]:
     return [q[None], k[None], v[None]]
 
 
-def _cdiv(a: int, b: int) -> int:
+def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _next_power_of_2(x: int) -> int:
+def next_power_of_2(x: int) -> int:
     """Triton's, in plain Python: its own is a compile-time function, ~4 µs a call on the host,
     and a call of the fused attention on a small batch is bound by the host's time."""
     return 1 << max(0, x - 1).bit_length()
@@ -271,11 +271,11 @@ def _block_sizes(n_tokens: int, head_dim: int, blocks: tuple[int, int, int, int]
     """Launch shape: ``blocks`` = (query rows, keys, warps, stages), or the tuned default; and
     the ragged ends. 197 tokens in 64-row tiles: three full tiles and a 16-row one for the last
     5 rows; in 32-key blocks: six unmasked blocks and a masked 16-key one."""
-    block_d = max(16, _next_power_of_2(head_dim))
+    block_d = max(16, next_power_of_2(head_dim))
     if blocks is None:
         # 64 query rows by 32 keys, 4 warps, 4 stages: among the fastest on an H200 at 197 tokens
         # at every batch size, and the fastest of eight on an H100 at b=256 (RESULTS §3)
-        rows = 64 if n_tokens > 32 else max(16, _next_power_of_2(n_tokens))
+        rows = 64 if n_tokens > 32 else max(16, next_power_of_2(n_tokens))
         keys = 32 if n_tokens > 16 else 16
         blocks = (rows, keys, 4 if block_d <= 64 else 8, 4)
     rows, keys, warps, stages = blocks
@@ -297,7 +297,7 @@ def _block_sizes(n_tokens: int, head_dim: int, blocks: tuple[int, int, int, int]
 def _tail(rest: int) -> int:
     """Size of a block for ``rest`` leftover rows: a power of 2, at least 16 (a matrix
     instruction's least), 0 for none."""
-    return max(16, _next_power_of_2(rest)) if rest else 0
+    return max(16, next_power_of_2(rest)) if rest else 0
 
 
 @dataclass(frozen=True)
@@ -338,7 +338,7 @@ def plan_self_self_attention(
     # rows of the unit-row buffers start at whole 16-element groups, so that Triton knows them
     # aligned and loads them as vectors: at a head size such as SigLIP-so400m's 72 the rounds
     # otherwise spilled registers (tests/test_kernels.py)
-    row = _cdiv(d, 16) * 16
+    row = cdiv(d, 16) * 16
     out = torch.empty((b, n, heads, d), dtype=v.dtype, device=v.device).permute(0, 2, 1, 3)
     images = max(1, min(MAX_GRID_Y // heads, (2**31 - 1) // (3 * heads * n * row)))
     temp = float(inv_temp) if temps is None else temps
@@ -367,12 +367,12 @@ def _plan_part(
     x = unit_rows()
     first = 0
     for streams in _streams(q, k, v):  # read where they lie, written once as unit rows
-        programs = streams.shape[0] * b * heads * _cdiv(n, 64)
+        programs = streams.shape[0] * b * heads * cdiv(n, 64)
         args = (streams, x[first:] if first else x, n, heads, b, *streams.stride(), row)
         meta = dict(ROWS=64, HEAD_DIM=d, BLOCK_D=sizes["BLOCK_D"], num_warps=4)
         launches.append(Launch(_unit_streams, (programs,), args, meta))
         first += streams.shape[0]
-    grid_rows = _cdiv(n, sizes["BLOCK_M"])  # the last may be a smaller tail tile
+    grid_rows = cdiv(n, sizes["BLOCK_M"])  # the last may be a smaller tail tile
     per_image = isinstance(temp, Tensor)
     common = dict(PER_IMAGE=per_image, HEAD_DIM=d, IEEE=v.dtype == torch.float32, **sizes)
     temp_args = (temp, 0.0) if per_image else (x, float(temp))

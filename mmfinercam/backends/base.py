@@ -82,9 +82,20 @@ class TransformerBlock(ABC):
     def forward(self, x: Tensor) -> Tensor:
         """The block unchanged (B×N×C in, B×N×C out)."""
 
+    @property
     @abstractmethod
+    def norm1_layer(self) -> nn.Module:
+        """The pre-attention normalization module (GEM's path fuses it with the residual add
+        before it where it is a plain LayerNorm: :mod:`mmfinercam.add_norm`)."""
+
+    @property
+    @abstractmethod
+    def norm2_layer(self) -> nn.Module:
+        """The pre-MLP normalization module."""
+
     def norm1(self, x: Tensor) -> Tensor:
         """The pre-attention normalization."""
+        return self.norm1_layer(x)
 
     @abstractmethod
     def qkv(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -103,8 +114,12 @@ class TransformerBlock(ABC):
         return None
 
     @abstractmethod
+    def mlp(self, h: Tensor) -> Tensor:
+        """The MLP branch of normalized tokens, layer scale applied: ``ls2(mlp(h))``."""
+
     def mlp_residual(self, x: Tensor) -> Tensor:
         """``x + ls2(mlp(norm2(x)))``."""
+        return x + self.mlp(self.norm2_layer(x))
 
     def attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """The block's own attention (scaled dot product); override for unusual variants."""

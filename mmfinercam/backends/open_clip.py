@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..add_norm import layer_norm
 from ..errors import UnsupportedModelError, WeightsNotFoundError
 from ..gem import resample_pos_embed
 from .base import (
@@ -56,8 +57,13 @@ class OpenCLIPBlock(TransformerBlock):
             return self.block(x)
         return self.block(x.transpose(0, 1)).transpose(0, 1)
 
-    def norm1(self, x: Tensor) -> Tensor:
-        return self.block.ln_1(x)
+    @property
+    def norm1_layer(self) -> nn.Module:
+        return self.block.ln_1
+
+    @property
+    def norm2_layer(self) -> nn.Module:
+        return self.block.ln_2
 
     def qkv(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         b, n, c = h.shape
@@ -71,8 +77,8 @@ class OpenCLIPBlock(TransformerBlock):
     def attn_out_affine(self) -> tuple[Tensor, Tensor | None] | None:
         return fold_layer_scale(self.attn.out_proj, self.block.ls_1)
 
-    def mlp_residual(self, x: Tensor) -> Tensor:
-        return x + self.block.ls_2(self.block.mlp(self.block.ln_2(x)))
+    def mlp(self, h: Tensor) -> Tensor:
+        return self.block.ls_2(self.block.mlp(h))
 
 
 class OpenCLIPVisionTower(VisionTower):
@@ -103,7 +109,7 @@ class OpenCLIPVisionTower(VisionTower):
         cls = v.class_embedding.to(x.dtype).view(1, 1, c).expand(b, 1, c)
         pos = resample_pos_embed(v.positional_embedding, (gh, gw), self.grid_size, 1)
         x = torch.cat([cls, x], dim=1) + pos.to(x.dtype)
-        return v.ln_pre(x)
+        return layer_norm(x, v.ln_pre)
 
     def pool(self, x: Tensor) -> Tensor:
         v = self.visual
@@ -118,7 +124,7 @@ class OpenCLIPVisionTower(VisionTower):
 
     def project_tokens(self, x: Tensor) -> Tensor:
         v = self.visual
-        x = v.ln_post(x)
+        x = layer_norm(x, v.ln_post)
         return x @ v.proj if v.proj is not None else x
 
 

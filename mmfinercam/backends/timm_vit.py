@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..add_norm import layer_norm
 from ..errors import UnsupportedModelError
 from ..gem import resample_pos_embed
 from .base import TransformerBlock, VisionTower, fold_layer_scale, merge_heads, patch_embed
@@ -32,8 +33,13 @@ class TimmBlock(TransformerBlock):
     def forward(self, x: Tensor) -> Tensor:
         return self.block(x)
 
-    def norm1(self, x: Tensor) -> Tensor:
-        return self.block.norm1(x)
+    @property
+    def norm1_layer(self) -> nn.Module:
+        return self.block.norm1
+
+    @property
+    def norm2_layer(self) -> nn.Module:
+        return self.block.norm2
 
     def qkv(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         b, n, c = h.shape
@@ -52,8 +58,8 @@ class TimmBlock(TransformerBlock):
             return None  # a norm over the merged heads comes first
         return fold_layer_scale(self.attn.proj, self.block.ls1)
 
-    def mlp_residual(self, x: Tensor) -> Tensor:
-        return x + self.block.ls2(self.block.mlp(self.block.norm2(x)))
+    def mlp(self, h: Tensor) -> Tensor:
+        return self.block.ls2(self.block.mlp(h))
 
 
 class TimmVisionTower(VisionTower):
@@ -91,14 +97,14 @@ class TimmVisionTower(VisionTower):
         else:
             x = torch.cat([*prefix, x], dim=1)
             x = x + resample_pos_embed(pos, (gh, gw), self.grid_size, self.num_prefix_tokens).to(x.dtype)
-        return t.norm_pre(x)
+        return layer_norm(x, t.norm_pre)
 
     def pool(self, x: Tensor) -> Tensor:
         return self.visual.head(self.trunk.forward_head(self.trunk.norm(x)))
 
     def project_tokens(self, x: Tensor) -> Tensor:
         t = self.trunk
-        x = t.norm(x)
+        x = layer_norm(x, t.norm)
         pool = getattr(t, "attn_pool", None)
         if pool is not None:
             c = x.shape[-1]

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..add_norm import layer_norm
 from ..errors import UnsupportedModelError, WeightsNotFoundError
 from ..gem import resample_pos_embed
 from .base import (
@@ -61,8 +62,13 @@ class HFBlock(TransformerBlock):
         out = self.layer(x, None)
         return out[0] if isinstance(out, tuple) else out
 
-    def norm1(self, x: Tensor) -> Tensor:
-        return self.layer.layer_norm1(x)
+    @property
+    def norm1_layer(self) -> nn.Module:
+        return self.layer.layer_norm1
+
+    @property
+    def norm2_layer(self) -> nn.Module:
+        return self.layer.layer_norm2
 
     def qkv(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         b, n, c = h.shape
@@ -81,8 +87,8 @@ class HFBlock(TransformerBlock):
     def attn_out_affine(self) -> tuple[Tensor, Tensor | None] | None:
         return fold_layer_scale(self.attn.out_proj)
 
-    def mlp_residual(self, x: Tensor) -> Tensor:
-        return x + self.layer.mlp(self.layer.layer_norm2(x))
+    def mlp(self, h: Tensor) -> Tensor:
+        return self.layer.mlp(h)
 
 
 class HFVisionTower(VisionTower):
@@ -117,7 +123,7 @@ class HFVisionTower(VisionTower):
         )
         x = x + pos.to(x.dtype)
         pre = getattr(self.vision, "pre_layrnorm", None)
-        return pre(x) if pre is not None else x
+        return layer_norm(x, pre) if pre is not None else x
 
     def _embed_naflex(self, pixels: Tensor) -> Tensor:
         emb = self.vision.embeddings
@@ -138,7 +144,7 @@ class HFVisionTower(VisionTower):
         return self.head(self.vision.post_layernorm(x))
 
     def project_tokens(self, x: Tensor) -> Tensor:
-        x = self.vision.post_layernorm(x)
+        x = layer_norm(x, self.vision.post_layernorm)
         if self.has_cls:
             return self.projection(x) if self.projection is not None else x
         attn = self.head.attention  # nn.MultiheadAttention: one key -> value and output projections

@@ -1,0 +1,188 @@
+"""The fused residual add and LayerNorm (``mmfinercam.add_norm``) against PyTorch's two passes.
+
+As for the attention kernel (``tests/test_kernels.py``): the kernel runs under Triton's
+interpreter in a subprocess (this file run as a script) in fp32 and fp16, and Triton's own
+compiler builds it for Hopper and Ampere here, without a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+import torch
+from torch import nn
+
+from mmfinercam import add_norm, gem, kernels
+
+pytest.importorskip("triton")
+
+
+def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+@contextmanager
+def _launches() -> Iterator[list]:
+    """The fused launches made within the block, one entry each."""
+    made = []
+    original = add_norm.add_layer_norm_fused
+
+    def counted(*args, **kwargs):
+        made.append(1)
+        return original(*args, **kwargs)
+
+    add_norm.add_layer_norm_fused = counted
+    try:
+        yield made
+    finally:
+        add_norm.add_layer_norm_fused = original
+
+
+def interpreted_checks() -> dict:
+    """Run under TRITON_INTERPRET=1: the kernel against PyTorch, case by case."""
+    torch.manual_seed(0)
+    found = {}
+    cases = [  # name, x, y given, affine
+        ("vit-b", torch.randn(2, 197, 768).mul(3), True, True),  # 768 wide: masked to 1,024
+        ("width 72, no affine", torch.randn(5, 72), True, False),
+        ("no add", torch.randn(3, 17).add(5), False, True),
+        ("no rows", torch.randn(0, 64), True, True),
+        ("class tokens of a batch", torch.randn(4, 9, 32)[:, :1], True, True),  # strided rows
+    ]
+    for dtype in (torch.float32, torch.float16):
+        for name, x, has_y, affine in cases:
+            x = x.to(dtype)
+            y = torch.randn(x.shape).to(dtype) if has_y else None
+            norm = nn.LayerNorm(x.shape[-1], eps=1e-6, elementwise_affine=affine).to(dtype)
+            if affine:
+                with torch.no_grad():
+                    norm.weight.normal_()
+                    norm.bias.normal_()
+            with torch.no_grad(), _launches() as launches:
+                total, out = add_norm.add_norm(x, y, norm)
+            with torch.no_grad():
+                ref_total = x + y if has_y else x
+                ref = norm(ref_total)
+            key = f"{str(dtype)[6:]} {name}"
+            found[f"launches {key}"] = len(launches)
+            found[f"sum equal {key}"] = torch.equal(total, ref_total)
+            found[f"shape {key}"] = list(out.shape) == list(x.shape) and out.dtype == dtype
+            found[f"max diff {key}"] = (out.float() - ref.float()).abs().max().item() if out.numel() else 0.0
+
+    # whole towers in fp16: the residual stream's adds and norms fused or in PyTorch
+    from open_clip.model import CLIP
+
+    import mmfinercam as mf
+    from mmfinercam.testing import build_tiny_open_clip, open_clip_to_transformers
+
+    model = build_tiny_open_clip(seed=0).half()
+    timm_vision = dict(
+        image_size=64, timm_model_name="vit_tiny_patch16_224", timm_pool="token", timm_proj="linear"
+    )
+    timm_model = CLIP(embed_dim=32, vision_cfg=timm_vision, text_cfg=dict(width=32, heads=2, layers=1))
+    towers = {
+        "open_clip": mf.Localizer.from_open_clip(model, None, name="tiny").backend.vision,
+        "transformers": mf.Localizer.from_transformers(open_clip_to_transformers(model), None).backend.vision,
+        "timm": mf.Localizer.from_open_clip(timm_model.half().eval(), None).backend.vision,
+    }
+    pixels = torch.randn(2, 3, 64, 64).half()
+    for name, tower in towers.items():
+        # GEM in every block: the blocks run in their pieces either way
+        runs = {"gem": {}, "raw": dict(method="raw"), "gem everywhere": dict(depth=len(tower.blocks) + 1)}
+        for run, options in runs.items():
+            with torch.inference_mode():
+                with _launches() as launches:
+                    fused = gem.run_tower(tower, pixels, **options)
+                with add_norm.fused(False):
+                    plain = gem.run_tower(tower, pixels, **options)
+            key = f"tower {name} {run}"
+            found[f"{key} launches"] = len(launches)
+            found[f"{key} tokens"] = _rel_err(fused.tokens, plain.tokens)
+            found[f"{key} embedding"] = _rel_err(fused.global_embedding, plain.global_embedding)
+    found["tower blocks"] = {name: len(tower.blocks) for name, tower in towers.items()}
+    return found
+
+
+@pytest.fixture(scope="module")
+def interpreted() -> dict:
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_fused_sum_is_pytorchs_and_its_norm_agrees_to_rounding(interpreted):
+    for key, launches in interpreted.items():
+        if not key.startswith("launches"):
+            continue
+        case = key[len("launches ") :]
+        assert launches == 1, key  # the kernel ran, once
+        assert interpreted[f"sum equal {case}"] and interpreted[f"shape {case}"], case
+        # fp32: the last bits of the mean and variance; fp16: at most one rounding step apart
+        limit = 1e-5 if case.startswith("float32") else 1e-2
+        assert interpreted[f"max diff {case}"] <= limit, (case, interpreted[f"max diff {case}"])
+
+
+def test_towers_fuse_every_residual_add_and_norm(interpreted):
+    for backend, blocks in interpreted["tower blocks"].items():
+        # every block's two norms, the last block's second on the class token alone, and the
+        # tower's first and last norms (timm's first is an identity: none)
+        first_and_last = 1 if backend == "timm" else 2
+        assert interpreted[f"tower {backend} gem launches"] == 2 * blocks + first_and_last, backend
+        assert interpreted[f"tower {backend} raw launches"] == 2 * blocks + first_and_last, backend
+        # fp16 rounding apart: a norm's rare last-bit difference, carried through the blocks,
+        # and the blocks before GEM's, which PyTorch's path runs whole, as the model does
+        for run in ("gem", "raw", "gem everywhere"):
+            assert interpreted[f"tower {backend} {run} tokens"] < 5e-3, (backend, run)
+            assert interpreted[f"tower {backend} {run} embedding"] < 5e-3, (backend, run)
+
+
+@pytest.mark.parametrize("gpu", [("cuda", 90, 32), ("cuda", 80, 32)], ids=["sm_90", "sm_80"])
+@pytest.mark.parametrize("width", [768, 1024, 1152])
+def test_kernel_compiles_with_whole_vector_loads_and_no_spills(gpu, width):
+    """For a real GPU, without one: ViT-B's, ViT-L's and SigLIP-so400m's widths read and write
+    16 bytes a thread at a time (a width that is no power of 2 masks whole vectors), and
+    nothing spills."""
+    x = torch.empty(256 * 197, width, dtype=torch.bfloat16)
+    weight = torch.empty(width, dtype=torch.bfloat16)
+    _, _, launch = add_norm.plan_add_layer_norm(x, torch.empty_like(x), weight, weight, 1e-6)
+    compiled = kernels.compile_ahead(launch, gpu)
+    assert kernels.resource_usage(compiled)["spilled"] == 0
+    ptx = compiled.asm["ptx"]
+    assert set(re.findall(r"ld\.global\S*", ptx)) == {"ld.global.v4.b32"}, launch.meta
+    assert set(re.findall(r"st\.global\S*", ptx)) == {"st.global.v4.b32"}, launch.meta
+
+
+def test_plain_layer_norms_are_recognized_and_nothing_else():
+    open_clip = pytest.importorskip("open_clip")
+
+    class ScaledNorm(nn.LayerNorm):  # a forward of its own: not the kernel's numbers
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    for norm in (nn.LayerNorm(8), open_clip.transformer.LayerNorm(8), open_clip.transformer.LayerNormFp32(8)):
+        weight, bias, eps = add_norm.layer_norm_params(norm)
+        assert weight is norm.weight and bias is norm.bias and eps == norm.eps
+    for norm in (ScaledNorm(8), nn.LayerNorm((4, 8)), nn.RMSNorm(8), nn.Identity()):
+        assert add_norm.layer_norm_params(norm) is None, norm
+
+
+def test_cpu_and_autograd_keep_pytorchs_two_passes():
+    norm = nn.LayerNorm(8)
+    x, y = torch.randn(3, 8), torch.randn(3, 8)
+    assert not add_norm.takes_kernel(x, y, norm)  # no GPU and no interpreter here
+    total, out = add_norm.add_norm(x, y, norm)
+    assert torch.equal(total, x + y) and torch.equal(out, norm(x + y))
+    total, out = add_norm.add_norm(x, None, norm)
+    assert total is x and torch.equal(out, norm(x))
+
+
+if __name__ == "__main__":
+    print(json.dumps(interpreted_checks()))
