@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The GPU checks in one go, for a lent GPU machine: the fused kernel's check and timing, the GPU
-# tests, then `mmfinercam bench` on CUDA in bf16 (eager, torch.compile, CUDA graphs), fp32 (with
+# The GPU checks in one go, for a lent GPU machine: the fused kernels' checks and timings, the
+# GPU tests, then `mmfinercam bench` on CUDA in bf16 (eager, torch.compile, CUDA graphs), fp32 (with
 # the peers) and fp16; a profile.
 #
 #   bash benchmarks/gpu.sh [OUT] [STEP...]   # OUT defaults to $OUT, else mmfinercam-bench/gpu
 #
-# STEPs (default: all, in this order): kernel bf16 profile tests compile graphs fp32 fp16.
+# STEPs (default: all, in this order): kernel addnorm bf16 profile tests compile graphs fp32 fp16.
 # Needs torch with CUDA and triton plus this project's dependencies; gem_torch in .gem-ref (see
 # mmfinercam/bench.py). Writes env.txt, kernel.txt, tests.txt, one JSON report per setting and
 # log.txt under OUT; `python benchmarks/report.py OUT/*.json` turns the reports into RESULTS.md
@@ -13,7 +13,7 @@
 set -u
 out=${1:-${OUT:-mmfinercam-bench/gpu}}
 shift || true
-steps=${*:-kernel bf16 profile tests compile graphs fp32 fp16}
+steps=${*:-kernel addnorm bf16 profile tests compile graphs fp32 fp16}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 log="$out/log.txt"
@@ -39,6 +39,8 @@ for s in $steps; do
   case $s in
     kernel) step "fused self-self attention kernel"
       timeout 120 python3 benchmarks/ss_kernel_gpu.py --configs 2>&1 | tee "$out/kernel.txt" ;;
+    addnorm) step "fused residual add and LayerNorm kernel"
+      timeout 60 python3 benchmarks/add_norm_gpu.py --shapes 2>&1 | tee "$out/add_norm.txt" ;;
     bf16) bench bf16 90 --dtype bf16 "${common[@]}" --sizes 224 448 896 --no-peers ;;
     profile) step "profile"
       timeout 60 python3 benchmarks/profile_gpu.py --dtype bf16 --batches 4 64 256 2>&1 | tee -a "$log" | grep "^b=" ;;

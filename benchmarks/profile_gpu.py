@@ -4,8 +4,9 @@
 
 Times (median of 20 interleaved rounds, synchronized) the floor, our tower without GEM
 ("raw"), with GEM (with the fused self-self attention kernel, and without it), and the whole
-``finer_cam`` call at K=100, so a gap can be put on the stage that makes it; with ``--table``,
-the profiler's top kernels for the whole call.
+``finer_cam`` call at K=100, each also with PyTorch's residual adds and norms instead of the
+fused ones, so a gap can be put on the stage that makes it; with ``--table``, the profiler's
+top kernels for the whole call.
 """
 
 import argparse
@@ -15,12 +16,13 @@ import open_clip
 import torch
 
 import mmfinercam as mf
+from mmfinercam import add_norm
 from mmfinercam.bench import measure_rounds, prompts, synchronize
 from mmfinercam.gem import fused_attention
 
 
-def unfused(fn):
-    with fused_attention(False):
+def without(switch, fn):
+    with switch(False):
         return fn()
 
 
@@ -30,9 +32,11 @@ def stage_times(model, loc, x, text) -> dict[str, float]:
         "encode_image": lambda: model.encode_image(x),
         "tower raw": lambda: loc.image_tokens(x, method="raw"),
         "tower gem": lambda: loc.image_tokens(x, method="gem"),
-        "tower gem, PyTorch self-self": lambda: unfused(lambda: loc.image_tokens(x, method="gem")),
+        "tower gem, PyTorch self-self": lambda: without(fused_attention, lambda: loc.image_tokens(x)),
         "finer_cam K=100": lambda: loc.finer_cam(x, text[0], text[1:]),
     }
+    for name in ("tower raw", "tower gem", "finer_cam K=100"):
+        stages[f"{name}, PyTorch add+norm"] = lambda fn=stages[name]: without(add_norm.fused, fn)
     got = measure_rounds(stages, x.device, repeats=20, warmup=3)
     return {name: statistics.median(samples) * 1000 for name, (samples, _) in got.items()}
 

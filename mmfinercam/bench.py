@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,6 +95,22 @@ def paired_ratio(numerator: Timing, denominator: Timing) -> tuple[float, float, 
     return statistics.median(pairs), min(pairs), max(pairs)
 
 
+Switch = Callable[[bool], AbstractContextManager[None]]
+
+
+def _fused_kernels(dtype: torch.dtype) -> list[tuple[str, str, Switch]]:
+    """The fused kernels that run for a tower in ``dtype`` on a GPU: the label of the call made
+    without each, the name of its speed-up and its switch. The self-self attention kernel runs
+    in half precision only."""
+    from mmfinercam import add_norm
+    from mmfinercam.gem import fused_attention
+
+    found = [("without the fused add and norm", "fused add and norm speed-up", add_norm.fused)]
+    if dtype in (torch.float16, torch.bfloat16):
+        found.append(("GEM without the fused kernel", "fused self-self kernel speed-up", fused_attention))
+    return found
+
+
 def machine() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
@@ -139,7 +155,6 @@ def run(
 
     import mmfinercam as mf
     from mmfinercam import kernels
-    from mmfinercam.gem import fused_attention
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(0)
@@ -194,14 +209,15 @@ def run(
         if 100 in concepts:  # the same call without GEM: what GEM's self-self attention costs
             raw = dense(x, method="raw")
             headline.append((f"{named}100, raw tokens (no GEM)", raw, batch, {"concepts": 100}))
-        if 100 in concepts and kernels.available(x) and x.dtype in (torch.float16, torch.bfloat16):
-            fused = dense(x)
+        if 100 in concepts and kernels.available(x):  # each fused kernel turned off in turn
+            call = dense(x)
+            for label, _, switch in _fused_kernels(x.dtype):
 
-            def pytorch_self_self():
-                with fused_attention(False):
-                    return fused()
+                def without(switch=switch):
+                    with switch(False):
+                        return call()
 
-            headline.append((f"{named}100, GEM without the fused kernel", pytorch_self_self, batch, {}))
+                headline.append((f"{named}100, {label}", without, batch, {}))
         floor = measure_group(*headline)[0]
         for s in sizes:
             xs = images(1, s)
@@ -262,9 +278,10 @@ def run(
     k1000 = by.get("mmfinercam dense Finer-CAM K=1000")
     if k1 and k1000:
         ratios["dense K=1000 time / K=1 time"] = paired_ratio(k1000, k1)
-    unfused = by.get("mmfinercam dense Finer-CAM K=100, GEM without the fused kernel")
-    if unfused and k100:
-        ratios["dense K=100: fused self-self kernel speed-up"] = paired_ratio(unfused, k100)
+    for label, speed_up, _ in _fused_kernels(tdtype):
+        unfused = by.get(f"mmfinercam dense Finer-CAM K=100, {label}")
+        if unfused and k100:
+            ratios[f"dense K=100: {speed_up}"] = paired_ratio(unfused, k100)
     raw = by.get("mmfinercam dense Finer-CAM K=100, raw tokens (no GEM)")
     if raw:
         ratios["dense K=100 without GEM throughput / bare encode_image"] = inverse(paired_ratio(raw, floor))
