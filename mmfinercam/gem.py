@@ -144,6 +144,9 @@ def run_tower(
     """One forward pass of the image tower, with the GEM path when ``method == "gem"``.
 
     ``method="raw"`` returns the plain last-layer tokens (final norm and projection applied).
+    The blocks run in their pieces (the views' norms, qkv, attention, output projection, MLP),
+    not as the model's modules, so that on a GPU each residual add and the norm after it are
+    one pass (:mod:`mmfinercam.add_norm`); the same numbers to float rounding.
     ``gem_attention_grad=False`` stops gradients through the self-self attention (its outputs
     still reach the tokens through the block's output projection): training through the GEM
     path then costs about a third; inference is unaffected.
@@ -159,17 +162,10 @@ def run_tower(
     grid = (pixels.shape[-2] // tower.patch_size[0], pixels.shape[-1] // tower.patch_size[1])
     x = tower.embed(pixels)
     first = len(blocks) - n_gem
-    # Where the residual add and the norm after it run fused (a GPU, plain LayerNorms), every
-    # block runs here, split in its pieces, and each branch's output is added to x in the same
-    # pass as the norm that reads the sum; elsewhere the blocks before GEM's run as they are.
-    norms = [norm for b in blocks for norm in (b.norm1_layer, b.norm2_layer)]
-    split_all = all(add_norm.takes_kernel(x, None, norm) for norm in norms)
+    # each branch's output is added to x in the pass of the norm that reads the sum
     pending: Tensor | None = None  # a branch's output not yet added to x
     gem: Tensor | None = None
     for i, block in enumerate(blocks):
-        if i < first and not split_all:
-            x = block.forward(x)
-            continue
         x, h = add_norm.add_norm(x, pending, block.norm1_layer)
         q, k, v = block.qkv(h)
         if i >= first:

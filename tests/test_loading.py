@@ -95,6 +95,18 @@ def test_gem_refuses_non_vit_towers():
         mf.Localizer.from_open_clip(model, open_clip.get_tokenizer("RN50"))
 
 
+@pytest.mark.parametrize("block", ["ResPostBlock", "ParallelScalingBlock", "ParallelThingsBlock"])
+def test_gem_refuses_timm_blocks_that_are_not_pre_norm(block):
+    """GEM runs a block in its pieces (norm, attention, norm, MLP): a post-norm or parallel
+    block would be run wrong, so it is refused by name."""
+    from timm.models import vision_transformer
+
+    from mmfinercam.backends.timm_vit import TimmBlock
+
+    with pytest.raises(mf.UnsupportedModelError, match=f"pre-norm Block.*got {block}"):
+        TimmBlock(getattr(vision_transformer, block)(32, 2))
+
+
 def test_known_model_names_resolve_offline(tmp_path):
     bioclip, openai = load_errors_offline(tmp_path, "bioclip", "clip-vit-b-16")
     assert "imageomics/bioclip" in bioclip

@@ -22,9 +22,14 @@ class TimmBlock(TransformerBlock):
     """View of ``timm.models.vision_transformer.Block``."""
 
     def __init__(self, block: nn.Module):
-        attn = block.attn
-        if not hasattr(attn, "qkv") or not hasattr(attn, "proj"):
-            raise UnsupportedModelError(f"GEM needs a fused qkv projection; {type(attn).__name__} has none")
+        attn = getattr(block, "attn", None)
+        pre_norm = all(hasattr(block, a) for a in ("norm1", "ls1", "norm2", "mlp", "ls2"))
+        if not (pre_norm and hasattr(attn, "qkv") and hasattr(attn, "proj")):
+            # timm's ResPostBlock normalizes after each branch, its parallel blocks run both at once
+            raise UnsupportedModelError(
+                f"GEM needs timm's pre-norm Block (norm1, attn with a fused qkv projection, ls1, norm2, "
+                f"mlp, ls2); got {type(block).__name__}"
+            )
         self.block = block
         self.attn = attn
         self.num_heads = int(attn.num_heads)
