@@ -16,13 +16,10 @@ else takes the PyTorch path.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 from torch import Tensor, nn
 
-from .kernels import Launch, available, cdiv, next_power_of_2, triton
+from .kernels import KernelSwitch, Launch, available, cdiv, next_power_of_2, triton
 
 if triton is not None:
     import triton.language as tl
@@ -38,19 +35,8 @@ PLAIN_LAYER_NORMS = frozenset(
     }
 )
 
-_fused_enabled = True
-
-
-@contextmanager
-def fused(enabled: bool) -> Iterator[None]:
-    """Turn the fused kernel on or off within the block, to compare it with the PyTorch path.
-    It is on by default."""
-    global _fused_enabled
-    saved, _fused_enabled = _fused_enabled, enabled
-    try:
-        yield
-    finally:
-        _fused_enabled = saved
+#: the fused kernel, on by default: ``with fused(False):`` runs PyTorch's two passes instead
+fused = KernelSwitch()
 
 
 def layer_norm_params(norm: nn.Module) -> tuple[Tensor | None, Tensor | None, float] | None:
@@ -67,7 +53,7 @@ def layer_norm_params(norm: nn.Module) -> tuple[Tensor | None, Tensor | None, fl
 def takes_kernel(x: Tensor, y: Tensor | None, norm: nn.Module) -> bool:
     """Whether :func:`add_norm` runs the fused kernel: a plain LayerNorm, tokens on a CUDA GPU,
     no gradient to carry, and not while ``torch.compile`` traces (inductor fuses the two itself)."""
-    if not _fused_enabled or torch.compiler.is_compiling():
+    if not fused.enabled or torch.compiler.is_compiling():
         return False
     params = layer_norm_params(norm)
     if params is None or not (available(x) and x.is_floating_point()):

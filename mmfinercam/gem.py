@@ -15,8 +15,6 @@ rounding; see ``tests/test_gem_reference.py``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -26,26 +24,16 @@ from torch import Tensor
 from . import add_norm, kernels
 from .backends.base import VisionTower, merge_heads
 
-_fused_enabled = True
-
-
-@contextmanager
-def fused_attention(enabled: bool) -> Iterator[None]:
-    """Turn the fused GPU kernel for self-self attention (:mod:`mmfinercam.kernels`) on or off
-    within the block, to compare it with the PyTorch path. It is on by default."""
-    global _fused_enabled
-    saved, _fused_enabled = _fused_enabled, enabled
-    try:
-        yield
-    finally:
-        _fused_enabled = saved
+#: the fused GPU kernel for self-self attention (:mod:`mmfinercam.kernels`), on by default:
+#: ``with fused_attention(False):`` runs the PyTorch path instead
+fused_attention = kernels.KernelSwitch()
 
 
 def _runs_fused(q: Tensor, k: Tensor, v: Tensor) -> bool:
     """Half precision on a GPU, with no gradient to carry: the fused kernel applies."""
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     half = v.dtype in (torch.float16, torch.bfloat16)
-    return _fused_enabled and half and not needs_grad and kernels.available(v)
+    return fused_attention.enabled and half and not needs_grad and kernels.available(v)
 
 
 def resample_pos_embed(

@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +52,22 @@ except ImportError:  # pragma: no cover - triton ships with CUDA builds of torch
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 MAX_GRID_Y = 65535  #: CUDA's limit on a grid's second and third axes
 _LAUNCH_OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg")  # Triton's, not the kernel's
+
+
+class KernelSwitch:
+    """A fused kernel's switch: on by default; ``with switch(False):`` runs the PyTorch path
+    instead within the block, to compare the two. ``switch.enabled`` is its state."""
+
+    def __init__(self) -> None:
+        self.enabled = True
+
+    @contextmanager
+    def __call__(self, enabled: bool) -> Iterator[None]:
+        saved, self.enabled = self.enabled, enabled
+        try:
+            yield
+        finally:
+            self.enabled = saved
 
 
 def available(x: Tensor) -> bool:

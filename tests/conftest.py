@@ -80,6 +80,20 @@ def load_errors_offline(tmp_path, *names: str) -> list[str]:
     return lines
 
 
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """Relative error of ``out`` against ``ref`` (Frobenius norms, in float64)."""
+    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+def run_interpreted(script: str) -> dict:
+    """Run a test file as a script under Triton's interpreter (``TRITON_INTERPRET=1`` is read
+    when triton is imported, so in a subprocess) and return the JSON its last line prints."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 # GPU tests --------------------------------------------------------------------------------------
 # Tests marked ``gpu`` run where CUDA is available (``pytest -m gpu`` runs only them) and are
 # deselected elsewhere, so the suite never needs a GPU. MMFINERCAM_TEST_DEVICE=cpu runs them on

@@ -8,24 +8,18 @@ compiler builds it for Hopper and Ampere here, without a GPU.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
 import torch
+from conftest import rel_err, run_interpreted
 from torch import nn
 
 from mmfinercam import add_norm, gem, kernels
 
 pytest.importorskip("triton")
-
-
-def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
 @contextmanager
@@ -102,18 +96,15 @@ def interpreted_checks() -> dict:
                     plain = gem.run_tower(tower, pixels, method=method)
             key = f"tower {name} {method}"
             found[f"{key} launches"] = len(launches)
-            found[f"{key} tokens"] = _rel_err(fused.tokens, plain.tokens)
-            found[f"{key} embedding"] = _rel_err(fused.global_embedding, plain.global_embedding)
+            found[f"{key} tokens"] = rel_err(fused.tokens, plain.tokens)
+            found[f"{key} embedding"] = rel_err(fused.global_embedding, plain.global_embedding)
     found["tower blocks"] = {name: len(tower.blocks) for name, tower in towers.items()}
     return found
 
 
 @pytest.fixture(scope="module")
 def interpreted() -> dict:
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_interpreted(__file__)
 
 
 def test_fused_sum_is_pytorchs_and_its_norm_agrees_to_rounding(interpreted):

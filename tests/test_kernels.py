@@ -9,20 +9,14 @@ GPU (``tests/test_gpu.py``, ``benchmarks/ss_kernel_gpu.py``).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from conftest import rel_err, run_interpreted
 
 from mmfinercam import gem, kernels
 
 pytest.importorskip("triton")
-
-
-def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
 def interpreted_checks() -> dict:
@@ -47,13 +41,13 @@ def interpreted_checks() -> dict:
             q.double(), k.double(), v.double(), temp.double() if per_image else temp, it
         )
         name = f"b{b} h{h} n{n} d{d} it{it}"
-        found[f"fp32 {name}"] = _rel_err(kernels.self_self_attention_fused(q, k, v, temp, it), ref)
+        found[f"fp32 {name}"] = rel_err(kernels.self_self_attention_fused(q, k, v, temp, it), ref)
         other_shape = kernels.self_self_attention_fused(q, k, v, temp, it, blocks=(16, 16, 2, 1))
-        found[f"fp32 16x16 blocks {name}"] = _rel_err(other_shape, ref)
+        found[f"fp32 16x16 blocks {name}"] = rel_err(other_shape, ref)
         half = [t.half() for t in (q, k, v)]
-        found[f"fp16 {name}"] = _rel_err(kernels.self_self_attention_fused(*half, temp, it), ref)
+        found[f"fp16 {name}"] = rel_err(kernels.self_self_attention_fused(*half, temp, it), ref)
         with gem.fused_attention(False):
-            found[f"fp16 PyTorch {name}"] = _rel_err(gem.self_self_attention(*half, temp, it), ref)
+            found[f"fp16 PyTorch {name}"] = rel_err(gem.self_self_attention(*half, temp, it), ref)
 
     # a batch larger than a grid's second axis holds (made small here) runs in parts
     q, k, v = torch.randn(3, 5, 2, 40, 32).unbind(0)
@@ -62,7 +56,7 @@ def interpreted_checks() -> dict:
     saved, kernels.MAX_GRID_Y = kernels.MAX_GRID_Y, 4  # two images (of two heads) a launch
     try:
         found["launches, batch in parts"] = len(kernels.plan_self_self_attention(q, k, v, temp)[1])
-        found["fp32 batch in parts"] = _rel_err(kernels.self_self_attention_fused(q, k, v, temp), ref)
+        found["fp32 batch in parts"] = rel_err(kernels.self_self_attention_fused(q, k, v, temp), ref)
     finally:
         kernels.MAX_GRID_Y = saved
 
@@ -86,8 +80,8 @@ def interpreted_checks() -> dict:
             return gm.forward
 
         traced = torch.compile(gem.run_tower, backend=record, fullgraph=True)(loc.backend.vision, x)
-    found["tower fp16 fused vs PyTorch"] = _rel_err(fused, plain)
-    found["tower fp16 compiled vs eager"] = _rel_err(traced.tokens, fused)
+    found["tower fp16 fused vs PyTorch"] = rel_err(fused, plain)
+    found["tower fp16 compiled vs eager"] = rel_err(traced.tokens, fused)
     found["kernel calls in the compiled graph"] = graphs[0].count("mmfinercam.self_self_attention")
     q, k, v = torch.randn(3, 2, 2, 40, 32).half()
     torch.library.opcheck(kernels._self_self_attention_op, (q, k, v, torch.rand(2) + 1, 0.0, 1))
@@ -96,10 +90,7 @@ def interpreted_checks() -> dict:
 
 @pytest.fixture(scope="module")
 def interpreted() -> dict:
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_interpreted(__file__)
 
 
 def test_fp32_kernel_equals_the_pytorch_path(interpreted):
