@@ -5,7 +5,8 @@
 #
 #   bash benchmarks/gpu.sh [OUT] [STEP...]   # OUT defaults to $OUT, else mmfinercam-bench/gpu
 #
-# STEPs (default: all, in this order): kernel addnorm bf16 profile tests compile graphs fp32 fp16.
+# STEPs (default: all, in this order): kernel addnorm bf16 target profile tests compile graphs fp32
+# fp16. "target" is issue 7's GPU headline: bf16 at batch 256 (and 64, 512), 30 paired rounds.
 # Needs torch with CUDA and triton plus this project's dependencies; gem_torch in .gem-ref (see
 # mmfinercam/bench.py). Writes env.txt, kernel.txt, tests.txt, one JSON report per setting and
 # log.txt under OUT; `python benchmarks/report.py OUT/*.json` turns the reports into RESULTS.md
@@ -13,7 +14,7 @@
 set -u
 out=${1:-${OUT:-mmfinercam-bench/gpu}}
 shift || true
-steps=${*:-kernel addnorm bf16 profile tests compile graphs fp32 fp16}
+steps=${*:-kernel addnorm bf16 target profile tests compile graphs fp32 fp16}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 log="$out/log.txt"
@@ -42,6 +43,8 @@ for s in $steps; do
     addnorm) step "fused residual add and LayerNorm kernel"
       timeout 60 python3 benchmarks/add_norm_gpu.py --shapes 2>&1 | tee "$out/add_norm.txt" ;;
     bf16) bench bf16 90 --dtype bf16 "${common[@]}" --sizes 224 448 896 --no-peers ;;
+    target) bench bf16-b256 150 --dtype bf16 --repeats 30 --batch 256 --concepts 1 100 1000 --batches 64 512 \
+      --sizes --no-peers ;;
     profile) step "profile"
       timeout 60 python3 benchmarks/profile_gpu.py --dtype bf16 --batches 4 64 256 2>&1 | tee -a "$log" | grep "^b=" ;;
     tests) step "GPU tests"
