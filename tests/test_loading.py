@@ -107,6 +107,34 @@ def test_gem_refuses_timm_blocks_that_are_not_pre_norm(block):
         TimmBlock(getattr(vision_transformer, block)(32, 2))
 
 
+@pytest.mark.parametrize(
+    "name, tag, forced",
+    [
+        ("ViT-B-16", "openai", True),  # mf.load("clip-vit-b-16")
+        ("ViT-B-32", "laion400m_e31", True),
+        ("ViT-B-16", "laion2b_s34b_b88k", False),  # trained with GELU
+        ("ViT-B-16-quickgelu", "openai", False),  # the config already says QuickGELU
+    ],
+)
+def test_weights_trained_with_quick_gelu_run_with_it(monkeypatch, tiny_model, name, tag, forced):
+    """open_clip 3 builds a built-in config as it is, so OpenAI's ViT-B-16 weights (trained with
+    QuickGELU) would run with GELU, a different model, and it only warns: the loader asks for
+    QuickGELU where the tag was trained with it."""
+    import open_clip
+
+    from mmfinercam.backends.open_clip import load_open_clip
+
+    asked = {}
+
+    def create_model(model_name, **kwargs):  # records what the loader asks for; no download
+        asked.update(kwargs, name=model_name)
+        return tiny_model
+
+    monkeypatch.setattr(open_clip, "create_model", create_model)
+    load_open_clip(name, tag)
+    assert asked["name"] == name and asked.get("force_quick_gelu", False) is forced
+
+
 def test_known_model_names_resolve_offline(tmp_path):
     bioclip, openai = load_errors_offline(tmp_path, "bioclip", "clip-vit-b-16")
     assert "imageomics/bioclip" in bioclip

@@ -256,6 +256,8 @@ def load_open_clip(
             raise WeightsNotFoundError(
                 f"open_clip has no pretrained tag {pretrained!r} for {name}; known tags: " + ", ".join(known)
             )
+        if _tag_needs_quick_gelu(name, pretrained):
+            model_kwargs.setdefault("force_quick_gelu", True)
     if not name.startswith(("hf-hub:", "local-dir:")) and name not in open_clip.list_models():
         raise WeightsNotFoundError(
             f"unknown model {model!r}: not an open_clip model name, hf-hub: id, open_clip folder "
@@ -277,6 +279,16 @@ def load_open_clip(
     random_weights = pretrained is None and not name.startswith(("hf-hub:", "local-dir:"))
     info = ModelInfo(name=model, pretrained=pretrained, random_weights=random_weights)
     return OpenCLIPBackend(clip, tokenizer, info=info)
+
+
+def _tag_needs_quick_gelu(name: str, pretrained: str) -> bool:
+    """Whether a built-in model's weights under this tag were trained with QuickGELU while its
+    config says GELU (OpenAI's ``ViT-B-16``, LAION-400M's, MetaCLIP's ...). open_clip 3 builds
+    the config as it is and only warns, so the model would run with the wrong activation."""
+    import open_clip
+
+    trained_with = bool((open_clip.get_pretrained_cfg(name, pretrained) or {}).get("quick_gelu"))
+    return trained_with and not (open_clip.get_model_config(name) or {}).get("quick_gelu")
 
 
 def _looks_like_path(s: str) -> bool:
