@@ -16,6 +16,8 @@ else takes the PyTorch path.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor, nn
 
@@ -97,29 +99,44 @@ def plan_add_layer_norm(
     cols = x.shape[-1]
     if y is not None and y.shape != x.shape:
         raise ValueError(f"x and y must have one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
-    x2 = x.reshape(-1, cols)
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
-    y2 = None
-    if y is not None:
-        y2 = y.to(x.dtype).reshape(-1, cols)
-        if y2.stride(-1) != 1:
-            y2 = y2.contiguous()
-    rows = x2.shape[0]
-    total = torch.empty_like(x2) if y is not None else x2
-    out = torch.empty_like(x2)
+    x_rows, x_stride = _as_rows(x)
+    y_rows, y_stride = (x_rows, 0) if y is None else _as_rows(y if y.dtype == x.dtype else y.to(x.dtype))
+    # outputs in x's shape, rows packed (no views to take: a call on a small batch is bound by
+    # the host's time); with no add the sum is x itself
+    total = x if y is None else torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    meta = _launch_meta(cols, y is not None, weight is not None, bias is not None, shape)
+    rows = x.numel() // cols if cols else 0
+    args = (x_rows, y_rows, x_rows if weight is None else weight, x_rows if bias is None else bias)
+    args += (total, out, rows, float(eps), x_stride, y_stride, cols, cols)  # the sum: written if y
+    launch = Launch(_add_layer_norm, (max(1, cdiv(rows, meta["ROWS"])),), args, meta)  # no rows: all masked
+    return total, out, launch
+
+
+def _as_rows(t: Tensor) -> tuple[Tensor, int]:
+    """``t`` as rows of its last dimension for the kernel: the tensor to read (``t`` itself when
+    contiguous) and the distance between its rows."""
+    if t.is_contiguous():
+        return t, t.shape[-1]
+    flat = t.reshape(-1, t.shape[-1])
+    if flat.stride(-1) != 1:
+        flat = flat.contiguous()
+    return flat, flat.stride(0)
+
+
+@functools.lru_cache(maxsize=64)
+def _launch_meta(
+    cols: int, has_y: bool, has_weight: bool, has_bias: bool, shape: tuple[int, int] | None
+) -> dict:
+    """Compile-time values and launch options, cached: a call on a small batch is bound by the
+    host's time."""
     block_c = max(16, next_power_of_2(cols))
     # ~4,096 elements a program: 4 rows of a ViT-B's 768 (padded to 1,024), 2 of a ViT-g's 1,408
-    row_block, warps = shape or (max(1, min(16, 4096 // block_c)), 4 if block_c <= 2048 else 8)
-    args = (x2, x2 if y2 is None else y2, x2 if weight is None else weight, x2 if bias is None else bias)
-    args += (total, out, rows, float(eps), x2.stride(0), 0 if y2 is None else y2.stride(0))
-    args += (total.stride(0), out.stride(0))
-    meta = dict(
-        HAS_Y=y is not None, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
-        COLS=cols, BLOCK_C=block_c, ROWS=row_block, num_warps=warps,
+    rows, warps = shape or (max(1, min(16, 4096 // block_c)), 4 if block_c <= 2048 else 8)
+    return dict(
+        HAS_Y=has_y, HAS_WEIGHT=has_weight, HAS_BIAS=has_bias,
+        COLS=cols, BLOCK_C=block_c, ROWS=rows, num_warps=warps,
     )  # fmt: skip
-    launch = Launch(_add_layer_norm, (max(1, cdiv(rows, row_block)),), args, meta)  # no rows: all masked
-    return total.view(x.shape), out.view(x.shape), launch
 
 
 def add_layer_norm_fused(
