@@ -26,6 +26,9 @@ its launches can also be compiled for a GPU on a machine without one (:func:`com
 :func:`resource_usage`): the tests check there that they compile for Hopper and Ampere, keep
 their loads pipelined and do not spill.
 
+The launch plumbing (:class:`Launch`, :func:`compile_ahead`, :func:`resource_usage`,
+:class:`KernelSwitch`) also serves the fused add and norm of :mod:`mmfinercam.add_norm`.
+
 Half precision only in :func:`mmfinercam.gem.self_self_attention`'s dispatch: fp32 keeps the
 exact SDPA path (the kernel's fp32 mode exists for testing against it under Triton's
 interpreter, ``TRITON_INTERPRET=1``). No backward pass: training uses the PyTorch path.
@@ -275,6 +278,7 @@ def _streams(q: Tensor, k: Tensor, v: Tensor) -> list[Tensor]:
 
 
 def cdiv(a: int, b: int) -> int:
+    """``a / b`` rounded up, for whole tiles and programs."""
     return -(-a // b)
 
 

@@ -85,8 +85,8 @@ class TransformerBlock(ABC):
     @property
     @abstractmethod
     def norm1_layer(self) -> nn.Module:
-        """The pre-attention normalization module (GEM's path fuses it with the residual add
-        before it where it is a plain LayerNorm: :mod:`mmfinercam.add_norm`)."""
+        """The pre-attention normalization module (the tower runs it fused with the residual
+        add before it where it is a plain LayerNorm: :mod:`mmfinercam.add_norm`)."""
 
     @property
     @abstractmethod
