@@ -5,8 +5,9 @@
 #
 #   bash benchmarks/gpu.sh [OUT] [STEP...]   # OUT defaults to $OUT, else mmfinercam-bench/gpu
 #
-# STEPs (default: all, in this order): kernel addnorm bf16 target profile tests compile graphs fp32
-# fp16. "target" is issue 7's GPU headline: bf16 at batch 256 (and 64, 512), 30 paired rounds.
+# STEPs (default: all, in this order): kernel addnorm bf16 target quickgelu profile tests compile
+# graphs fp32 fp16. "target" is issue 7's GPU headline: bf16 at batch 256 (and 64, 512), 30 paired
+# rounds; "quickgelu" the same call for a tower with QuickGELU, as OpenAI's CLIP has.
 # Needs torch with CUDA and triton plus this project's dependencies; gem_torch in .gem-ref (see
 # mmfinercam/bench.py). Writes env.txt, kernel.txt, tests.txt, one JSON report per setting and
 # log.txt under OUT; `python benchmarks/report.py OUT/*.json` turns the reports into RESULTS.md
@@ -14,7 +15,7 @@
 set -u
 out=${1:-${OUT:-mmfinercam-bench/gpu}}
 shift || true
-steps=${*:-kernel addnorm bf16 target profile tests compile graphs fp32 fp16}
+steps=${*:-kernel addnorm bf16 target quickgelu profile tests compile graphs fp32 fp16}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 log="$out/log.txt"
@@ -40,11 +41,13 @@ for s in $steps; do
   case $s in
     kernel) step "fused self-self attention kernel"
       timeout 120 python3 benchmarks/ss_kernel_gpu.py --configs 2>&1 | tee "$out/kernel.txt" ;;
-    addnorm) step "fused residual add and LayerNorm kernel"
-      timeout 60 python3 benchmarks/add_norm_gpu.py --shapes 2>&1 | tee "$out/add_norm.txt" ;;
+    addnorm) step "fused kernels of the tower: residual add and LayerNorm, QuickGELU"
+      timeout 60 python3 benchmarks/tower_kernels_gpu.py --shapes 2>&1 | tee "$out/tower_kernels.txt" ;;
     bf16) bench bf16 90 --dtype bf16 "${common[@]}" --sizes 224 448 896 --no-peers ;;
     target) bench bf16-b256 150 --dtype bf16 --repeats 30 --batch 256 --concepts 1 100 1000 --batches 64 512 \
       --sizes --no-peers ;;
+    quickgelu) bench bf16-quickgelu 120 --model ViT-B-16-quickgelu --dtype bf16 --repeats 20 --batch 256 \
+      --concepts 1 100 --batches --sizes --no-peers ;;
     profile) step "profile"
       timeout 60 python3 benchmarks/profile_gpu.py --dtype bf16 --batches 4 64 256 2>&1 | tee -a "$log" | grep "^b=" ;;
     tests) step "GPU tests"

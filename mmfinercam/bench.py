@@ -98,16 +98,18 @@ def paired_ratio(numerator: Timing, denominator: Timing) -> tuple[float, float, 
 Switch = Callable[[bool], AbstractContextManager[None]]
 
 
-def _fused_kernels(dtype: torch.dtype) -> list[tuple[str, str, Switch]]:
-    """The fused kernels that run for a tower in ``dtype`` on a GPU: the label of the call made
-    without each, the name of its speed-up and its switch. The self-self attention kernel runs
-    in half precision only."""
-    from mmfinercam import add_norm
+def _fused_kernels(model: torch.nn.Module, dtype: torch.dtype) -> list[tuple[str, str, Switch]]:
+    """The fused kernels that run for this tower in ``dtype`` on a GPU: the label of the call
+    made without each, the name of its speed-up and its switch. The self-self attention kernel
+    runs in half precision only, QuickGELU's for towers that have it."""
+    from mmfinercam import add_norm, quick_gelu
     from mmfinercam.gem import fused_attention
 
     found = [("without the fused add and norm", "fused add and norm speed-up", add_norm.fused)]
     if dtype in (torch.float16, torch.bfloat16):
         found.append(("GEM without the fused kernel", "fused self-self kernel speed-up", fused_attention))
+    if any(quick_gelu.is_quick_gelu(m) for m in model.modules()):
+        found.append(("without the fused QuickGELU", "fused QuickGELU speed-up", quick_gelu.fused))
     return found
 
 
@@ -211,7 +213,7 @@ def run(
             headline.append((f"{named}100, raw tokens (no GEM)", raw, batch, {"concepts": 100}))
         if 100 in concepts and kernels.available(x):  # each fused kernel turned off in turn
             call = dense(x)
-            for label, _, switch in _fused_kernels(x.dtype):
+            for label, _, switch in _fused_kernels(model, x.dtype):
 
                 def without(switch=switch):
                     with switch(False):
@@ -278,7 +280,7 @@ def run(
     k1000 = by.get("mmfinercam dense Finer-CAM K=1000")
     if k1 and k1000:
         ratios["dense K=1000 time / K=1 time"] = paired_ratio(k1000, k1)
-    for label, speed_up, _ in _fused_kernels(tdtype):
+    for label, speed_up, _ in _fused_kernels(model, tdtype):
         unfused = by.get(f"mmfinercam dense Finer-CAM K=100, {label}")
         if unfused and k100:
             ratios[f"dense K=100: {speed_up}"] = paired_ratio(unfused, k100)

@@ -18,7 +18,7 @@ import torch
 from conftest import gpu_test_device
 
 import mmfinercam as mf
-from mmfinercam import add_norm, gem, kernels
+from mmfinercam import add_norm, gem, kernels, quick_gelu
 from mmfinercam.batch import BatchJob, BatchRunner, PromptSet, iter_results, load_map, read_collection
 from mmfinercam.testbed import held_out
 from mmfinercam.testing import build_tiny_open_clip, deterministic_image, open_clip_to_transformers
@@ -152,6 +152,22 @@ def test_fused_add_norm_is_pytorchs_two_passes(device, dtype):
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     else:
         torch.testing.assert_close(out, ref)  # within one rounding step
+        assert (out != ref).float().mean().item() < 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_fused_quick_gelu_is_the_modules_three_passes(device, dtype):
+    """ViT-B/16's MLP activations at batch 64: each step rounded as PyTorch rounds it, so the same
+    numbers but for a rare last bit of the sigmoid's exponential (fp32: its last bits)."""
+    x = torch.randn(64, 197, 3072, device=device).mul(3).to(dtype)
+    act = open_clip.transformer.QuickGELU()
+    with torch.inference_mode():
+        assert quick_gelu.takes_kernel(x, act)
+        out, ref = quick_gelu.activation(x, act), act(x)
+    if dtype == torch.float32:
+        torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-6)
+    else:
+        torch.testing.assert_close(out, ref)
         assert (out != ref).float().mean().item() < 1e-3
 
 

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from ..add_norm import layer_norm
 from ..errors import UnsupportedModelError, WeightsNotFoundError
 from ..gem import resample_pos_embed
+from ..quick_gelu import activation
 from .base import (
     Backend,
     ImageConfig,
@@ -78,7 +79,11 @@ class OpenCLIPBlock(TransformerBlock):
         return fold_layer_scale(self.attn.out_proj, self.block.ls_1)
 
     def mlp(self, h: Tensor) -> Tensor:
-        return self.block.ls_2(self.block.mlp(h))
+        mlp = self.block.mlp
+        if list(mlp._modules) != ["c_fc", "gelu", "c_proj"]:  # scale_fc: a norm in between
+            return self.block.ls_2(mlp(h))
+        # its activation may be QuickGELU, one pass on a GPU instead of three
+        return self.block.ls_2(mlp.c_proj(activation(mlp.c_fc(h), mlp.gelu)))
 
 
 class OpenCLIPVisionTower(VisionTower):

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from ..add_norm import layer_norm
 from ..errors import UnsupportedModelError, WeightsNotFoundError
 from ..gem import resample_pos_embed
+from ..quick_gelu import activation
 from .base import (
     Backend,
     ImageConfig,
@@ -88,7 +89,11 @@ class HFBlock(TransformerBlock):
         return fold_layer_scale(self.attn.out_proj)
 
     def mlp(self, h: Tensor) -> Tensor:
-        return self.layer.mlp(h)
+        mlp = self.layer.mlp
+        if set(mlp._modules) != {"fc1", "activation_fn", "fc2"}:
+            return mlp(h)
+        # CLIP's and SigLIP's MLP; OpenAI CLIP's QuickGELU is one pass on a GPU instead of three
+        return mlp.fc2(activation(mlp.fc1(h), mlp.activation_fn))
 
 
 class HFVisionTower(VisionTower):

@@ -1,12 +1,15 @@
-"""The fused residual add and LayerNorm on a GPU: against PyTorch's two passes, and launch shapes.
+"""The fused kernels of the tower's unmodified parts on a GPU, against PyTorch: the residual add
+and LayerNorm (:mod:`mmfinercam.add_norm`) and QuickGELU (:mod:`mmfinercam.quick_gelu`).
 
-    python benchmarks/add_norm_gpu.py [--batch 64 256] [--width 768] [--shapes]
+    python benchmarks/tower_kernels_gpu.py [--batch 64 256] [--width 768] [--shapes]
 
 For ViT-B/16's residual stream (batch × 197 tokens × 768) in bf16: the sum checked equal to
 PyTorch's and the norm's largest difference, then ``x + y`` followed by ``F.layer_norm``
-(PyTorch, two launches) against :func:`mmfinercam.add_norm.add_layer_norm_fused` (one), and the
-norm alone against ``F.layer_norm``, timed with ``triton.testing.do_bench`` (median) and read
-as memory bandwidth. ``--shapes`` also times other launch shapes (rows a program, warps).
+(PyTorch, two launches) against the fused add and norm (one), and the norm alone against
+``F.layer_norm``; for the MLP's activations (batch × 197 × 4·768), QuickGELU's three PyTorch
+passes against one. Timed with ``triton.testing.do_bench`` (median) and read as memory
+bandwidth. ``--shapes`` also times other launch shapes of the add and norm (rows a program,
+warps).
 """
 
 import argparse
@@ -14,8 +17,9 @@ import argparse
 import torch
 import torch.nn.functional as F
 import triton
+from open_clip.transformer import QuickGELU
 
-from mmfinercam import add_norm
+from mmfinercam import add_norm, quick_gelu
 
 
 def bandwidth(tensors: int, x: torch.Tensor, ms: float) -> str:
@@ -53,6 +57,16 @@ def timing(device, batch: int, width: int, dtype, shapes: bool) -> None:
     )
     print(f"  norm alone: PyTorch {bandwidth(2, x, t_ln)}, fused {bandwidth(2, x, t_ln_fused)}, "
           f"{t_ln / t_ln_fused:.2f}x")  # fmt: skip
+    # QuickGELU over the MLP's activations: three passes (x read three times, two temporaries
+    # written and read) against one
+    h = torch.randn(batch, 197, 4 * width, device=device).mul(3).to(dtype)
+    act = QuickGELU()
+    with quick_gelu.fused(False):
+        t_act = triton.testing.do_bench(lambda: quick_gelu.activation(h, act), return_mode="median")
+    t_act_fused = triton.testing.do_bench(lambda: quick_gelu.activation(h, act), return_mode="median")
+    same = torch.equal(quick_gelu.activation(h, act), act(h))
+    print(f"  QuickGELU: PyTorch {bandwidth(7, h, t_act)}, fused {bandwidth(2, h, t_act_fused)}, "
+          f"{t_act / t_act_fused:.2f}x, the same numbers {same}")  # fmt: skip
     if shapes:
         for shape in [(1, 1), (1, 2), (1, 4), (2, 4), (4, 4), (8, 4), (4, 8), (8, 8), (16, 8)]:
             t = triton.testing.do_bench(lambda s=shape: fused(s), return_mode="median")

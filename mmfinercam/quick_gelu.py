@@ -1,0 +1,87 @@
+"""QuickGELU, ``x * sigmoid(1.702 * x)``, in one pass over an MLP's activations (Triton).
+
+OpenAI's CLIP towers (and those trained with the same activation: LAION-400M's, MetaCLIP's)
+use QuickGELU between their MLP's two products. PyTorch runs it as three elementwise passes over
+the 4×-wide activations (a product, a sigmoid, a product), where an exact GELU is one: here it is
+one launch that reads them once and writes the result once.
+
+Same numbers as the three passes: each step is computed in fp32 and rounded to the activations'
+dtype as PyTorch rounds it; only the exponential and division of the sigmoid may differ in
+fp32's last bit. It runs on a CUDA GPU (or under Triton's interpreter) for the activation
+modules of :data:`QUICK_GELUS`, with no gradient to carry and not while ``torch.compile``
+traces (inductor fuses the three itself); anything else runs the module.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .kernels import KernelSwitch, Launch, available, cdiv, triton
+
+if triton is not None:
+    import triton.language as tl
+
+#: activation modules whose forward is ``x * torch.sigmoid(1.702 * x)`` and nothing else
+QUICK_GELUS = frozenset(
+    {
+        "open_clip.transformer.QuickGELU",
+        "transformers.activations.QuickGELUActivation",
+        "timm.layers.activations.QuickGELU",
+    }
+)
+
+#: the fused kernel, on by default: ``with fused(False):`` runs the module's three passes
+fused = KernelSwitch()
+
+_BLOCK = 2048  #: elements a program: 16-byte vectors, 8 a thread in half precision
+
+
+def is_quick_gelu(act: nn.Module) -> bool:
+    """Whether ``act`` is one of :data:`QUICK_GELUS` (a subclass may compute something else)."""
+    cls = type(act)
+    return f"{cls.__module__}.{cls.__qualname__}" in QUICK_GELUS
+
+
+def takes_kernel(x: Tensor, act: nn.Module) -> bool:
+    """Whether :func:`activation` runs the fused kernel for ``x`` and this activation."""
+    if not fused.enabled or torch.compiler.is_compiling() or not is_quick_gelu(act):
+        return False
+    needs_grad = torch.is_grad_enabled() and x.requires_grad
+    return available(x) and x.is_floating_point() and x.is_contiguous() and not needs_grad
+
+
+def activation(x: Tensor, act: nn.Module) -> Tensor:
+    """``act(x)``: in the fused kernel where :func:`takes_kernel` says so, else the module."""
+    if not takes_kernel(x, act):
+        return act(x)
+    out, launch = plan_quick_gelu(x)
+    launch()
+    return out
+
+
+def plan_quick_gelu(x: Tensor) -> tuple[Tensor, Launch]:
+    """The output and the launch of the fused QuickGELU of a contiguous ``x``, not yet run (so
+    that it can be compiled for a GPU without one: ``kernels.compile_ahead``)."""
+    if triton is None:
+        raise RuntimeError("the fused QuickGELU needs triton (pip install triton)")
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    n = x.numel()
+    return out, Launch(_quick_gelu, (max(1, cdiv(n, _BLOCK)),), (x, out, n), _META)
+
+
+_META = dict(BLOCK=_BLOCK, num_warps=8)
+
+if triton is not None:
+
+    @triton.jit
+    def _quick_gelu(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+        """``BLOCK`` elements of ``x * sigmoid(1.702 * x)``, each step rounded as PyTorch's."""
+        offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = offsets < n
+        x = tl.load(x_ptr + offsets, mask=mask, other=0.0)
+        dtype = x.dtype
+        u = x.to(tl.float32)
+        scaled = (u * 1.702).to(dtype).to(tl.float32)  # 1.702 * x
+        gate = (1.0 / (1.0 + tl.exp(-scaled))).to(dtype).to(tl.float32)  # torch.sigmoid
+        tl.store(out_ptr + offsets, (u * gate).to(dtype), mask=mask)  # x * gate
