@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -92,6 +94,24 @@ def run_interpreted(script: str) -> dict:
     proc = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@contextmanager
+def counted_calls(owner: object, name: str) -> Iterator[list]:
+    """Within the block, ``owner.name`` is counted: one entry in the yielded list a call (how
+    many fused launches a tower made, say)."""
+    calls: list = []
+    original = getattr(owner, name)
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    setattr(owner, name, counted)
+    try:
+        yield calls
+    finally:
+        setattr(owner, name, original)
 
 
 # GPU tests --------------------------------------------------------------------------------------

@@ -9,34 +9,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 import torch
-from conftest import rel_err, run_interpreted
+from conftest import counted_calls, rel_err, run_interpreted
 from torch import nn
 
 from mmfinercam import add_norm, gem, kernels
 
 pytest.importorskip("triton")
-
-
-@contextmanager
-def _launches() -> Iterator[list]:
-    """The fused launches made within the block, one entry each."""
-    made = []
-    original = add_norm.add_layer_norm_fused
-
-    def counted(*args, **kwargs):
-        made.append(1)
-        return original(*args, **kwargs)
-
-    add_norm.add_layer_norm_fused = counted
-    try:
-        yield made
-    finally:
-        add_norm.add_layer_norm_fused = original
 
 
 def interpreted_checks() -> dict:
@@ -59,7 +40,7 @@ def interpreted_checks() -> dict:
                 with torch.no_grad():
                     norm.weight.normal_()
                     norm.bias.normal_()
-            with torch.no_grad(), _launches() as launches:
+            with torch.no_grad(), counted_calls(add_norm, "add_layer_norm_fused") as launches:
                 total, out = add_norm.add_norm(x, y, norm)
             with torch.no_grad():
                 ref_total = x + y if has_y else x
@@ -90,7 +71,7 @@ def interpreted_checks() -> dict:
     for name, tower in towers.items():
         for method in ("gem", "raw"):
             with torch.inference_mode():
-                with _launches() as launches:
+                with counted_calls(add_norm, "add_layer_norm_fused") as launches:
                     fused = gem.run_tower(tower, pixels, method=method)
                 with add_norm.fused(False):
                     plain = gem.run_tower(tower, pixels, method=method)

@@ -8,35 +8,16 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 import torch
-from conftest import rel_err, run_interpreted
+from conftest import counted_calls, rel_err, run_interpreted
 from torch import nn
 
 from mmfinercam import gem, kernels, quick_gelu
 
 pytest.importorskip("triton")
 open_clip = pytest.importorskip("open_clip")
-
-
-@contextmanager
-def _launches() -> Iterator[list]:
-    """The fused launches made within the block, one entry each."""
-    made = []
-    original = quick_gelu.plan_quick_gelu
-
-    def counted(*args, **kwargs):
-        made.append(1)
-        return original(*args, **kwargs)
-
-    quick_gelu.plan_quick_gelu = counted
-    try:
-        yield made
-    finally:
-        quick_gelu.plan_quick_gelu = original
 
 
 def interpreted_checks() -> dict:
@@ -48,7 +29,7 @@ def interpreted_checks() -> dict:
     for dtype in (torch.float32, torch.float16):
         for name, shape in cases.items():
             x = torch.randn(shape).mul(4).to(dtype)
-            with torch.no_grad(), _launches() as launches:
+            with torch.no_grad(), counted_calls(quick_gelu, "plan_quick_gelu") as launches:
                 out = quick_gelu.activation(x, act)
             ref = act(x)
             key = f"{str(dtype)[6:]} {name}"
@@ -69,7 +50,7 @@ def interpreted_checks() -> dict:
     pixels = torch.randn(2, 3, 64, 64).half()
     for name, tower in towers.items():
         with torch.inference_mode():
-            with _launches() as launches:
+            with counted_calls(quick_gelu, "plan_quick_gelu") as launches:
                 fused = gem.run_tower(tower, pixels)
             with quick_gelu.fused(False):
                 plain = gem.run_tower(tower, pixels)
