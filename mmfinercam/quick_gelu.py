@@ -34,7 +34,8 @@ QUICK_GELUS = frozenset(
 #: the fused kernel, on by default: ``with fused(False):`` runs the module's three passes
 fused = KernelSwitch()
 
-_BLOCK = 2048  #: elements a program: 16-byte vectors, 8 a thread in half precision
+_BLOCK = 2048  #: elements a program: 8 warps, 8 a thread (a 16-byte vector in half precision)
+_META = dict(BLOCK=_BLOCK, num_warps=8)
 
 
 def is_quick_gelu(act: nn.Module) -> bool:
@@ -69,8 +70,6 @@ def plan_quick_gelu(x: Tensor) -> tuple[Tensor, Launch]:
     n = x.numel()
     return out, Launch(_quick_gelu, (max(1, cdiv(n, _BLOCK)),), (x, out, n), _META)
 
-
-_META = dict(BLOCK=_BLOCK, num_warps=8)
 
 if triton is not None:
 
