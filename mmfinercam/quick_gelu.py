@@ -6,10 +6,12 @@ the 4×-wide activations (a product, a sigmoid, a product), where an exact GELU 
 one launch that reads them once and writes the result once.
 
 Same numbers as the three passes: each step is computed in fp32 and rounded to the activations'
-dtype as PyTorch rounds it; only the exponential and division of the sigmoid may differ in
-fp32's last bit. It runs on a CUDA GPU (or under Triton's interpreter) for the activation
-modules of :data:`QUICK_GELUS`, with no gradient to carry and not while ``torch.compile``
-traces (inductor fuses the three itself); anything else runs the module.
+dtype as PyTorch rounds it, the sigmoid with CUDA's own ``expf`` and a correctly rounded
+division, as PyTorch's kernel computes it (on the CPU, under Triton's interpreter, NumPy's
+``exp`` stands in, a last-bit difference in fp32). It runs on a CUDA GPU (or under Triton's
+interpreter) for the activation modules of :data:`QUICK_GELUS`, with no gradient to carry and
+not while ``torch.compile`` traces (inductor fuses the three itself); anything else runs the
+module.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .kernels import KernelSwitch, Launch, available, cdiv, triton
+from .kernels import INTERPRETED, KernelSwitch, Launch, available, cdiv, triton
 
 if triton is not None:
     import triton.language as tl
+    from triton.language.extra import libdevice
 
 #: activation modules whose forward is ``x * torch.sigmoid(1.702 * x)`` and nothing else
 QUICK_GELUS = frozenset(
@@ -35,7 +38,7 @@ QUICK_GELUS = frozenset(
 fused = KernelSwitch()
 
 _BLOCK = 2048  #: elements a program: 8 warps, 8 a thread (a 16-byte vector in half precision)
-_META = dict(BLOCK=_BLOCK, num_warps=8)
+_META = dict(BLOCK=_BLOCK, CUDA_EXP=not INTERPRETED, num_warps=8)
 
 
 def is_quick_gelu(act: nn.Module) -> bool:
@@ -74,7 +77,7 @@ def plan_quick_gelu(x: Tensor) -> tuple[Tensor, Launch]:
 if triton is not None:
 
     @triton.jit
-    def _quick_gelu(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    def _quick_gelu(x_ptr, out_ptr, n, BLOCK: tl.constexpr, CUDA_EXP: tl.constexpr):
         """``BLOCK`` elements of ``x * sigmoid(1.702 * x)``, each step rounded as PyTorch's."""
         offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         mask = offsets < n
@@ -82,5 +85,10 @@ if triton is not None:
         dtype = x.dtype
         u = x.to(tl.float32)
         scaled = (u * 1.702).to(dtype).to(tl.float32)  # 1.702 * x
-        gate = (1.0 / (1.0 + tl.exp(-scaled))).to(dtype).to(tl.float32)  # torch.sigmoid
+        # torch.sigmoid on a GPU: 1 / (1 + expf(-t)), CUDA's expf and a correctly rounded division
+        if CUDA_EXP:
+            e = libdevice.exp(-scaled)
+        else:  # Triton's interpreter has no libdevice: NumPy's exp stands in
+            e = tl.exp(-scaled)
+        gate = tl.div_rn(1.0, 1.0 + e).to(dtype).to(tl.float32)
         tl.store(out_ptr + offsets, (u * gate).to(dtype), mask=mask)  # x * gate

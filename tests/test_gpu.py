@@ -157,8 +157,8 @@ def test_fused_add_norm_is_pytorchs_two_passes(device, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_fused_quick_gelu_is_the_modules_three_passes(device, dtype):
-    """ViT-B/16's MLP activations at batch 64: each step rounded as PyTorch rounds it, so the same
-    numbers but for a rare last bit of the sigmoid's exponential (fp32: its last bits)."""
+    """ViT-B/16's MLP activations at batch 64: each step rounded as PyTorch rounds it, and the
+    sigmoid with CUDA's expf, as PyTorch's: the same numbers (a rare last bit allowed)."""
     x = torch.randn(64, 197, 3072, device=device).mul(3).to(dtype)
     act = open_clip.transformer.QuickGELU()
     with torch.inference_mode():
