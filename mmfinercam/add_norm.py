@@ -178,7 +178,7 @@ if triton is not None:
         u = x.to(tl.float32)
         mean = tl.sum(u, 1) / COLS
         centered = tl.where(mask, u - mean[:, None], 0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(centered * centered, 1) / COLS + eps)
+        rstd = tl.math.rsqrt(tl.sum(centered * centered, 1) / COLS + eps)  # as PyTorch's kernel: rsqrtf
         u = centered * rstd[:, None]
         if HAS_WEIGHT:
             u = u * tl.load(w_ptr + cols, mask=cols < COLS, other=0.0).to(tl.float32)[None, :]
