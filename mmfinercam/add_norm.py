@@ -21,7 +21,7 @@ import functools
 import torch
 from torch import Tensor, nn
 
-from .kernels import KernelSwitch, Launch, available, cdiv, next_power_of_2, triton
+from .kernels import KernelSwitch, Launch, cdiv, next_power_of_2, triton
 
 if triton is not None:
     import triton.language as tl
@@ -55,25 +55,30 @@ def layer_norm_params(norm: nn.Module) -> tuple[Tensor | None, Tensor | None, fl
 def takes_kernel(x: Tensor, y: Tensor | None, norm: nn.Module) -> bool:
     """Whether :func:`add_norm` runs the fused kernel: a plain LayerNorm, tokens on a CUDA GPU,
     no gradient to carry, and not while ``torch.compile`` traces (inductor fuses the two itself)."""
-    if not fused.enabled or torch.compiler.is_compiling():
-        return False
+    return _kernel_params(x, y, norm) is not None
+
+
+def _kernel_params(
+    x: Tensor, y: Tensor | None, norm: nn.Module
+) -> tuple[Tensor | None, Tensor | None, float] | None:
+    """The norm's (weight, bias, eps) where the kernel runs for these tokens, else None."""
     params = layer_norm_params(norm)
-    if params is None or not (available(x) and x.is_floating_point()):
-        return False
-    tensors = [t for t in (x, y, *params[:2]) if t is not None]
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return False
-    return params[0] is None or tuple(params[0].shape) == tuple(x.shape[-1:])
+    if params is None or not x.is_floating_point() or not fused.allows(x, y, *params[:2]):
+        return None
+    return params if params[0] is None or tuple(params[0].shape) == tuple(x.shape[-1:]) else None
 
 
 def add_norm(x: Tensor, y: Tensor | None, norm: nn.Module) -> tuple[Tensor, Tensor]:
     """``(x + y, norm(x + y))`` (``y=None``: ``(x, norm(x))``), in one fused pass where
     :func:`takes_kernel` says so. The inputs are not modified."""
-    if not takes_kernel(x, y, norm):
+    params = _kernel_params(x, y, norm)
+    if params is None:
         if y is not None:
             x = x + y
         return x, norm(x)
-    return add_layer_norm_fused(x, y, *layer_norm_params(norm))
+    total, out, launch = plan_add_layer_norm(x, y, *params)
+    launch()
+    return total, out
 
 
 def layer_norm(x: Tensor, norm: nn.Module) -> Tensor:
@@ -91,8 +96,9 @@ def plan_add_layer_norm(
     *,
     shape: tuple[int, int] | None = None,
 ) -> tuple[Tensor, Tensor, Launch]:
-    """The outputs (sum, normalized) and the launch of :func:`add_layer_norm_fused`, not yet
-    run: so that the launch can be compiled for a GPU without one (``kernels.compile_ahead``).
+    """``(x + y, layer_norm(x + y))`` over the last dimension (``y=None``: ``x`` itself and its
+    norm) as outputs of ``x``'s shape and dtype, and the launch that fills them, not yet run: so
+    that the launch can be compiled for a GPU without one (``kernels.compile_ahead``).
     ``shape`` overrides the launch shape (rows a program, warps), for tuning."""
     if triton is None:
         raise RuntimeError("the fused add and LayerNorm needs triton (pip install triton)")
@@ -137,22 +143,6 @@ def _launch_meta(
         HAS_Y=has_y, HAS_WEIGHT=has_weight, HAS_BIAS=has_bias,
         COLS=cols, BLOCK_C=block_c, ROWS=rows, num_warps=warps,
     )  # fmt: skip
-
-
-def add_layer_norm_fused(
-    x: Tensor,
-    y: Tensor | None,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    eps: float,
-    *,
-    shape: tuple[int, int] | None = None,
-) -> tuple[Tensor, Tensor]:
-    """``(x + y, layer_norm(x + y))`` over the last dimension in one launch (``y=None``: ``x``
-    itself and its norm). Outputs have ``x``'s shape and dtype."""
-    total, out, launch = plan_add_layer_norm(x, y, weight, bias, eps, shape=shape)
-    launch()
-    return total, out
 
 
 if triton is not None:

@@ -72,6 +72,15 @@ class KernelSwitch:
         finally:
             self.enabled = saved
 
+    def allows(self, x: Tensor, *others: Tensor | None) -> bool:
+        """Whether an elementwise fused kernel may run on ``x`` (and ``others``): switched on,
+        on a GPU or under Triton's interpreter, no gradient to carry through any of them, and
+        not while ``torch.compile`` traces (inductor fuses elementwise work itself)."""
+        if not self.enabled or torch.compiler.is_compiling() or not available(x):
+            return False
+        tensors = [t for t in (x, *others) if t is not None]
+        return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
 
 def available(x: Tensor) -> bool:
     """Whether the fused kernel can run on ``x``'s device (a CUDA GPU, or Triton's interpreter)."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .kernels import INTERPRETED, KernelSwitch, Launch, available, cdiv, triton
+from .kernels import INTERPRETED, KernelSwitch, Launch, cdiv, triton
 
 if triton is not None:
     import triton.language as tl
@@ -49,10 +49,7 @@ def is_quick_gelu(act: nn.Module) -> bool:
 
 def takes_kernel(x: Tensor, act: nn.Module) -> bool:
     """Whether :func:`activation` runs the fused kernel for ``x`` and this activation."""
-    if not fused.enabled or torch.compiler.is_compiling() or not is_quick_gelu(act):
-        return False
-    needs_grad = torch.is_grad_enabled() and x.requires_grad
-    return available(x) and x.is_floating_point() and x.is_contiguous() and not needs_grad
+    return is_quick_gelu(act) and x.is_floating_point() and x.is_contiguous() and fused.allows(x)
 
 
 def activation(x: Tensor, act: nn.Module) -> Tensor:

@@ -40,7 +40,7 @@ def interpreted_checks() -> dict:
                 with torch.no_grad():
                     norm.weight.normal_()
                     norm.bias.normal_()
-            with torch.no_grad(), counted_calls(add_norm, "add_layer_norm_fused") as launches:
+            with torch.no_grad(), counted_calls(add_norm, "plan_add_layer_norm") as launches:
                 total, out = add_norm.add_norm(x, y, norm)
             with torch.no_grad():
                 ref_total = x + y if has_y else x
@@ -71,7 +71,7 @@ def interpreted_checks() -> dict:
     for name, tower in towers.items():
         for method in ("gem", "raw"):
             with torch.inference_mode():
-                with counted_calls(add_norm, "add_layer_norm_fused") as launches:
+                with counted_calls(add_norm, "plan_add_layer_norm") as launches:
                     fused = gem.run_tower(tower, pixels, method=method)
                 with add_norm.fused(False):
                     plain = gem.run_tower(tower, pixels, method=method)
