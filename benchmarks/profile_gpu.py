@@ -17,13 +17,8 @@ import torch
 
 import mmfinercam as mf
 from mmfinercam import add_norm
-from mmfinercam.bench import measure_rounds, prompts, synchronize
+from mmfinercam.bench import measure_rounds, prompts, synchronize, without
 from mmfinercam.gem import fused_attention
-
-
-def without(switch, fn):
-    with switch(False):
-        return fn()
 
 
 @torch.inference_mode()
@@ -32,11 +27,11 @@ def stage_times(model, loc, x, text) -> dict[str, float]:
         "encode_image": lambda: model.encode_image(x),
         "tower raw": lambda: loc.image_tokens(x, method="raw"),
         "tower gem": lambda: loc.image_tokens(x, method="gem"),
-        "tower gem, PyTorch self-self": lambda: without(fused_attention, lambda: loc.image_tokens(x)),
+        "tower gem, PyTorch self-self": without(fused_attention, lambda: loc.image_tokens(x)),
         "finer_cam K=100": lambda: loc.finer_cam(x, text[0], text[1:]),
     }
     for name in ("tower raw", "tower gem", "finer_cam K=100"):
-        stages[f"{name}, PyTorch add+norm"] = lambda fn=stages[name]: without(add_norm.fused, fn)
+        stages[f"{name}, PyTorch add+norm"] = without(add_norm.fused, stages[name])
     got = measure_rounds(stages, x.device, repeats=20, warmup=3)
     return {name: statistics.median(samples) * 1000 for name, (samples, _) in got.items()}
 

@@ -75,9 +75,7 @@ def timing(device, batch, configs):
     # each launch of a call on its own, and the final round held to 168 registers a thread:
     # 3 blocks a multiprocessor instead of 2, with no spills when compiled for sm_90 at 197
     # tokens (174 registers otherwise; ``kernels.compile_ahead``); not the default until timed
-    _, launches = kernels.plan_self_self_attention(q, k, v, temp)
-    for launch in launches:
-        launch()  # each launch reads what the one before it wrote
+    launches = ran_launches(kernels, q, k, v, temp)
     final = launches[-1]
     variants = [("unit rows", launches[0]), ("round", launches[1]), ("final round", final)]
     held = replace(final, meta={**final.meta, "maxnreg": 168})
@@ -98,6 +96,15 @@ def timing(device, batch, configs):
             print(f"  {label}: {t:.3f} ms")
         except Exception as err:  # noqa: BLE001 - a config that does not fit is reported
             print(f"  {label}: {type(err).__name__}")
+
+
+def ran_launches(module, q, k, v, temp):
+    """The launches of one call of ``module``'s kernels, each run once in order (each reads
+    what the one before it wrote), so that each can then be timed on its own."""
+    _, launches = module.plan_self_self_attention(q, k, v, temp)
+    for launch in launches:
+        launch()
+    return launches
 
 
 def load_kernels(path):
@@ -126,9 +133,7 @@ def against(device, batch, other, rounds=7):
     print(f"b={batch} one block: this {this:.4f} ms, other {that:.4f} ms, this/other {this / that:.3f} "
           f"(max |this - other| {diff.abs().max().item():.2e})")  # fmt: skip
     for name, module in versions.items():
-        _, launches = module.plan_self_self_attention(q, k, v, temp)
-        for launch in launches:
-            launch()  # each launch reads what the one before it wrote
+        launches = ran_launches(module, q, k, v, temp)
         each = ", ".join(f"{triton.testing.do_bench(fn, return_mode='median'):.3f}" for fn in launches)
         print(f"  {name}, each launch: {each} ms")
 

@@ -113,6 +113,16 @@ def _fused_kernels(model: torch.nn.Module, dtype: torch.dtype) -> list[tuple[str
     return found
 
 
+def without(switch: Switch, call: Callable[[], object]) -> Callable[[], object]:
+    """``call`` with one fused kernel switched off, to time against it."""
+
+    def run() -> object:
+        with switch(False):
+            return call()
+
+    return run
+
+
 def machine() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
@@ -165,6 +175,7 @@ def run(
         tokenizer = open_clip.get_tokenizer(model_name)
     tdtype = mf.backends.parse_dtype(dtype) or torch.float32
     model = model.to(dev, tdtype).eval()
+    fused_kernels = _fused_kernels(model, tdtype)
     loc = mf.Localizer.from_open_clip(model, tokenizer, name=model_name)
     encode_image = model.encode_image
     if compile:  # both sides compiled alike: the floor and our tower (``compile`` is the backend)
@@ -213,13 +224,8 @@ def run(
             headline.append((f"{named}100, raw tokens (no GEM)", raw, batch, {"concepts": 100}))
         if 100 in concepts and kernels.available(x):  # each fused kernel turned off in turn
             call = dense(x)
-            for label, _, switch in _fused_kernels(model, x.dtype):
-
-                def without(switch=switch):
-                    with switch(False):
-                        return call()
-
-                headline.append((f"{named}100, {label}", without, batch, {}))
+            for label, _, switch in fused_kernels:
+                headline.append((f"{named}100, {label}", without(switch, call), batch, {}))
         floor = measure_group(*headline)[0]
         for s in sizes:
             xs = images(1, s)
@@ -280,7 +286,7 @@ def run(
     k1000 = by.get("mmfinercam dense Finer-CAM K=1000")
     if k1 and k1000:
         ratios["dense K=1000 time / K=1 time"] = paired_ratio(k1000, k1)
-    for label, speed_up, _ in _fused_kernels(model, tdtype):
+    for label, speed_up, _ in fused_kernels:
         unfused = by.get(f"mmfinercam dense Finer-CAM K=100, {label}")
         if unfused and k100:
             ratios[f"dense K=100: {speed_up}"] = paired_ratio(unfused, k100)
