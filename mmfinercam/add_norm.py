@@ -21,7 +21,7 @@ import functools
 import torch
 from torch import Tensor, nn
 
-from .kernels import KernelSwitch, Launch, cdiv, next_power_of_2, triton
+from .kernels import KernelSwitch, Launch, cdiv, class_is_one_of, next_power_of_2, triton
 
 if triton is not None:
     import triton.language as tl
@@ -44,10 +44,7 @@ fused = KernelSwitch()
 def layer_norm_params(norm: nn.Module) -> tuple[Tensor | None, Tensor | None, float] | None:
     """(weight, bias, eps) of a plain LayerNorm over the last dimension, or None for any other
     normalization (RMSNorm, a subclass with a forward of its own, ...)."""
-    cls = type(norm)
-    if f"{cls.__module__}.{cls.__qualname__}" not in PLAIN_LAYER_NORMS:
-        return None
-    if len(norm.normalized_shape) != 1:
+    if not class_is_one_of(norm, PLAIN_LAYER_NORMS) or len(norm.normalized_shape) != 1:
         return None
     return norm.weight, norm.bias, float(norm.eps)
 

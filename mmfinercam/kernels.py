@@ -82,6 +82,13 @@ class KernelSwitch:
         return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
+def class_is_one_of(module: object, names: frozenset[str]) -> bool:
+    """Whether ``module``'s own class is one of ``names`` (``package.module.Class``): a fused
+    kernel stands in for a known forward, and a subclass may compute something else."""
+    cls = type(module)
+    return f"{cls.__module__}.{cls.__qualname__}" in names
+
+
 def available(x: Tensor) -> bool:
     """Whether the fused kernel can run on ``x``'s device (a CUDA GPU, or Triton's interpreter)."""
     return triton is not None and (x.is_cuda or (INTERPRETED and x.device.type == "cpu"))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .kernels import INTERPRETED, KernelSwitch, Launch, cdiv, triton
+from .kernels import INTERPRETED, KernelSwitch, Launch, cdiv, class_is_one_of, triton
 
 if triton is not None:
     import triton.language as tl
@@ -43,8 +43,7 @@ _META = dict(BLOCK=_BLOCK, CUDA_EXP=not INTERPRETED, num_warps=8)
 
 def is_quick_gelu(act: nn.Module) -> bool:
     """Whether ``act`` is one of :data:`QUICK_GELUS` (a subclass may compute something else)."""
-    cls = type(act)
-    return f"{cls.__module__}.{cls.__qualname__}" in QUICK_GELUS
+    return class_is_one_of(act, QUICK_GELUS)
 
 
 def takes_kernel(x: Tensor, act: nn.Module) -> bool:
