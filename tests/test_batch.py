@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -231,16 +232,28 @@ def _cli_batch_args(collection_dir, out):
     ]  # fmt: skip
 
 
-def test_two_processes_under_torchrun_equal_one(tmp_path, collection_dir):
+#: two processes on this machine, as a user starts them: torchrun, and accelerate (whose
+#: ``--multi_gpu`` spawns the ranks with torchrun's launcher; without a GPU they run on the CPU)
+LAUNCHERS = {
+    "torchrun": ["torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533"],
+    "accelerate": ["accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                   "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29534"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("launcher", list(LAUNCHERS))
+def test_two_processes_under_a_launcher_equal_one(tmp_path, collection_dir, launcher):
     single = tmp_path / "single"
     assert main(_cli_batch_args(collection_dir, single)) == 1  # one image failed: exit 1
     sharded = tmp_path / "sharded"
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
-           "-m", "mmfinercam.cli", *_cli_batch_args(collection_dir, sharded)]  # fmt: skip
+    cli = ["-m", "mmfinercam.cli", *_cli_batch_args(collection_dir, sharded)]
+    cmd = [sys.executable, "-m", *LAUNCHERS[launcher], *cli]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 1, proc.stderr[-2000:]  # rank 1's share holds the broken image
     assert (sharded / "summary.parquet").exists(), proc.stderr[-2000:]
+    # two ranks ran, each its every other chunk of two images (rank 1's with the broken one)
+    assert sorted(re.findall(r"(\d+) images done, (\d+) failed", proc.stdout)) == [("2", "1"), ("4", "0")]
     assert_same_outputs(sharded, single)
 
 
