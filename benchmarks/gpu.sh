@@ -49,7 +49,7 @@ for s in $steps; do
     quickgelu) bench bf16-quickgelu 120 --model ViT-B-16-quickgelu --dtype bf16 --repeats 20 --batch 256 \
       --concepts 1 100 --batches --sizes --no-peers ;;
     profile) step "profile"
-      timeout 60 python3 benchmarks/profile_gpu.py --dtype bf16 --batches 4 64 256 2>&1 | tee -a "$log" | grep "^b=" ;;
+      timeout 60 python3 benchmarks/profile_gpu.py --dtype bf16 --batches 4 16 64 256 2>&1 | tee -a "$log" | grep "^b=" ;;
     tests) step "GPU tests"
       timeout 150 python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tee "$out/tests.txt" | tail -5 ;;
     compile) bench bf16-compile 200 --dtype bf16 --compile --repeats 10 --batch 4 --concepts 1 100 --batches 64 256 --sizes ;;
