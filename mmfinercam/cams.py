@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import MMFinerCAMError
+from .finer import check_alpha
 
 #: (outputs M×K, rows M) -> M scalars; ``rows[j]`` is the batch image that output ``j`` is of
 #: (``arange(B)`` for a plain pass; Score-CAM scores many masked copies of one image)
@@ -45,8 +46,7 @@ def finer_score(target: Tensor, references: Tensor, alpha: float) -> ScoreFn:
 # -- what to explain ------------------------------------------------------------------------
 def finer_target(logits: Tensor, target: Tensor, references: Tensor, alpha: float) -> Tensor:
     """``sum_i p_i (y_c - alpha y_i) / (sum_i p_i + 1e-9)`` per image (B); p keeps its gradient."""
-    if alpha < 0:
-        raise ValueError(f"alpha must be >= 0, got {alpha}")
+    alpha = check_alpha(alpha)
     rows = torch.arange(logits.shape[0], device=logits.device)
     y_c = logits[rows, target]
     if references.shape[1] == 0:
@@ -414,8 +414,7 @@ class ClassifierFinerCAM:
         alpha: float = 1.0,
         ranks: Sequence[int] = (1, 2, 3),
     ) -> ClassifierCAMResult:
-        if alpha < 0:
-            raise ValueError(f"alpha must be >= 0, got {alpha}")
+        alpha = check_alpha(alpha)
         device = next(self.model.parameters()).device
         images = images.to(device)
         with torch.no_grad():

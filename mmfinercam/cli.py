@@ -22,6 +22,7 @@ import torch
 
 from .cams import CAM_METHODS
 from .errors import ImageLoadError, MMFinerCAMError
+from .finer import check_alpha
 from .images import IMAGE_SUFFIXES
 
 DEFAULT_MODEL = "testbed"
@@ -143,8 +144,7 @@ def localize(args: argparse.Namespace) -> int:
 
     from .viz import overlay
 
-    if args.alpha < 0:
-        raise MMFinerCAMError(f"--alpha must be >= 0, got {args.alpha}")
+    check_alpha(args.alpha)  # before any model is loaded
     images = _expand_images(args.image)
     if not images:
         raise MMFinerCAMError(

@@ -27,6 +27,7 @@ image is then shown with Finer-CAM (see notebooks/02_trait_discovery.ipynb).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -54,9 +55,11 @@ class TraitRanking:
 
 
 def _mean_embedding_similarity(loc, images: Sequence[ImageInput], text: Tensor, batch_size: int) -> Tensor:
-    prepared, failed = loc.prepare(list(images))
+    prepared, failed = loc.prepare(images if isinstance(images, Tensor) else list(images))
     if not prepared:
         raise ImageLoadError("no usable image in a group: " + "; ".join(f.message for f in failed), failed)
+    for f in failed:  # reported, as finer_cam reports them; the group's mean is of the rest
+        warnings.warn(f"skipped image {f.source}: {f.message}", stacklevel=3)
     total = text.new_zeros(text.shape[0])
     by_shape: dict[tuple[int, ...], list[Tensor]] = {}
     for p in prepared:

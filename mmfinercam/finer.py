@@ -12,6 +12,7 @@ linear in the text embedding, so the dense path mixes the texts instead of the m
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -53,10 +54,18 @@ def contrast_weights(
     return w / w.sum(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
+def check_alpha(alpha: float) -> float:
+    """``alpha`` as a float, refused unless a finite number >= 0: a negative strength would add
+    the contrasts' evidence, and NaN (which passes ``alpha < 0``) would make every map NaN."""
+    value = float(alpha)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"alpha must be a finite number >= 0, got {alpha}")
+    return value
+
+
 def finer_scores(target_maps: Tensor, contrast_maps: Tensor, weights: Tensor, alpha: float) -> Tensor:
     """``s_c - alpha * sum_d w_d s_d``: target B×h×w, contrasts B×D×h×w, weights B×D."""
-    if alpha < 0:
-        raise ValueError(f"alpha must be >= 0, got {alpha}")
+    alpha = check_alpha(alpha)
     if contrast_maps.shape[1] == 0:
         return target_maps.clone()
     mixed = torch.einsum("bdhw,bd->bhw", contrast_maps, weights.to(contrast_maps.dtype))
@@ -77,8 +86,7 @@ def mixed_finer_maps(
     contrast texts, :func:`contrast_mixture`): B×S×E. Equal to :func:`finer_scores` over every
     contrast's map (linearity), at the cost of two maps a set.
     """
-    if alpha < 0:
-        raise ValueError(f"alpha must be >= 0, got {alpha}")
+    alpha = check_alpha(alpha)
     b, s = target_text.shape[:2]
     directions = torch.stack([target_text - alpha * mixture, target_text], dim=2)  # B×S×2×E
     maps = torch.einsum("bnd,bskd->bskn", patches, directions.to(patches.dtype))

@@ -27,6 +27,7 @@ from .errors import ImageLoadError
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray, Tensor]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}  #: what folders yield
+NON_FINITE = "the image holds NaN or infinite values"  #: why such an image is not used
 
 
 def _from_array(arr: np.ndarray) -> Image.Image:
@@ -41,7 +42,7 @@ def _from_array(arr: np.ndarray) -> Image.Image:
         arr = (arr.astype(np.float32) / 65535.0 * 255.0 + 0.5).astype(np.uint8)
     elif np.issubdtype(arr.dtype, np.floating):
         if not np.isfinite(arr).all():
-            raise ImageLoadError("an image array holds NaN or infinite values")
+            raise ImageLoadError(NON_FINITE)
         arr = (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     elif arr.dtype == np.bool_:
         arr = arr.astype(np.uint8) * 255
@@ -120,6 +121,25 @@ def to_pixels(
     return ((x - m) / s)[0]
 
 
+def _preprocessed_image(pixels: Tensor, patch: tuple[int, int]) -> Tensor:
+    """One preprocessed image given as a tensor (3×H×W or 1×3×H×W), checked and cropped to
+    whole patches: 3×h×w."""
+    if pixels.dim() == 4 and pixels.shape[0] != 1:
+        raise ImageLoadError(
+            f"a tensor in a list of images must be one image, 3×H×W; got shape {tuple(pixels.shape)}"
+        )
+    image = check_pixel_batch(pixels, patch)[0]
+    if not bool(torch.isfinite(image).all()):
+        raise ImageLoadError(NON_FINITE)
+    return _whole_patches(image, patch)
+
+
+def _whole_patches(pixels: Tensor, patch: tuple[int, int]) -> Tensor:
+    """``pixels`` (...×H×W) cropped at the bottom and right to whole patches."""
+    h, w = pixels.shape[-2] // patch[0] * patch[0], pixels.shape[-1] // patch[1] * patch[1]
+    return pixels[..., :h, :w]
+
+
 def check_pixel_batch(images: Tensor, patch: tuple[int, int]) -> Tensor:
     """A preprocessed B×3×H×W (or 3×H×W) tensor at least one patch in size, as B×3×H×W."""
     batch = images.unsqueeze(0) if images.dim() == 3 else images
@@ -185,15 +205,19 @@ def prepare_images(
 ) -> tuple[list[PreparedImage], list[FailedImage]]:
     """Read and preprocess every image; a broken one is reported and the rest go on.
 
-    A 4-D tensor (B×3×H×W) or a 3-D tensor (3×H×W) is taken as already preprocessed.
+    A 4-D tensor (B×3×H×W) or a 3-D tensor (3×H×W), also as an item of a list, is taken as
+    already preprocessed; it is cropped to whole patches, not resized. An image whose pixels
+    hold NaN or infinity is reported, as an unreadable file is: its map would be NaN.
     """
     if isinstance(images, Tensor):
         batch = check_pixel_batch(images, patch)
-        h = batch.shape[-2] // patch[0] * patch[0]
-        w = batch.shape[-1] // patch[1] * patch[1]
         size = (int(batch.shape[-2]), int(batch.shape[-1]))
-        batch = batch[..., :h, :w]
-        return [_BatchRow(i, batch, size) for i in range(len(batch))], []
+        batch = _whole_patches(batch, patch)
+        # one flag an image, read back once (a GPU batch is waited for here, not per image)
+        finite = torch.isfinite(batch).flatten(1).all(1).tolist()
+        rows = [_BatchRow(i, batch, size) for i, ok in enumerate(finite) if ok]
+        bad = [FailedImage(i, f"<tensor #{i}>", NON_FINITE) for i, ok in enumerate(finite) if not ok]
+        return rows, bad
     if isinstance(images, (str, Path, Image.Image, np.ndarray)):
         images = [images]
     prepared: list[PreparedImage] = []
@@ -201,6 +225,10 @@ def prepare_images(
     for i, source in enumerate(images):
         name = describe(source, i)
         try:
+            if isinstance(source, Tensor):  # one preprocessed image
+                size = (int(source.shape[-2]), int(source.shape[-1]))
+                prepared.append(PreparedImage(i, name, _preprocessed_image(source, patch), size))
+                continue
             image = read_image(source)
             if image.height < patch[0] or image.width < patch[1]:
                 raise ImageLoadError(

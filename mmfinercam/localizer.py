@@ -24,6 +24,7 @@ from .backends.base import ModelInfo
 from .cams import CAM_METHODS, cam_heatmap, clip_cam, finer_score
 from .errors import ImageLoadError, PromptError
 from .finer import (
+    check_alpha,
     check_contrasts,
     check_prompt,
     contrast_weights,
@@ -428,8 +429,7 @@ class Localizer:
         if method not in DENSE_METHODS and method not in CAM_METHODS:
             raise ValueError(f"method must be one of {DENSE_METHODS + tuple(CAM_METHODS)}, got {method!r}")
         target = check_prompt(target, "target prompt")
-        if alpha < 0:
-            raise ValueError(f"alpha must be >= 0, got {alpha}")
+        alpha = check_alpha(alpha)
         if contrast is not None and vocabulary is not None:
             raise PromptError("give either explicit contrasts or a vocabulary, not both")
         n_views = len(smoothing.views(self.patch_size, shifts, flip))  # checks shifts early
@@ -458,7 +458,8 @@ class Localizer:
         step = batch_size or (len(prepared) if isinstance(images, Tensor) else 16)
         positions: list[int] = []  # where each group's rows sit in ``prepared``
         outputs: list[dict[str, Tensor]] = []
-        for members, pixels in _pixel_batches(prepared, step, images if isinstance(images, Tensor) else None):
+        whole = images if isinstance(images, Tensor) and not failed else None  # run as the batch it is
+        for members, pixels in _pixel_batches(prepared, step, whole):
             out = self.image_tokens(pixels, method="raw" if gradient else method, depth=depth)
             z = F.normalize(out.global_embedding, dim=-1)
             pick = _pick_contrasts(z, target_text, candidate_text, vocabulary is not None, contrast_ranks)

@@ -76,3 +76,20 @@ def test_needs_a_group_and_a_vocabulary(tiny_localizer):
         mf.rank_traits(tiny_localizer, image, [], ["red wing"])
     with pytest.raises(mf.PromptError):
         mf.rank_traits(tiny_localizer, image, [image], [])
+
+
+def test_groups_may_be_preprocessed_tensors_and_broken_images_are_reported(tiny_localizer, tmp_path):
+    """A group given as a B×3×H×W tensor ranks as its images do; a broken image is skipped with
+    a warning, and the group's mean is of the rest."""
+    vocab = ["red wing", "blue wing", "long beak"]
+    target, group = [picture(1), picture(2)], [picture(3), picture(4)]
+    as_images = mf.rank_traits(tiny_localizer, target, [group], vocab, neighbours=0)
+    pixels = torch.stack([p.pixels for p in tiny_localizer.prepare(group)[0]])
+    as_tensor = mf.rank_traits(tiny_localizer, target, [pixels], vocab, neighbours=0)
+    assert as_tensor.traits == as_images.traits
+    torch.testing.assert_close(as_tensor.scores, as_images.scores, atol=1e-5, rtol=0)
+    with pytest.warns(UserWarning, match="skipped image .*missing.png"):
+        with_broken = mf.rank_traits(
+            tiny_localizer, target, [[*group, tmp_path / "missing.png"]], vocab, neighbours=0
+        )
+    torch.testing.assert_close(with_broken.scores, as_images.scores, atol=1e-5, rtol=0)

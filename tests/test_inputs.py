@@ -160,3 +160,44 @@ def test_tensor_batch_rows_are_its_cropped_images():
     for i, p in enumerate(prepared):
         assert p.source == f"<tensor #{i}>" and p.original_size == (70, 64)
         assert p.pixels.shape == (3, 64, 64) and torch.equal(p.pixels, x[i, :, :64])
+
+
+def test_non_finite_pixels_are_reported_and_the_rest_kept(tiny_localizer):
+    """A preprocessed image holding NaN or infinity is a broken image, as an unreadable file is:
+    reported, not given a NaN map; the other images are as they are alone."""
+    x = torch.randn(3, 3, 64, 80, generator=torch.Generator().manual_seed(0))
+    x[1, 0, 5, 5] = float("nan")
+    with pytest.warns(UserWarning, match="tensor #1.*NaN or infinite"):
+        res = tiny_localizer.finer_cam(x, "a bird", ["a fish"])
+    assert res.indices == [0, 2] and [f.index for f in res.failed] == [1]
+    assert torch.isfinite(res.scores).all()
+    whole = tiny_localizer.finer_cam(x[[0, 2]], "a bird", ["a fish"])
+    torch.testing.assert_close(res.scores, whole.scores, atol=1e-5, rtol=0)
+    # the same for one image given as a tensor in a list
+    inf = x[2].clone()
+    inf[2, 0, 0] = float("inf")
+    with pytest.warns(UserWarning, match="NaN or infinite"):
+        res = tiny_localizer.finer_cam([x[0], inf], "a bird", ["a fish"])
+    assert res.indices == [0] and res.failed[0].index == 1
+    with pytest.warns(UserWarning), pytest.raises(mf.ImageLoadError, match="NaN or infinite"):
+        tiny_localizer.finer_cam(x[1:2], "a bird", ["a fish"])
+
+
+def test_tensors_in_a_list_are_preprocessed_images(tiny_localizer):
+    """A 3×H×W tensor among other images is one preprocessed image: the row of a batch, cropped
+    to whole patches and not resized, with its own size as given."""
+    x = torch.randn(2, 3, 70, 80, generator=torch.Generator().manual_seed(1))
+    batch = tiny_localizer.finer_cam(x, "a bird", ["a fish"])
+    listed = tiny_localizer.finer_cam([x[0], x[1][None]], "a bird", ["a fish"])
+    torch.testing.assert_close(listed.scores, batch.scores, atol=1e-5, rtol=0)
+    assert listed.image_sizes == [(70, 80), (70, 80)] == batch.image_sizes
+    with pytest.warns(UserWarning), pytest.raises(mf.ImageLoadError, match="one image, 3×H×W"):
+        tiny_localizer.finer_cam([x], "a bird", ["a fish"])
+
+
+@pytest.mark.parametrize("alpha", [float("nan"), float("inf"), -1e-9])
+def test_alpha_must_be_finite_and_not_negative(tiny_localizer, sample_images, alpha):
+    with pytest.raises(ValueError, match="alpha must be a finite number >= 0"):
+        tiny_localizer.finer_cam(sample_images[0], "a bird", ["a fish"], alpha=alpha)
+    with pytest.raises(ValueError, match="alpha must be a finite number >= 0"):
+        tiny_localizer.finer_cam(sample_images[0], "a bird", ["a fish"], alpha=alpha, method="gradcam")
