@@ -147,6 +147,11 @@ def check_pixel_batch(images: Tensor, patch: tuple[int, int]) -> Tensor:
         raise ImageLoadError(
             f"a tensor of images must be B×3×H×W (preprocessed); got shape {tuple(images.shape)}"
         )
+    if not batch.is_floating_point():  # raw 0-255 pixels would run as they are, unnormalized
+        raise ImageLoadError(
+            f"a tensor of images must be preprocessed (floating point, normalized); got {batch.dtype}: "
+            "pass raw pixels as an H×W×3 array or PIL image, or run them through Localizer.prepare"
+        )
     if batch.shape[-2] < patch[0] or batch.shape[-1] < patch[1]:
         raise ImageLoadError(
             f"image of {batch.shape[-2]}×{batch.shape[-1]} px is smaller than one {patch[0]}×{patch[1]} patch"
@@ -209,6 +214,8 @@ def prepare_images(
     already preprocessed; it is cropped to whole patches, not resized. An image whose pixels
     hold NaN or infinity is reported, as an unreadable file is: its map would be NaN.
     """
+    if short_side < max(patch):
+        raise ValueError(f"the image size must be at least one {patch[0]}×{patch[1]} patch, got {short_side}")
     if isinstance(images, Tensor):
         batch = check_pixel_batch(images, patch)
         size = (int(batch.shape[-2]), int(batch.shape[-1]))

@@ -124,6 +124,15 @@ class FinerCAMResult:
         }
 
 
+def _same_width(text: Tensor, image: Tensor) -> Tensor:
+    """Text embeddings given as a tensor, checked against the joint space the image lands in."""
+    if text.dim() != 2 or text.shape[-1] != image.shape[-1]:
+        raise ValueError(
+            f"text embeddings must be K×{image.shape[-1]} (this model's joint space); got {tuple(text.shape)}"
+        )
+    return text
+
+
 def _stack_if_uniform(items: list[Tensor]) -> Tensor | list[Tensor]:
     if items and all(t.shape == items[0].shape for t in items):
         return torch.stack(items)
@@ -296,7 +305,8 @@ class Localizer:
         prompts = [check_prompt(p) for p in prompts]
         if not prompts:
             raise PromptError("no prompts given")
-        texts = [t.format(p) for p in prompts for t in templates]
+        templates = prompt_library.check_templates(templates)
+        texts = [t.replace("{}", p) for p in prompts for t in templates]
         missing = list(dict.fromkeys(s for s in texts if s not in self._text_cache))
         if missing:
             emb = F.normalize(self.backend.encode_text(missing).float(), dim=-1)
@@ -327,7 +337,7 @@ class Localizer:
         cfg = self.backend.image_config
         return prepare_images(
             images,
-            short_side=image_size or min(cfg.size),
+            short_side=min(cfg.size) if image_size is None else image_size,
             patch=self.patch_size,
             mean=cfg.mean,
             std=cfg.std,
@@ -343,7 +353,7 @@ class Localizer:
             self.backend.vision,
             pixels,
             method=method,
-            depth=depth or self.default_depth(),
+            depth=self.default_depth() if depth is None else depth,
             ss_attn_temp=self.info.gem_temperature,
         )
         return TowerOutput(out.global_embedding.float(), out.tokens.float(), out.grid, out.num_prefix_tokens)
@@ -365,7 +375,7 @@ class Localizer:
         text = self._text_embeddings(prompts)
         out = self.image_tokens(images, method=method, depth=depth)
         patches = F.normalize(out.patch_tokens, dim=-1)
-        sims = torch.einsum("bnd,kd->bkn", patches, text)
+        sims = torch.einsum("bnd,kd->bkn", patches, _same_width(text, patches))
         return sims.reshape(sims.shape[0], sims.shape[1], *out.grid)
 
     def zero_shot(
@@ -387,7 +397,7 @@ class Localizer:
             text = self.encode_text(prompts, self.templates if templates is None else templates)
         out = self.image_tokens(images, method="raw")
         z = F.normalize(out.global_embedding, dim=-1)
-        return torch.softmax(self.backend.logit_scale * z @ text.T, dim=-1)
+        return torch.softmax(self.backend.logit_scale * z @ _same_width(text, z).T, dim=-1)
 
     # Finer-CAM ------------------------------------------------------------------------------
     def finer_cam(
@@ -450,11 +460,12 @@ class Localizer:
         for f in failed:
             warnings.warn(f"skipped image {f.source}: {f.message}", stacklevel=2)
         if not prepared:
-            raise ImageLoadError(
-                "no usable image: " + "; ".join(f"{f.source}: {f.message}" for f in failed), failed
-            )
+            why = "; ".join(f"{f.source}: {f.message}" for f in failed) or "no images given"
+            raise ImageLoadError(f"no usable image: {why}", failed)
 
         gradient = method not in DENSE_METHODS
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         step = batch_size or (len(prepared) if isinstance(images, Tensor) else 16)
         positions: list[int] = []  # where each group's rows sit in ``prepared``
         outputs: list[dict[str, Tensor]] = []

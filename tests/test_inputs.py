@@ -201,3 +201,35 @@ def test_alpha_must_be_finite_and_not_negative(tiny_localizer, sample_images, al
         tiny_localizer.finer_cam(sample_images[0], "a bird", ["a fish"], alpha=alpha)
     with pytest.raises(ValueError, match="alpha must be a finite number >= 0"):
         tiny_localizer.finer_cam(sample_images[0], "a bird", ["a fish"], alpha=alpha, method="gradcam")
+
+
+def test_options_out_of_range_are_refused_not_replaced(tiny_localizer, sample_images):
+    """0 is a value, not "the default": a depth, batch size or image size of 0 is refused, as
+    are templates that do not place the prompt once, and raw integer pixels given as a tensor."""
+    x = torch.randn(1, 3, 64, 64)
+    with pytest.raises(ValueError, match="depth must be between 2"):
+        tiny_localizer.similarity_maps(x, ["a bird"], depth=0)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        tiny_localizer.finer_cam(sample_images, "a bird", ["a fish"], batch_size=0)
+    for size in (0, 3):
+        with pytest.raises(ValueError, match="at least one 16×16 patch"):
+            tiny_localizer.finer_cam(sample_images[0], "a bird", ["a fish"], image_size=size)
+    for templates in (["a photo"], ["{} and {}"]):
+        with pytest.raises(mf.PromptError, match="exactly one"):
+            tiny_localizer.finer_cam(x, "a bird", ["a fish"], templates=templates)
+    with pytest.raises(mf.ImageLoadError, match="must be preprocessed"):
+        tiny_localizer.similarity_maps(torch.zeros(1, 3, 64, 64, dtype=torch.uint8), ["a bird"])
+    with pytest.raises(mf.ImageLoadError, match="no images given"):
+        tiny_localizer.finer_cam([], "a bird", ["a fish"])
+    # braces elsewhere in a template are its own text, not a format field
+    braces = tiny_localizer.encode_text(["a bird"], ["{a} {}"])
+    torch.testing.assert_close(braces, tiny_localizer.encode_text(["{a} a bird"], ["{}"]))
+
+
+def test_text_embeddings_of_another_width_are_refused(tiny_localizer):
+    x = torch.randn(1, 3, 64, 64)
+    width = tiny_localizer.encode_text(["a bird"]).shape[-1]
+    with pytest.raises(ValueError, match=f"K×{width}"):
+        tiny_localizer.similarity_maps(x, torch.randn(2, width + 1))
+    with pytest.raises(ValueError, match=f"K×{width}"):
+        tiny_localizer.zero_shot(x, torch.randn(2, 3, width))

@@ -11,6 +11,7 @@ Blank lines and lines starting with ``#`` are skipped.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import PromptError
@@ -79,10 +80,16 @@ def load_templates(name_or_path: str | Path) -> list[str]:
                 "shipped: " + ", ".join(shipped)
             )
         path = shipped[str(name_or_path)]
-    templates = _read_lines(path)
-    bad = [t for t in templates if t.count("{}") != 1]
+    return check_templates(_read_lines(path), where=f"{path}: ")
+
+
+def check_templates(templates: Sequence[str], *, where: str = "") -> list[str]:
+    """Templates that each place the prompt once, at ``{}``; refused otherwise (a template with
+    no ``{}`` would give every prompt the same text, and the target would cancel itself)."""
+    templates = list(templates)
+    bad = [t for t in templates if not isinstance(t, str) or t.count("{}") != 1]
     if bad or not templates:
-        raise PromptError(f"{path}: each template needs exactly one '{{}}'; bad: {bad[:3]}")
+        raise PromptError(f"{where}each template needs exactly one '{{}}'; bad: {bad[:3] or 'none given'}")
     return templates
 
 
