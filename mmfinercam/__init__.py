@@ -8,8 +8,12 @@ mf.overlay("bird.jpg", res.heatmaps[0], target=res.target, contrast=res.contrast
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
+
 from . import prompts
 from .backends import available_backends, register_backend
+from .cams import ClassifierCAMResult, ClassifierFinerCAM
 from .discovery import TraitRanking, rank_traits
 from .errors import (
     ImageLoadError,
@@ -24,6 +28,8 @@ from .viz import overlay
 __version__ = "0.1.0"
 
 __all__ = [
+    "ClassifierCAMResult",
+    "ClassifierFinerCAM",
     "FinerCAMResult",
     "ImageLoadError",
     "Localizer",
@@ -39,3 +45,15 @@ __all__ = [
     "rank_traits",
     "register_backend",
 ]
+
+#: modules reachable as ``mf.metrics``, ``mf.testbed``, ... without importing them by hand,
+#: loaded on first use so that ``import mmfinercam`` stays light
+_SUBMODULES = frozenset(
+    {"batch", "cams", "evaluate", "finer", "gem", "images", "metrics", "smoothing", "testbed", "viz"}
+)
+
+
+def __getattr__(name: str) -> ModuleType:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

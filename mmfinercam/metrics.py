@@ -28,6 +28,8 @@ def _check_maps(maps: Tensor, masks: Tensor | None = None) -> None:
         raise ValueError(f"maps must be B×H×W, got shape {tuple(maps.shape)}")
     if masks is not None and masks.shape != maps.shape:
         raise ValueError(f"masks {tuple(masks.shape)} must match maps {tuple(maps.shape)}")
+    if not bool(torch.isfinite(maps).all()):  # a NaN would rank, peak and threshold arbitrarily
+        raise ValueError("maps hold NaN or infinite values")
 
 
 def top_fraction_mask(maps: Tensor, fraction: float) -> Tensor:

@@ -100,3 +100,17 @@ def test_shape_errors():
         M.pointing_game(torch.zeros(4, 4), torch.zeros(4, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match="match"):
         M.mask_iou(torch.zeros(1, 4, 4), torch.zeros(1, 3, 4, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_maps_are_refused(bad):
+    """A NaN would be taken as the peak (the pointing game scored it a hit) or rank anywhere."""
+    maps = torch.rand(2, 4, 4)
+    maps[1, 0, 0] = bad
+    masks = torch.zeros(2, 4, 4, dtype=torch.bool)
+    masks[:, 0, 0] = True
+    for metric in (M.pointing_game, M.energy_pointing_game, M.mask_iou):
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            metric(maps, masks)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        M.top_fraction_mask(maps, 0.1)
