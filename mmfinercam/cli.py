@@ -150,9 +150,8 @@ def localize(args: argparse.Namespace) -> int:
         raise MMFinerCAMError(
             "no images given (folders are searched for " + ", ".join(sorted(IMAGE_SUFFIXES)) + ")"
         )
+    out = _output_folder(args.out)
     loc = _load_cached(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     stems = _output_stems(images)
     summaries, failures = [], []
     bar = tqdm(total=len(images), unit="img", desc="localize", disable=None)
@@ -222,6 +221,7 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
 
     from .evaluate import default_methods, evaluate, folder_items, testbed_items, write_report
 
+    _output_folder(args.out)
     loc = _load(args)
     if args.folder:
         items, names = folder_items(args.folder)
@@ -257,7 +257,7 @@ def demo(args: argparse.Namespace) -> int:
     from .viz import compare
 
     samples = shipped_samples()
-    out = Path(args.out)
+    out = _output_folder(args.out)
     code = 0
     for s in samples:
         image = s["path"]
@@ -315,6 +315,19 @@ def demo(args: argparse.Namespace) -> int:
 _LOADED: dict[tuple, object] = {}
 
 
+def _output_folder(path: str) -> Path:
+    """The ``--out`` folder, made before any work is done, so that a path that cannot be one
+    fails at once instead of after a long run whose results would be lost."""
+    out = Path(path).expanduser()
+    if out.exists() and not out.is_dir():
+        raise MMFinerCAMError(f"--out {path} exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise MMFinerCAMError(f"cannot make the output folder {path}: {err.strerror or err}") from err
+    return out
+
+
 def _load_cached(args: argparse.Namespace):
     key = (args.model, args.pretrained, args.device, args.dtype)
     if key not in _LOADED:
@@ -325,6 +338,7 @@ def _load_cached(args: argparse.Namespace):
 def bench(args: argparse.Namespace) -> int:
     from .bench import run, write_markdown
 
+    out = _output_folder(args.out)
     model, tokenizer, config = None, None, None
     if args.model == "tiny":
         import open_clip
@@ -355,8 +369,6 @@ def bench(args: argparse.Namespace) -> int:
         model_config=config,
     )
     report["command"] = args.command_line
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(report, indent=2))
     write_markdown(report, out / "bench.md")
     print(f"wrote {out / 'bench.json'} and {out / 'bench.md'}")
@@ -545,7 +557,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.command_line = "mmfinercam " + shlex.join(argv)  # as given, for the reports
     try:
         return args.func(args)
-    except (MMFinerCAMError, ValueError, FileNotFoundError) as err:
+    except (MMFinerCAMError, ValueError, OSError) as err:  # a missing file, a full disk: one line
         print(f"mmfinercam: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -138,6 +138,23 @@ def test_bad_input_is_one_line(tiny_model_dir, images, tmp_path, capsys, extra, 
     assert len(err) == 1 and err[0].startswith("mmfinercam: error:") and message in err[0]
 
 
+@pytest.mark.parametrize("command", ["localize", "bench", "eval"])
+def test_an_output_path_that_cannot_be_a_folder_fails_before_the_work(command, images, tmp_path, capsys):
+    """One line and exit 2, before a model is loaded or a benchmark run, whose results would
+    otherwise be lost at the end; no model is named here that could even be loaded."""
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    args = {
+        "localize": ["localize", str(images[0]), "--target", "a bird", "--model", "no-such-model"],
+        "bench": ["bench", "--model", "no-such-model", "--device", "cpu"],
+        "eval": ["eval", "--model", "no-such-model", "--n", "2"],
+    }[command]
+    assert main([*args, "--out", str(taken)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"mmfinercam: error: --out {taken} exists and is not a folder"]
+    assert taken.read_text() == "a file"
+
+
 def test_only_broken_images(tiny_model_dir, tmp_path, capsys):
     code = main(
         [
