@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import ImageLoadError, MMFinerCAMError, PromptError
-from .finer import check_contrasts, check_prompt, dense_finer_maps, rank_contrasts
+from .finer import check_alpha, check_contrasts, check_prompt, dense_finer_maps, rank_contrasts
 from .images import IMAGE_SUFFIXES, prepare_images, read_image
 from .metrics import energy_pointing_game
 from .transfer import to_host
@@ -204,7 +204,9 @@ def load_prompt_sets(path: str | Path) -> list[PromptSet]:
     except (OSError, json.JSONDecodeError) as err:
         raise PromptError(f"cannot read prompt sets from {path}: {err}") from err
     if isinstance(data, dict):
-        data = [{"name": k, **v} for k, v in data.items()]
+        data = [{"name": k, **v} if isinstance(v, dict) else v for k, v in data.items()]
+    if not isinstance(data, list) or not data:
+        raise PromptError(f"{path} must hold a non-empty list of prompt sets (or a mapping of name to set)")
     sets = []
     for i, entry in enumerate(data):
         if not isinstance(entry, dict) or "target" not in entry:
@@ -236,6 +238,13 @@ class BatchJob:
     image_size: int | None = None
     chunk_size: int = 256
     top_k: int = 5
+
+    def __post_init__(self) -> None:  # refused before any model is loaded or file written
+        check_alpha(self.alpha)
+        if self.chunk_size < 1:
+            raise MMFinerCAMError(f"chunk_size must be >= 1, got {self.chunk_size}")
+        if self.top_k < 0:
+            raise MMFinerCAMError(f"top_k must be >= 0, got {self.top_k}")
 
     def identity(self) -> dict[str, Any]:
         d = asdict(self)

@@ -311,3 +311,25 @@ def test_a_sigkilled_process_resumes_to_the_same_output(tmp_path, reference_run,
     )
     assert report.chunks_done == 2 and report.chunks_skipped == 2 and report.finished
     assert_same_outputs(out, reference_run[0])
+
+
+def test_bad_job_settings_and_prompt_set_files_are_one_line(tmp_path, collection_dir, capsys):
+    """Refused before a model is loaded: a chunk size of 0 (it divided by zero), a prompt-set
+    file whose sets are not objects (a TypeError) or that holds none."""
+    images = str(collection_dir / "images")
+    base = ["batch", images, "--workers", "0", "--quiet", "--out", str(tmp_path / "o")]
+    assert main([*base, "--target", "x", "--contrast", "y", "--chunk-size", "0"]) == 2
+    assert "chunk_size must be >= 1" in capsys.readouterr().err
+    for text, message in [
+        ('{"a": 1}', "needs a 'target'"),
+        ("[]", "non-empty list"),
+        ('"x"', "non-empty list"),
+    ]:
+        sets = tmp_path / "sets.json"
+        sets.write_text(text)
+        assert main([*base, "--prompt-sets", str(sets)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0]
+    with pytest.raises(ValueError, match="alpha must be a finite number"):
+        BatchJob(out=str(tmp_path / "o"), alpha=float("nan"))
+    assert not (tmp_path / "o").exists()
