@@ -87,6 +87,24 @@ def test_offline_weights_error_is_one_line(tmp_path, args, needle):
     assert needle in lines[0] and str(tmp_path / "hf") in lines[0]
 
 
+def test_the_offline_hint_shows_only_where_the_hub_is_on(monkeypatch):
+    """Without network the Hub retries for about half a minute before a load fails; the error
+    says how to skip that, unless offline mode is already on."""
+    from mmfinercam.backends.base import offline_hint
+
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    assert "HF_HUB_OFFLINE=1" in offline_hint()
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "true")
+    assert offline_hint() == ""
+
+
+def test_a_cuda_device_without_cuda_is_one_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(mf.MMFinerCAMError, match="sees no CUDA GPU.*device='cpu'"):
+        mf.load("testbed", device="cuda")
+
+
 def test_gem_refuses_non_vit_towers():
     import open_clip
 

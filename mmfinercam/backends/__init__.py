@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ..errors import WeightsNotFoundError
+from ..errors import MMFinerCAMError, WeightsNotFoundError
 from .base import Backend, ImageConfig, ModelInfo, TransformerBlock, VisionTower
 
 Loader = Callable[..., Backend]
@@ -92,6 +92,11 @@ def create_backend(
 ) -> Backend:
     """Load ``model`` with the named backend, or with the first backend that claims it."""
     device = torch.device(device) if device is not None else default_device()
+    if device.type == "cuda" and not torch.cuda.is_available():  # before any weights are read
+        raise MMFinerCAMError(
+            f"device {str(device)!r} asked for, but this torch sees no CUDA GPU "
+            f"(torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none'}); use device='cpu'"
+        )
     dtype = parse_dtype(dtype)
     alias = known_models().get(model)
     if alias is not None and backend is None:

@@ -24,6 +24,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def hub_offline() -> bool:
+    """Whether the Hugging Face Hub is switched off (``HF_HUB_OFFLINE``, ``TRANSFORMERS_OFFLINE``)."""
+    flags = (os.environ.get(k, "") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(f.strip().lower() in ("1", "true", "yes", "on") for f in flags)
+
+
+def offline_hint() -> str:
+    """How to skip the Hub's download retries (about half a minute) on a machine with no network."""
+    if hub_offline():
+        return ""
+    return "; with no network here, set HF_HUB_OFFLINE=1 to fail (or load from the cache) at once"
+
+
 def hf_cache_dir() -> str:
     """Where huggingface_hub looks for downloaded models (HF_HUB_CACHE, else HF_HOME/hub)."""
     home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))

@@ -31,6 +31,7 @@ from .base import (
     fold_layer_scale,
     hf_cache_dir,
     merge_heads,
+    offline_hint,
     patch_embed,
 )
 
@@ -209,7 +210,7 @@ def _missing_weights_message(name: str, pretrained: str | None) -> str:
     fetch = f"run `hf download {repo}` on a connected machine and copy the cache, " if repo else ""
     return (
         f"could not load weights for {what}{where}: not in the Hugging Face cache {cache} and "
-        f"no network; {fetch}or pass a local checkpoint file/folder"
+        f"no network; {fetch}or pass a local checkpoint file/folder{offline_hint()}"
     )
 
 

@@ -21,7 +21,6 @@ gives what ``Siglip2Model`` gives for the same pixels with an all-ones attention
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,9 @@ from .base import (
     VisionTower,
     fold_layer_scale,
     hf_cache_dir,
+    hub_offline,
     merge_heads,
+    offline_hint,
     patch_embed,
 )
 
@@ -261,7 +262,7 @@ def load_transformers(
     local = path.exists()
     if local and not (path / "config.json").is_file():
         raise WeightsNotFoundError(f"{path} has no config.json: not a transformers model folder")
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    offline = hub_offline()
     try:
         net = AutoModel.from_pretrained(
             str(path) if local else source, dtype=dtype or torch.float32, **kwargs
@@ -274,7 +275,7 @@ def load_transformers(
         raise WeightsNotFoundError(
             f"could not load transformers model {source!r}: not found in {where}{how}; "
             f"run `hf download {source}` on a connected machine and copy the cache, or pass a "
-            "local folder saved with save_pretrained"
+            f"local folder saved with save_pretrained{'' if local else offline_hint()}"
         ) from err
     net = net.to(device)
     info = ModelInfo(name=model, pretrained=source)
