@@ -154,6 +154,11 @@ def _details(s: dict[str, Any]) -> str:
         f"| {c} | {w:.3f} | {sim:.3f} |"
         for c, w, sim in zip(s["contrast"], s["weights"], s["contrast_similarity"])
     )
+    peak = (
+        f"Finer-CAM peak at x={s['peak_xy'][0]}, y={s['peak_xy'][1]}."
+        if s["peak_xy"] is not None
+        else "No positive Finer-CAM evidence anywhere: the map is empty, and has no peak."
+    )
     table = (
         "| contrast | weight | similarity |\n|---|---|---|\n" + rows
         if rows
@@ -161,7 +166,7 @@ def _details(s: dict[str, Any]) -> str:
     )
     return (
         f"**{s['target']}** (similarity {s['target_similarity']:.3f}), alpha = {s['alpha']:g}, "
-        f"model `{s['model']}`\n\n{table}\n\nFiner-CAM peak at x={s['peak_xy'][0]}, y={s['peak_xy'][1]}."
+        f"model `{s['model']}`\n\n{table}\n\n{peak}"
     )
 
 

@@ -105,6 +105,8 @@ class FinerCAMResult:
         score = self.scores[i]
         peak = int(torch.argmax(heat))
         height, width = heat.shape
+        # a map with no positive evidence is all zeros: it has no peak (argmax would say 0, 0)
+        peak_xy = [peak % width, peak // width] if float(heat.max()) > 0 else None
         return {
             "source": self.sources[i],
             "target": self.target,
@@ -114,7 +116,7 @@ class FinerCAMResult:
             "method": self.method,
             "image_size": [height, width],
             "grid_size": list(score.shape),
-            "peak_xy": [peak % width, peak // width],
+            "peak_xy": peak_xy,
             "score_min": float(score.min()),
             "score_max": float(score.max()),
             "score_mean": float(score.mean()),

@@ -233,3 +233,19 @@ def test_text_embeddings_of_another_width_are_refused(tiny_localizer):
         tiny_localizer.similarity_maps(x, torch.randn(2, width + 1))
     with pytest.raises(ValueError, match=f"K×{width}"):
         tiny_localizer.zero_shot(x, torch.randn(2, 3, width))
+
+
+def test_a_map_with_no_positive_evidence_has_no_peak(tiny_localizer, sample_images):
+    """All scores at or below zero: the heatmap is all zeros and the summary names no peak
+    (argmax would put it at the top-left corner); the web app says so in words."""
+    import dataclasses
+
+    from mmfinercam.app import _details
+
+    res = tiny_localizer.finer_cam(sample_images[0], "a bird", ["a fish"])
+    assert res.summary(0)["peak_xy"] is not None
+    empty = dataclasses.replace(res, scores=-res.scores.abs() - 1.0, _heatmaps=None)
+    assert float(empty.heatmaps.max()) == 0.0
+    summary = empty.summary(0)
+    assert summary["peak_xy"] is None and summary["positive_fraction"] == 0.0
+    assert "no peak" in _details(summary | {"model": "tiny"})
