@@ -28,6 +28,10 @@ from .errors import ImageLoadError
 ImageInput = Union[str, Path, Image.Image, np.ndarray, Tensor]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}  #: what folders yield
 NON_FINITE = "the image holds NaN or infinite values"  #: why such an image is not used
+#: the most patches an image read from a file or array is resized to (2,048 × 2,048 px at patch
+#: 16). GEM's self-self attention grows with their square: a long thin strip resized to the
+#: model's shorter side could otherwise ask for hours and tens of GB
+MAX_PATCHES = 16_384
 
 
 def _from_array(arr: np.ndarray) -> Image.Image:
@@ -243,6 +247,13 @@ def prepare_images(
                     f"{patch[0]}×{patch[1]} patch"
                 )
             size = target_size(image.height, image.width, short_side, patch)
+            patches = (size[0] // patch[0]) * (size[1] // patch[1])
+            if patches > MAX_PATCHES:
+                raise ImageLoadError(
+                    f"image of {image.height}×{image.width} px would be {size[0]}×{size[1]} px at a shorter "
+                    f"side of {short_side}: {patches:,} patches, more than the {MAX_PATCHES:,} a map is made "
+                    "of at most; crop it, or pass a smaller image size"
+                )
             pixels = to_pixels(image, size, mean, std)
         except ImageLoadError as err:
             failed.append(FailedImage(i, name, str(err)))

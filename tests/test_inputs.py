@@ -249,3 +249,17 @@ def test_a_map_with_no_positive_evidence_has_no_peak(tiny_localizer, sample_imag
     summary = empty.summary(0)
     assert summary["peak_xy"] is None and summary["positive_fraction"] == 0.0
     assert "no peak" in _details(summary | {"model": "tiny"})
+
+
+def test_an_image_that_would_resize_to_too_many_patches_is_reported(tiny_localizer, sample_images):
+    """A 16×5,000 px strip at the model's shorter side would be tens of thousands of patches:
+    reported with what to do, and the other images go on."""
+    from mmfinercam.images import MAX_PATCHES
+
+    strip = np.zeros((16, 5000, 3), np.uint8)
+    with pytest.warns(UserWarning, match="more than the 16,384"):
+        res = tiny_localizer.finer_cam([strip, sample_images[0]], "a bird", ["a fish"])
+    assert res.indices == [1] and "crop it, or pass a smaller image size" in res.failed[0].message
+    assert MAX_PATCHES == 16_384
+    # at a smaller shorter side the same strip fits
+    assert len(tiny_localizer.finer_cam(strip, "a bird", ["a fish"], image_size=16)) == 1
