@@ -224,8 +224,10 @@ def prepare_images(
         batch = check_pixel_batch(images, patch)
         size = (int(batch.shape[-2]), int(batch.shape[-1]))
         batch = _whole_patches(batch, patch)
-        # one flag an image, read back once (a GPU batch is waited for here, not per image)
-        finite = torch.isfinite(batch).flatten(1).all(1).tolist()
+        # one flag an image, read back once (a GPU batch is waited for here, not per image): a
+        # row's float32 sum is NaN or infinite exactly when one of its pixels is (normalized
+        # pixels cannot overflow it), one read of the batch and no B×3×H×W mask
+        finite = torch.isfinite(batch.flatten(1).sum(1, dtype=torch.float32)).tolist()
         rows = [_BatchRow(i, batch, size) for i, ok in enumerate(finite) if ok]
         bad = [FailedImage(i, f"<tensor #{i}>", NON_FINITE) for i, ok in enumerate(finite) if not ok]
         return rows, bad
