@@ -221,17 +221,22 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
 
     from .evaluate import default_methods, evaluate, folder_items, testbed_items, write_report
 
+    if args.n < 1:
+        raise MMFinerCAMError(f"--n must be >= 1, got {args.n}")
+    methods = every = default_methods(args.alphas, args.cams, smooth=not args.no_smooth)
+    if args.methods:
+        methods = [m for m in every if any(key in m.name for key in args.methods)]
+        if not methods:
+            names = "; ".join(m.name for m in every)
+            raise MMFinerCAMError(f"no method's name contains any of {args.methods}; the methods: {names}")
     _output_folder(args.out)
-    loc = _load(args)
     if args.folder:
         items, names = folder_items(args.folder)
         what = f"folder {args.folder} ({len(items)} images)"
     else:
         items, names = testbed_items(args.n, start=args.start)
         what = f"testbed held-out split, {len(items)} images from held-out index {args.start}"
-    methods = default_methods(args.alphas, args.cams, smooth=not args.no_smooth)
-    if args.methods:
-        methods = [m for m in methods if any(key in m.name for key in args.methods)]
+    loc = _load(args)  # after the inputs are known to be usable
     start = time.time()
     scores, maps = evaluate(loc, items, names, methods, auc_steps=args.auc_steps, keep_maps=args.gallery)
     command = args.command_line

@@ -23,6 +23,7 @@ from PIL import Image
 
 from . import metrics as M
 from .cams import CAM_METHODS
+from .errors import MMFinerCAMError
 from .localizer import FinerCAMResult, Localizer
 
 
@@ -113,7 +114,22 @@ def folder_items(folder: str | Path) -> tuple[list[EvalItem], list[str]]:
     Class names for re-scoring are every target and contrast mentioned.
     """
     folder = Path(folder)
-    spec = json.loads((folder / "annotations.json").read_text())
+    listing = folder / "annotations.json"
+    if not listing.is_file():
+        raise MMFinerCAMError(
+            f"{listing} not found: an evaluation folder holds its images, their part masks and an "
+            'annotations.json listing [{"image", "mask", "target", "contrast": [...]}, ...]'
+        )
+    try:
+        spec = json.loads(listing.read_text())
+    except json.JSONDecodeError as err:
+        raise MMFinerCAMError(f"{listing} is not JSON: {err}") from err
+    keys = ("image", "mask", "target", "contrast")
+    if not isinstance(spec, list) or not spec:
+        raise MMFinerCAMError(f"{listing} must be a non-empty list of objects with {', '.join(keys)}")
+    for i, row in enumerate(spec):
+        if not isinstance(row, dict) or any(k not in row for k in keys):
+            raise MMFinerCAMError(f"entry #{i} of {listing} needs {', '.join(keys)}")
     items, names = [], {}
     for row in spec:
         image = Image.open(folder / row["image"]).convert("RGB")

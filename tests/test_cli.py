@@ -184,3 +184,30 @@ def test_demo_runs_on_the_shipped_model(tmp_path, capsys):
         assert (out / f"{stem}_compare.png").stat().st_size > 1000
         summary = json.loads((out / f"{stem}.json").read_text())
         assert summary["model"] == "testbed" and summary["random_weights"] is False
+
+
+def test_eval_settings_and_folders_that_cannot_work_are_one_line(tmp_path, capsys):
+    """Refused before the model loads: no images (--n 0), a --methods filter that keeps none (it
+    failed in matplotlib), an evaluation folder without its annotations or with an entry short
+    of a key (a KeyError traceback)."""
+    folder = tmp_path / "evalset"
+    folder.mkdir()
+    base = ["eval", "--model", "no-such-model", "--out", str(tmp_path / "o")]
+    cases = [
+        (["--n", "0"], "--n must be >= 1"),
+        (["--n", "2", "--methods", "nothing-like-it"], "no method's name contains"),
+        (["--folder", str(folder)], "annotations.json not found"),
+    ]
+    for extra, message in cases:
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    from mmfinercam.errors import MMFinerCAMError
+    from mmfinercam.evaluate import folder_items
+
+    (folder / "annotations.json").write_text('[{"image": "a.png", "target": "a bird"}]')
+    with pytest.raises(MMFinerCAMError, match="entry #0 .* needs image, mask, target, contrast"):
+        folder_items(folder)
+    (folder / "annotations.json").write_text("{not json")
+    with pytest.raises(MMFinerCAMError, match="is not JSON"):
+        folder_items(folder)
