@@ -168,7 +168,7 @@ def run(
     import mmfinercam as mf
     from mmfinercam import kernels
 
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = mf.backends.resolve_device(device)
     torch.manual_seed(0)
     if model is None:
         model = open_clip.create_model(model_name, pretrained=None)

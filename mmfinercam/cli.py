@@ -15,7 +15,7 @@ import json
 import shlex
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -88,7 +88,7 @@ def _add_finer_args(p: argparse.ArgumentParser, methods: list[str]) -> None:
         + (", or a gradient CAM on the CLIP similarity" if len(methods) > 2 else ""),
     )
     p.add_argument("--depth", type=int, default=None, help="GEM depth (default: the model's, 7)")
-    p.add_argument("--image-size", type=int, default=None, help="shorter side fed to the model")
+    p.add_argument("--image-size", type=_POSITIVE, default=None, help="shorter side fed to the model")
 
 
 def _add_localize_args(p: argparse.ArgumentParser) -> None:
@@ -109,7 +109,7 @@ def _add_localize_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="average 8 views (half-patch shifts each way, and mirrored): finer maps, 8 more passes",
     )
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=_POSITIVE, default=8)
     p.add_argument("--out", "-o", default="mmfinercam-out", help="output folder")
     p.add_argument("--no-overlay", action="store_true", help="skip the PNG overlays (faster)")
 
@@ -221,8 +221,6 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
 
     from .evaluate import default_methods, evaluate, folder_items, testbed_items, write_report
 
-    if args.n < 1:
-        raise MMFinerCAMError(f"--n must be >= 1, got {args.n}")
     methods = every = default_methods(args.alphas, args.cams, smooth=not args.no_smooth)
     if args.methods:
         methods = [m for m in every if any(key in m.name for key in args.methods)]
@@ -318,6 +316,25 @@ def demo(args: argparse.Namespace) -> int:
 
 
 _LOADED: dict[tuple, object] = {}
+
+
+def _int_at_least(least: int) -> Callable[[str], int]:
+    """An argparse type: a whole number no smaller than ``least`` (a batch of 0 images, 0
+    repeats or a chunk of 0 rows would otherwise fail deep inside, or divide by zero)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be >= {least}, got {value}")
+        return value
+
+    return parse
+
+
+_POSITIVE, _NON_NEGATIVE = _int_at_least(1), _int_at_least(0)
 
 
 def _output_folder(path: str) -> Path:
@@ -477,8 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.set_defaults(func=localize)
     p = sub.add_parser("eval", help="score methods on the testbed (or an annotated folder)")
-    p.add_argument("--n", type=int, default=500, help="held-out testbed images")
-    p.add_argument("--start", type=int, default=0, help="first held-out index (the split's seed offset)")
+    p.add_argument("--n", type=_POSITIVE, default=500, help="held-out testbed images")
+    p.add_argument("--start", type=_NON_NEGATIVE, default=0, help="first held-out index (seed offset)")
     p.add_argument("--folder", default=None, help="annotated folder (annotations.json) instead")
     p.add_argument("--alphas", type=float, nargs="+", default=[0.4, 0.6, 0.8, 1.0, 1.5])
     p.add_argument(
@@ -488,8 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="gradient CAMs to compare, plain and Finer (gradcam gradcam++ layercam scorecam)",
     )
     p.add_argument("--methods", nargs="+", default=None, help="keep methods whose name contains one")
-    p.add_argument("--auc-steps", type=int, default=8, help="deletion/insertion steps (0 = skip)")
-    p.add_argument("--gallery", type=int, default=6, help="images in the gallery")
+    p.add_argument("--auc-steps", type=_NON_NEGATIVE, default=8, help="deletion/insertion steps (0 = skip)")
+    p.add_argument("--gallery", type=_NON_NEGATIVE, default=6, help="images in the gallery")
     p.add_argument("--no-smooth", action="store_true", help="leave out the GEM maps averaged over 8 views")
     p.add_argument("--out", "-o", default="mmfinercam-eval")
     _add_model_args(p)
@@ -503,12 +520,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="ViT-B-16", help="open_clip architecture (random weights) or 'tiny'")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument("--concepts", type=int, nargs="+", default=[1, 10, 100, 1000])
-    p.add_argument("--sizes", type=int, nargs="*", default=[224, 448, 896])
-    p.add_argument("--batches", type=int, nargs="*", default=[1, 4, 16])
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batch", type=_POSITIVE, default=4)
+    p.add_argument("--size", type=_POSITIVE, default=224)
+    p.add_argument("--concepts", type=_POSITIVE, nargs="+", default=[1, 10, 100, 1000])
+    p.add_argument("--sizes", type=_POSITIVE, nargs="*", default=[224, 448, 896])
+    p.add_argument("--batches", type=_POSITIVE, nargs="*", default=[1, 4, 16])
+    p.add_argument("--repeats", type=_POSITIVE, default=3)
     p.add_argument("--no-peers", action="store_true", help="skip gem_torch and grad-cam")
     p.add_argument(
         "--compile",
@@ -533,12 +550,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt-sets", default=None, help="JSON list of {name, target, contrast}")
     p.add_argument("--vocabulary", default=None, help="automatic contrasts where none are given")
     _add_finer_args(p, methods=["gem", "raw"])
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
-    p.add_argument("--chunk-size", type=int, default=256, help="images per output chunk (the resume unit)")
+    p.add_argument("--batch-size", type=_POSITIVE, default=32)
+    p.add_argument("--workers", type=_NON_NEGATIVE, default=2, help="DataLoader worker processes")
+    p.add_argument("--chunk-size", type=_POSITIVE, default=256, help="images a chunk (the resume unit)")
     p.add_argument("--shard", default=None, help="i/n: this process's share (default: RANK/WORLD_SIZE)")
     p.add_argument("--ray", nargs="?", const="", default=None, help="run on Ray (optional cluster address)")
-    p.add_argument("--ray-actors", type=int, default=1)
+    p.add_argument("--ray-actors", type=_POSITIVE, default=1)
     p.add_argument("--ray-gpus", type=float, default=0.0, help="GPUs per Ray actor")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--out", "-o", default="mmfinercam-batch")

@@ -350,7 +350,7 @@ class Localizer:
         """One image-tower pass over a preprocessed B×3×H×W batch; tokens in float32."""
         if method not in DENSE_METHODS:
             raise ValueError(f"dense method must be one of {DENSE_METHODS}, got {method!r}")
-        pixels = pixels.to(self.device, self.dtype, non_blocking=True)
+        pixels = check_pixel_batch(pixels, self.patch_size).to(self.device, self.dtype, non_blocking=True)
         out = self._run_tower(
             self.backend.vision,
             pixels,

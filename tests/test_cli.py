@@ -187,14 +187,13 @@ def test_demo_runs_on_the_shipped_model(tmp_path, capsys):
 
 
 def test_eval_settings_and_folders_that_cannot_work_are_one_line(tmp_path, capsys):
-    """Refused before the model loads: no images (--n 0), a --methods filter that keeps none (it
-    failed in matplotlib), an evaluation folder without its annotations or with an entry short
-    of a key (a KeyError traceback)."""
+    """Refused before the model loads: a --methods filter that keeps none (it failed in
+    matplotlib), an evaluation folder without its annotations or with an entry short of a key
+    (a KeyError traceback)."""
     folder = tmp_path / "evalset"
     folder.mkdir()
     base = ["eval", "--model", "no-such-model", "--out", str(tmp_path / "o")]
     cases = [
-        (["--n", "0"], "--n must be >= 1"),
         (["--n", "2", "--methods", "nothing-like-it"], "no method's name contains"),
         (["--folder", str(folder)], "annotations.json not found"),
     ]
@@ -211,3 +210,32 @@ def test_eval_settings_and_folders_that_cannot_work_are_one_line(tmp_path, capsy
     (folder / "annotations.json").write_text("{not json")
     with pytest.raises(MMFinerCAMError, match="is not JSON"):
         folder_items(folder)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["bench", "--batch", "0"], "argument --batch: must be >= 1, got 0"),
+        (["bench", "--repeats", "0"], "argument --repeats: must be >= 1, got 0"),
+        (["bench", "--concepts", "1", "0"], "argument --concepts: must be >= 1, got 0"),
+        (["batch", "x", "--chunk-size", "0"], "argument --chunk-size: must be >= 1, got 0"),
+        (["batch", "x", "--workers", "-1"], "argument --workers: must be >= 0, got -1"),
+        (["localize", "x", "--target", "a", "--batch-size", "two"], "expected a whole number, got 'two'"),
+        (["eval", "--n", "0"], "argument --n: must be >= 1, got 0"),
+    ],
+)
+def test_counts_out_of_range_are_usage_errors(args, message, capsys):
+    """A batch of 0 images, 0 repeats or a chunk of 0 rows used to fail deep in the run (a
+    reshape, an empty median, a division by zero): now argparse's usage error, exit 2."""
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_bench_on_cuda_without_a_gpu_is_one_line(monkeypatch, tmp_path, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["bench", "--model", "tiny", "--device", "cuda", "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sees no CUDA GPU" in err[0]

@@ -44,6 +44,18 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def resolve_device(device: torch.device | str | None) -> torch.device:
+    """``device``, or CUDA when available; a CUDA device where torch sees no GPU is one clear
+    error here, before any weights are read or timed."""
+    device = torch.device(device) if device is not None else default_device()
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MMFinerCAMError(
+            f"device {str(device)!r} asked for, but this torch sees no CUDA GPU "
+            f"(torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none'}); use device='cpu'"
+        )
+    return device
+
+
 KNOWN_MODELS_FILE = Path(__file__).resolve().parents[1] / "models.json"
 
 
@@ -91,12 +103,7 @@ def create_backend(
     **kwargs: Any,
 ) -> Backend:
     """Load ``model`` with the named backend, or with the first backend that claims it."""
-    device = torch.device(device) if device is not None else default_device()
-    if device.type == "cuda" and not torch.cuda.is_available():  # before any weights are read
-        raise MMFinerCAMError(
-            f"device {str(device)!r} asked for, but this torch sees no CUDA GPU "
-            f"(torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none'}); use device='cpu'"
-        )
+    device = resolve_device(device)
     dtype = parse_dtype(dtype)
     alias = known_models().get(model)
     if alias is not None and backend is None:
@@ -205,6 +212,7 @@ __all__ = [
     "available_backends",
     "create_backend",
     "default_device",
+    "resolve_device",
     "parse_dtype",
     "register_backend",
 ]
