@@ -225,8 +225,8 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
     if args.methods:
         methods = [m for m in every if any(key in m.name for key in args.methods)]
         if not methods:
-            names = "; ".join(m.name for m in every)
-            raise MMFinerCAMError(f"no method's name contains any of {args.methods}; the methods: {names}")
+            known = "; ".join(m.name for m in every)
+            raise MMFinerCAMError(f"no method's name contains any of {args.methods}; the methods: {known}")
     _output_folder(args.out)
     if args.folder:
         items, names = folder_items(args.folder)

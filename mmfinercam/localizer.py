@@ -442,6 +442,8 @@ class Localizer:
             raise ValueError(f"method must be one of {DENSE_METHODS + tuple(CAM_METHODS)}, got {method!r}")
         target = check_prompt(target, "target prompt")
         alpha = check_alpha(alpha)
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if contrast is not None and vocabulary is not None:
             raise PromptError("give either explicit contrasts or a vocabulary, not both")
         n_views = len(smoothing.views(self.patch_size, shifts, flip))  # checks shifts early
@@ -466,8 +468,6 @@ class Localizer:
             raise ImageLoadError(f"no usable image: {why}", failed)
 
         gradient = method not in DENSE_METHODS
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         step = batch_size or (len(prepared) if isinstance(images, Tensor) else 16)
         positions: list[int] = []  # where each group's rows sit in ``prepared``
         outputs: list[dict[str, Tensor]] = []
