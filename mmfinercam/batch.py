@@ -452,6 +452,11 @@ class BatchRunner(BatchOutput):
             dtype=job.dtype,
             templates=job.templates,
         )
+        patch = self.loc.patch_size
+        if job.image_size is not None and job.image_size < max(patch):  # else every image fails
+            raise MMFinerCAMError(
+                f"image_size must be at least one {patch[0]}×{patch[1]} patch, got {job.image_size}"
+            )
         self._plan_prompts()
 
     # prompts -----------------------------------------------------------------------------------
@@ -525,7 +530,7 @@ class BatchRunner(BatchOutput):
         data = _ImageRows(
             self.collection,
             indices,
-            self.job.image_size or min(cfg.size),
+            min(cfg.size) if self.job.image_size is None else self.job.image_size,
             self.loc.patch_size,
             cfg.mean,
             cfg.std,

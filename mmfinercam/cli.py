@@ -337,6 +337,14 @@ def _int_at_least(least: int) -> Callable[[str], int]:
 _POSITIVE, _NON_NEGATIVE = _int_at_least(1), _int_at_least(0)
 
 
+def _shard(text: str) -> tuple[int, int]:
+    """``i/n`` as (i, n): this process's share of n, counted from 0."""
+    rank, slash, world = text.partition("/")
+    if not (slash and rank.strip().isdigit() and world.strip().isdigit()) or not int(rank) < int(world):
+        raise argparse.ArgumentTypeError(f"expected i/n with 0 <= i < n (e.g. 0/4), got {text!r}")
+    return int(rank), int(world)
+
+
 def _output_folder(path: str) -> Path:
     """The ``--out`` folder, made before any work is done, so that a path that cannot be one
     fails at once instead of after a long run whose results would be lost."""
@@ -449,17 +457,13 @@ def batch_cmd(args: argparse.Namespace) -> int:
             address=args.ray or None,
         )
     else:
-        shard = None
-        if args.shard:
-            rank, _, world = args.shard.partition("/")
-            shard = (int(rank), int(world))
         report = run_distributed(
             job,
             collection,
             batch_size=args.batch_size,
             workers=args.workers,
             progress=not args.quiet,
-            shard=shard,
+            shard=args.shard,
         )
     print(
         f"{report.images} images done, {report.failed} failed, {report.chunks_skipped} chunks skipped "
@@ -553,7 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_POSITIVE, default=32)
     p.add_argument("--workers", type=_NON_NEGATIVE, default=2, help="DataLoader worker processes")
     p.add_argument("--chunk-size", type=_POSITIVE, default=256, help="images a chunk (the resume unit)")
-    p.add_argument("--shard", default=None, help="i/n: this process's share (default: RANK/WORLD_SIZE)")
+    p.add_argument("--shard", type=_shard, default=None, help="i/n: this share (default: torchrun's)")
     p.add_argument("--ray", nargs="?", const="", default=None, help="run on Ray (optional cluster address)")
     p.add_argument("--ray-actors", type=_POSITIVE, default=1)
     p.add_argument("--ray-gpus", type=float, default=0.0, help="GPUs per Ray actor")

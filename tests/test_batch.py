@@ -313,6 +313,15 @@ def test_a_sigkilled_process_resumes_to_the_same_output(tmp_path, reference_run,
     assert_same_outputs(out, reference_run[0])
 
 
+def test_an_image_size_under_a_patch_is_refused_before_any_image(tmp_path, collection_dir, testbed):
+    """It used to make every image fail, one by one, and call the run done."""
+    with pytest.raises(MMFinerCAMError, match="image_size must be at least one 8×8 patch, got 3"):
+        BatchRunner(
+            _job(tmp_path / "o", image_size=3), read_collection(collection_dir / "images"), localizer=testbed
+        )
+    assert not (tmp_path / "o").exists()
+
+
 def test_bad_job_settings_and_prompt_set_files_are_one_line(tmp_path, collection_dir, capsys):
     """Refused before a model is loaded: a chunk size of 0 (it divided by zero), a prompt-set
     file whose sets are not objects (a TypeError) or that holds none."""
