@@ -45,7 +45,7 @@ from torch import Tensor
 
 from .errors import ImageLoadError, MMFinerCAMError, PromptError
 from .finer import check_alpha, check_contrasts, check_prompt, dense_finer_maps, rank_contrasts
-from .images import IMAGE_SUFFIXES, prepare_images, read_image
+from .images import IMAGE_SUFFIXES, check_image_size, prepare_images, read_image
 from .metrics import energy_pointing_game
 from .transfer import to_host
 
@@ -452,11 +452,8 @@ class BatchRunner(BatchOutput):
             dtype=job.dtype,
             templates=job.templates,
         )
-        patch = self.loc.patch_size
-        if job.image_size is not None and job.image_size < max(patch):  # else every image fails
-            raise MMFinerCAMError(
-                f"image_size must be at least one {patch[0]}×{patch[1]} patch, got {job.image_size}"
-            )
+        if job.image_size is not None:  # refused now, not image by image
+            check_image_size(job.image_size, self.loc.patch_size)
         self._plan_prompts()
 
     # prompts -----------------------------------------------------------------------------------

@@ -132,10 +132,24 @@ def _preprocessed_image(pixels: Tensor, patch: tuple[int, int]) -> Tensor:
         raise ImageLoadError(
             f"a tensor in a list of images must be one image, 3×H×W; got shape {tuple(pixels.shape)}"
         )
-    image = check_pixel_batch(pixels, patch)[0]
-    if not bool(torch.isfinite(image).all()):
+    image = _whole_patches(check_pixel_batch(pixels, patch)[0], patch)
+    if not _finite_images(image[None])[0]:
         raise ImageLoadError(NON_FINITE)
-    return _whole_patches(image, patch)
+    return image
+
+
+def _finite_images(batch: Tensor) -> list[bool]:
+    """Whether each image of a B×3×H×W batch is free of NaN and infinity, read back once (a GPU
+    batch is waited for here, not per image): an image's float32 sum is NaN or infinite exactly
+    when one of its pixels is (normalized pixels cannot overflow it), so one read of the batch
+    and no B×3×H×W mask."""
+    return torch.isfinite(batch.flatten(1).sum(1, dtype=torch.float32)).tolist()
+
+
+def check_image_size(short_side: int, patch: tuple[int, int]) -> None:
+    """The shorter side images are resized to must hold one patch, or every image is unusable."""
+    if short_side < max(patch):
+        raise ImageLoadError(f"image_size must be at least one {patch[0]}×{patch[1]} patch, got {short_side}")
 
 
 def _whole_patches(pixels: Tensor, patch: tuple[int, int]) -> Tensor:
@@ -218,16 +232,12 @@ def prepare_images(
     already preprocessed; it is cropped to whole patches, not resized. An image whose pixels
     hold NaN or infinity is reported, as an unreadable file is: its map would be NaN.
     """
-    if short_side < max(patch):
-        raise ValueError(f"the image size must be at least one {patch[0]}×{patch[1]} patch, got {short_side}")
+    check_image_size(short_side, patch)
     if isinstance(images, Tensor):
         batch = check_pixel_batch(images, patch)
         size = (int(batch.shape[-2]), int(batch.shape[-1]))
         batch = _whole_patches(batch, patch)
-        # one flag an image, read back once (a GPU batch is waited for here, not per image): a
-        # row's float32 sum is NaN or infinite exactly when one of its pixels is (normalized
-        # pixels cannot overflow it), one read of the batch and no B×3×H×W mask
-        finite = torch.isfinite(batch.flatten(1).sum(1, dtype=torch.float32)).tolist()
+        finite = _finite_images(batch)
         rows = [_BatchRow(i, batch, size) for i, ok in enumerate(finite) if ok]
         bad = [FailedImage(i, f"<tensor #{i}>", NON_FINITE) for i, ok in enumerate(finite) if not ok]
         return rows, bad

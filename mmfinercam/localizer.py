@@ -373,9 +373,8 @@ class Localizer:
         ``images`` is a preprocessed batch (B×3×H×W); ``prompts`` are strings used verbatim or
         text embeddings (K×D). All K prompts cost one image-tower pass.
         """
-        images = check_pixel_batch(images, self.patch_size)
         text = self._text_embeddings(prompts)
-        out = self.image_tokens(images, method=method, depth=depth)
+        out = self.image_tokens(images, method=method, depth=depth)  # checks the pixels
         patches = F.normalize(out.patch_tokens, dim=-1)
         sims = torch.einsum("bnd,kd->bkn", patches, _same_width(text, patches))
         return sims.reshape(sims.shape[0], sims.shape[1], *out.grid)
@@ -392,7 +391,6 @@ class Localizer:
         The model's own global embedding and temperature, prompts wrapped in ``templates``
         (default: the model's). Used by the metrics to re-score masked images.
         """
-        images = check_pixel_batch(images, self.patch_size)
         if isinstance(prompts, Tensor):
             text = self._text_embeddings(prompts)
         else:
