@@ -37,8 +37,10 @@ def timing(device, batch: int, width: int, dtype, shapes: bool) -> None:
         total = x + y
         return total, F.layer_norm(total, (width,), weight, bias, eps)
 
-    def fused(shape=None, y=y):
-        total, out, launch = add_norm.plan_add_layer_norm(x, y, weight, bias, eps, shape=shape)
+    def fused(shape=None, y=y, row_norms=False):
+        total, out, _, launch = add_norm.plan_add_layer_norm(
+            x, y, weight, bias, eps, row_norms=row_norms, shape=shape
+        )
         launch()
         return total, out
 
@@ -53,6 +55,12 @@ def timing(device, batch: int, width: int, dtype, shapes: bool) -> None:
     # passes; the fused kernel's four are the least there is
     print(f"  add + norm: PyTorch {bandwidth(5, x, t_torch)}, fused {bandwidth(4, x, t_fused)}, "
           f"{t_torch / t_fused:.2f}x")  # fmt: skip
+    # GEM's temperature: the norm of each normalized row, in the same pass or in a pass of its own
+    t_norms = triton.testing.do_bench(lambda: fused(row_norms=True), return_mode="median")
+    t_torch_norms = triton.testing.do_bench(lambda: pytorch()[1].norm(dim=-1), return_mode="median")
+    print(f"  with row norms: PyTorch (+ Tensor.norm) {t_torch_norms:.3f} ms, fused {t_norms:.3f} ms, "
+          f"{t_torch_norms / t_norms:.2f}x; the norms cost {t_norms - t_fused:+.3f} ms fused, "
+          f"{t_torch_norms - t_torch:+.3f} ms in PyTorch")  # fmt: skip
     t_ln = triton.testing.do_bench(lambda: F.layer_norm(x, (width,), weight, bias, eps), return_mode="median")
     t_ln_fused = triton.testing.do_bench(lambda: fused(y=None), return_mode="median")
     print(f"  norm alone: PyTorch {bandwidth(2, x, t_ln)}, fused {bandwidth(2, x, t_ln_fused)}, "

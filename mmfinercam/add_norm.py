@@ -68,14 +68,32 @@ def _kernel_params(
 def add_norm(x: Tensor, y: Tensor | None, norm: nn.Module) -> tuple[Tensor, Tensor]:
     """``(x + y, norm(x + y))`` (``y=None``: ``(x, norm(x))``), in one fused pass where
     :func:`takes_kernel` says so. The inputs are not modified."""
+    total, out, _ = _add_norm(x, y, norm, row_norms=False)
+    return total, out
+
+
+def add_norm_row_norms(x: Tensor, y: Tensor | None, norm: nn.Module) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`add_norm`, and the L2 norm of each row of ``norm(x + y)`` (``x.shape[:-1]``, in
+    its dtype, as ``Tensor.norm(dim=-1)`` gives it): GEM's temperature reads the norms of a
+    block's normalized tokens, and the fused pass has them at hand, so they cost no pass of
+    their own."""
+    total, out, norms = _add_norm(x, y, norm, row_norms=True)
+    assert norms is not None
+    return total, out, norms
+
+
+def _add_norm(
+    x: Tensor, y: Tensor | None, norm: nn.Module, *, row_norms: bool
+) -> tuple[Tensor, Tensor, Tensor | None]:
     params = _kernel_params(x, y, norm)
     if params is None:
         if y is not None:
             x = x + y
-        return x, norm(x)
-    total, out, launch = plan_add_layer_norm(x, y, *params)
+        out = norm(x)
+        return x, out, out.norm(dim=-1) if row_norms else None
+    total, out, norms, launch = plan_add_layer_norm(x, y, *params, row_norms=row_norms)
     launch()
-    return total, out
+    return total, out, norms
 
 
 def layer_norm(x: Tensor, norm: nn.Module) -> Tensor:
@@ -91,12 +109,14 @@ def plan_add_layer_norm(
     bias: Tensor | None,
     eps: float,
     *,
+    row_norms: bool = False,
     shape: tuple[int, int] | None = None,
-) -> tuple[Tensor, Tensor, Launch]:
+) -> tuple[Tensor, Tensor, Tensor | None, Launch]:
     """``(x + y, layer_norm(x + y))`` over the last dimension (``y=None``: ``x`` itself and its
-    norm) as outputs of ``x``'s shape and dtype, and the launch that fills them, not yet run: so
-    that the launch can be compiled for a GPU without one (``kernels.compile_ahead``).
-    ``shape`` overrides the launch shape (rows a program, warps), for tuning."""
+    norm) as outputs of ``x``'s shape and dtype, with ``row_norms`` the L2 norm of each output
+    row (else None), and the launch that fills them, not yet run: so that the launch can be
+    compiled for a GPU without one (``kernels.compile_ahead``). ``shape`` overrides the launch
+    shape (rows a program, warps), for tuning."""
     if triton is None:
         raise RuntimeError("the fused add and LayerNorm needs triton (pip install triton)")
     cols = x.shape[-1]
@@ -108,12 +128,14 @@ def plan_add_layer_norm(
     # the host's time); with no add the sum is x itself
     total = x if y is None else torch.empty(x.shape, dtype=x.dtype, device=x.device)
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    meta = _launch_meta(cols, y is not None, weight is not None, bias is not None, shape)
+    norms = torch.empty(x.shape[:-1], dtype=x.dtype, device=x.device) if row_norms else None
+    meta = _launch_meta(cols, y is not None, weight is not None, bias is not None, row_norms, shape)
     rows = x.numel() // cols if cols else 0
     args = (x_rows, y_rows, x_rows if weight is None else weight, x_rows if bias is None else bias)
-    args += (total, out, rows, float(eps), x_stride, y_stride, cols, cols)  # the sum: written if y
+    args += (total, out, out if norms is None else norms)  # the sum: written if y; norms if asked
+    args += (rows, float(eps), x_stride, y_stride, cols, cols)
     launch = Launch(_add_layer_norm, (max(1, cdiv(rows, meta["ROWS"])),), args, meta)  # no rows: all masked
-    return total, out, launch
+    return total, out, norms, launch
 
 
 def _as_rows(t: Tensor) -> tuple[Tensor, int]:
@@ -129,7 +151,7 @@ def _as_rows(t: Tensor) -> tuple[Tensor, int]:
 
 @functools.lru_cache(maxsize=64)
 def _launch_meta(
-    cols: int, has_y: bool, has_weight: bool, has_bias: bool, shape: tuple[int, int] | None
+    cols: int, has_y: bool, has_weight: bool, has_bias: bool, row_norms: bool, shape: tuple[int, int] | None
 ) -> dict:
     """Compile-time values and launch options, cached: a call on a small batch is bound by the
     host's time."""
@@ -137,7 +159,7 @@ def _launch_meta(
     # ~4,096 elements a program: 4 rows of a ViT-B's 768 (padded to 1,024), 2 of a ViT-g's 1,408
     rows, warps = shape or (max(1, min(16, 4096 // block_c)), 4 if block_c <= 2048 else 8)
     return dict(
-        HAS_Y=has_y, HAS_WEIGHT=has_weight, HAS_BIAS=has_bias,
+        HAS_Y=has_y, HAS_WEIGHT=has_weight, HAS_BIAS=has_bias, ROW_NORMS=row_norms,
         COLS=cols, BLOCK_C=block_c, ROWS=rows, num_warps=warps,
     )  # fmt: skip
 
@@ -146,13 +168,14 @@ if triton is not None:
 
     @triton.jit
     def _add_layer_norm(
-        x_ptr, y_ptr, w_ptr, b_ptr, sum_ptr, out_ptr, n_rows, eps,
+        x_ptr, y_ptr, w_ptr, b_ptr, sum_ptr, out_ptr, norms_ptr, n_rows, eps,
         sx, sy, ss, so,
-        HAS_Y: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+        HAS_Y: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, ROW_NORMS: tl.constexpr,
         COLS: tl.constexpr, BLOCK_C: tl.constexpr, ROWS: tl.constexpr,
     ):  # fmt: skip
-        """``ROWS`` rows: their sum ``x + y`` (rounded as stored) and its LayerNorm. The width is
-        a compile-time value, so a mask such as ``cols < 768`` comes in whole vectors."""
+        """``ROWS`` rows: their sum ``x + y`` (rounded as stored), its LayerNorm and, with
+        ``ROW_NORMS``, the L2 norm of each LayerNorm row as stored. The width is a compile-time
+        value, so a mask such as ``cols < 768`` comes in whole vectors."""
         rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
         cols = tl.arange(0, BLOCK_C)
         mask = (rows[:, None] < n_rows) & (cols[None, :] < COLS)
@@ -171,4 +194,9 @@ if triton is not None:
             u = u * tl.load(w_ptr + cols, mask=cols < COLS, other=0.0).to(tl.float32)[None, :]
         if HAS_BIAS:
             u = u + tl.load(b_ptr + cols, mask=cols < COLS, other=0.0).to(tl.float32)[None, :]
-        tl.store(out_ptr + rows[:, None] * so + cols[None, :], u.to(out_ptr.dtype.element_ty), mask=mask)
+        out = u.to(out_ptr.dtype.element_ty)
+        tl.store(out_ptr + rows[:, None] * so + cols[None, :], out, mask=mask)
+        if ROW_NORMS:  # of the rounded values, summed in fp32, as ``Tensor.norm`` reads them
+            stored = tl.where(mask, out.to(tl.float32), 0.0)
+            norms = tl.sqrt_rn(tl.sum(stored * stored, 1))
+            tl.store(norms_ptr + rows, norms.to(norms_ptr.dtype.element_ty), mask=rows < n_rows)

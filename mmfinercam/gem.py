@@ -62,12 +62,14 @@ def resample_pos_embed(
     return torch.cat([prefix, grid], dim=0)
 
 
-def gem_inverse_temperature(h: Tensor, head_dim: int) -> Tensor:
+def gem_inverse_temperature(h: Tensor, head_dim: int, token_norms: Tensor | None = None) -> Tensor:
     """GEM's default inverse temperature: mean token norm of ``h`` times ``head_dim ** -0.5``.
 
-    Returns a B×1×1×1 tensor (one temperature per image).
+    ``token_norms`` (B×N) are ``h.norm(dim=-1)`` where already at hand. Returns a B×1×1×1
+    tensor (one temperature per image).
     """
-    return h.norm(dim=-1).mean(dim=-1).view(-1, 1, 1, 1) * head_dim**-0.5
+    norms = h.norm(dim=-1) if token_norms is None else token_norms
+    return norms.mean(dim=-1).view(-1, 1, 1, 1) * head_dim**-0.5
 
 
 def self_self_attention(
@@ -154,13 +156,16 @@ def run_tower(
     pending: Tensor | None = None  # a branch's output not yet added to x
     gem: Tensor | None = None
     for i, block in enumerate(blocks):
-        x, h = add_norm.add_norm(x, pending, block.norm1_layer)
+        if i >= first and ss_attn_temp is None:  # the temperature reads h's token norms
+            x, h, h_norms = add_norm.add_norm_row_norms(x, pending, block.norm1_layer)
+        else:
+            (x, h), h_norms = add_norm.add_norm(x, pending, block.norm1_layer), None
         q, k, v = block.qkv(h)
         if i >= first:
             if gem is None:  # B·N×C: x plus every block's projection bias, once
                 projections = [b.attn_out_affine() for b in blocks[first:]]
                 gem = _gem_start(x, projections)
-            temp = gem_inverse_temperature(h, q.shape[-1]) if ss_attn_temp is None else ss_attn_temp
+            temp = gem_inverse_temperature(h, q.shape[-1], h_norms) if h_norms is not None else ss_attn_temp
             with torch.set_grad_enabled(torch.is_grad_enabled() and gem_attention_grad):
                 ss = self_self_attention(q, k, v, temp, ss_attn_iter)
             projection = projections[i - first]

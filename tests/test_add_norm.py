@@ -42,14 +42,24 @@ def interpreted_checks() -> dict:
                     norm.bias.normal_()
             with torch.no_grad(), counted_calls(add_norm, "plan_add_layer_norm") as launches:
                 total, out = add_norm.add_norm(x, y, norm)
+                _, with_norms, norms = add_norm.add_norm_row_norms(x, y, norm)
             with torch.no_grad():
                 ref_total = x + y if has_y else x
                 ref = norm(ref_total)
             key = f"{str(dtype)[6:]} {name}"
-            found[f"launches {key}"] = len(launches)
+            found[f"launches {key}"] = len(launches) / 2
             found[f"sum equal {key}"] = torch.equal(total, ref_total)
             found[f"shape {key}"] = list(out.shape) == list(x.shape) and out.dtype == dtype
             found[f"max diff {key}"] = (out.float() - ref.float()).abs().max().item() if out.numel() else 0.0
+            # the row norms: those of the norm as stored, summed in another order than Tensor.norm's
+            found[f"norms of the same output {key}"] = torch.equal(with_norms, out)
+            found[f"norms shape {key}"] = list(norms.shape) == list(x.shape[:-1]) and norms.dtype == dtype
+            ref_norms = out.norm(dim=-1)
+            found[f"norms rel diff {key}"] = (
+                ((norms.float() - ref_norms.float()).abs() / ref_norms.float().clamp_min(1e-6)).max().item()
+                if out.numel()
+                else 0.0
+            )
 
     # whole towers in fp16: the residual stream's adds and norms fused or in PyTorch
     from open_clip.model import CLIP
@@ -72,11 +82,13 @@ def interpreted_checks() -> dict:
         for method in ("gem", "raw"):
             with torch.inference_mode():
                 with counted_calls(add_norm, "plan_add_layer_norm") as launches:
-                    fused = gem.run_tower(tower, pixels, method=method)
-                with add_norm.fused(False):
+                    with counted_calls(torch.Tensor, "norm") as fused_norms:
+                        fused = gem.run_tower(tower, pixels, method=method)
+                with add_norm.fused(False), counted_calls(torch.Tensor, "norm") as plain_norms:
                     plain = gem.run_tower(tower, pixels, method=method)
             key = f"tower {name} {method}"
             found[f"{key} launches"] = len(launches)
+            found[f"{key} norm passes saved"] = len(plain_norms) - len(fused_norms)
             found[f"{key} tokens"] = rel_err(fused.tokens, plain.tokens)
             found[f"{key} embedding"] = rel_err(fused.global_embedding, plain.global_embedding)
     found["tower blocks"] = {name: len(tower.blocks) for name, tower in towers.items()}
@@ -93,11 +105,22 @@ def test_fused_sum_is_pytorchs_and_its_norm_agrees_to_rounding(interpreted):
         if not key.startswith("launches"):
             continue
         case = key[len("launches ") :]
-        assert launches == 1, key  # the kernel ran, once
+        assert launches == 1, key  # the kernel ran, once a call
         assert interpreted[f"sum equal {case}"] and interpreted[f"shape {case}"], case
         # fp32: the last bits of the mean and variance; fp16: at most one rounding step apart
         limit = 1e-5 if case.startswith("float32") else 1e-2
         assert interpreted[f"max diff {case}"] <= limit, (case, interpreted[f"max diff {case}"])
+
+
+def test_row_norms_come_from_the_same_pass_as_tensor_norms(interpreted):
+    """GEM's temperature reads them: the L2 norm of each stored output row, to the last bits
+    of fp32 or one rounding step of fp16 (the sum of squares runs in another order)."""
+    cases = [key[len("norms shape ") :] for key in interpreted if key.startswith("norms shape ")]
+    assert len(cases) == 10
+    for case in cases:
+        assert interpreted[f"norms shape {case}"] and interpreted[f"norms of the same output {case}"], case
+        limit = 1e-6 if case.startswith("float32") else 2**-10
+        assert interpreted[f"norms rel diff {case}"] <= limit, (case, interpreted[f"norms rel diff {case}"])
 
 
 def test_towers_fuse_every_residual_add_and_norm(interpreted):
@@ -107,6 +130,10 @@ def test_towers_fuse_every_residual_add_and_norm(interpreted):
         first_and_last = 1 if backend == "timm" else 2
         assert interpreted[f"tower {backend} gem launches"] == 2 * blocks + first_and_last, backend
         assert interpreted[f"tower {backend} raw launches"] == 2 * blocks + first_and_last, backend
+        # GEM's temperature reads the token norms from the fused pass: one Tensor.norm fewer in
+        # each of the depth - 1 = 6 GEM blocks than on PyTorch's path
+        assert interpreted[f"tower {backend} gem norm passes saved"] == 6, backend
+        assert interpreted[f"tower {backend} raw norm passes saved"] == 0, backend
         # a norm's rare last-bit difference in fp16, carried through the blocks
         for method in ("gem", "raw"):
             assert interpreted[f"tower {backend} {method} tokens"] < 5e-3, (backend, method)
@@ -115,18 +142,22 @@ def test_towers_fuse_every_residual_add_and_norm(interpreted):
 
 @pytest.mark.parametrize("gpu", [("cuda", 90, 32), ("cuda", 80, 32)], ids=["sm_90", "sm_80"])
 @pytest.mark.parametrize("width", [768, 1024, 1152])
-def test_kernel_compiles_with_whole_vector_loads_and_no_spills(gpu, width):
+@pytest.mark.parametrize("row_norms", [False, True], ids=["", "row norms"])
+def test_kernel_compiles_with_whole_vector_loads_and_no_spills(gpu, width, row_norms):
     """For a real GPU, without one: ViT-B's, ViT-L's and SigLIP-so400m's widths read and write
     16 bytes a thread at a time (a width that is no power of 2 masks whole vectors), and
-    nothing spills."""
+    nothing spills. The row norms add a 2-byte store a row."""
     x = torch.empty(256 * 197, width, dtype=torch.bfloat16)
     weight = torch.empty(width, dtype=torch.bfloat16)
-    _, _, launch = add_norm.plan_add_layer_norm(x, torch.empty_like(x), weight, weight, 1e-6)
+    plan = add_norm.plan_add_layer_norm(x, torch.empty_like(x), weight, weight, 1e-6, row_norms=row_norms)
+    launch = plan[-1]
     compiled = kernels.compile_ahead(launch, gpu)
     assert kernels.resource_usage(compiled)["spilled"] == 0
     ptx = compiled.asm["ptx"]
     assert set(re.findall(r"ld\.global\S*", ptx)) == {"ld.global.v4.b32"}, launch.meta
-    assert set(re.findall(r"st\.global\S*", ptx)) == {"st.global.v4.b32"}, launch.meta
+    stores = re.findall(r"st\.global\S*", ptx)
+    assert set(stores) - {"st.global.b16"} == {"st.global.v4.b32"}, launch.meta
+    assert stores.count("st.global.b16") == int(row_norms), stores  # each row's by one thread
 
 
 def test_plain_layer_norms_are_recognized_and_nothing_else():

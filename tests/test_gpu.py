@@ -145,14 +145,18 @@ def test_fused_add_norm_is_pytorchs_two_passes(device, dtype):
         norm.bias.normal_()
     with torch.inference_mode():
         assert add_norm.takes_kernel(x, y, norm)
-        total, out = add_norm.add_norm(x, y, norm)
+        total, out, norms = add_norm.add_norm_row_norms(x, y, norm)
         ref = norm(x + y)
+        ref_norms = out.norm(dim=-1)
     assert torch.equal(total, x + y)
     if dtype == torch.float32:
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     else:
         torch.testing.assert_close(out, ref)  # within one rounding step
         assert (out != ref).float().mean().item() < 1e-3
+    # GEM's temperature reads the row norms of the stored output: Tensor.norm's to its rounding
+    assert norms.dtype == dtype and norms.shape == x.shape[:-1]
+    torch.testing.assert_close(norms, ref_norms)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
