@@ -44,7 +44,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import ImageLoadError, MMFinerCAMError, PromptError
-from .finer import check_alpha, check_contrasts, check_prompt, dense_finer_maps, rank_contrasts
+from .finer import (
+    check_alpha,
+    check_contrast_ranks,
+    check_contrasts,
+    check_prompt,
+    dense_finer_maps,
+    rank_contrasts,
+)
 from .images import IMAGE_SUFFIXES, check_image_size, prepare_images, read_image
 from .metrics import energy_pointing_game
 from .transfer import to_host
@@ -471,12 +478,8 @@ class BatchRunner(BatchOutput):
         self.prompts = list(dict.fromkeys(texts + vocabulary))
         self.prompt_index = {p: i for i, p in enumerate(self.prompts)}
         self.vocabulary_index = torch.tensor([self.prompt_index[v] for v in vocabulary], dtype=torch.long)
-        ranks = list(job.contrast_ranks)
-        if vocabulary and (not ranks or min(ranks) < 1 or max(ranks) > len(vocabulary) - 1):
-            raise PromptError(
-                f"contrast ranks {ranks} must lie in 1..{len(vocabulary) - 1} for a vocabulary of "
-                f"{len(vocabulary)} entries (one of them may be the target)"
-            )
+        if vocabulary:  # one entry may be the target
+            check_contrast_ranks(job.contrast_ranks, len(vocabulary) - 1)
         templates = self.loc.templates if job.templates is None else job.templates
         self.text = self.loc.encode_text(self.prompts, templates)  # P×E, on the device
 

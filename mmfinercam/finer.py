@@ -145,16 +145,23 @@ def rank_contrasts(target_similarity: Tensor, vocabulary_similarity: Tensor, ran
     code's convention), so rank r is the r-th closest other entry. The vocabulary passed here
     must not contain the target.
     """
-    m = vocabulary_similarity.shape[1]
-    ranks = list(ranks)
-    if not ranks or min(ranks) < 1 or max(ranks) > m:
-        raise PromptError(
-            f"contrast ranks must be between 1 and the vocabulary size {m} (rank 0 is the "
-            f"target itself); got {ranks}"
-        )
+    ranks = check_contrast_ranks(ranks, vocabulary_similarity.shape[1])
     gap = (vocabulary_similarity - target_similarity[:, None]).abs()
     order = gap.argsort(dim=1, stable=True)
     return order[:, [r - 1 for r in ranks]]
+
+
+def check_contrast_ranks(ranks: Sequence[int], candidates: int) -> list[int]:
+    """Ranks of automatic contrasts: distinct whole numbers from 1 to ``candidates`` (the
+    vocabulary entries other than the target), checked before any image is run."""
+    ranks = list(ranks)
+    whole = all(isinstance(r, int) and not isinstance(r, bool) for r in ranks)
+    if not ranks or not whole or min(ranks) < 1 or max(ranks) > candidates or len(set(ranks)) < len(ranks):
+        raise PromptError(
+            f"contrast ranks must be distinct whole numbers from 1 to {candidates}, the number of "
+            f"vocabulary entries other than the target (rank 0 is the target itself); got {ranks}"
+        )
+    return ranks
 
 
 def check_prompt(prompt: object, what: str = "prompt") -> str:

@@ -25,6 +25,7 @@ from .cams import CAM_METHODS, cam_heatmap, clip_cam, finer_score
 from .errors import ImageLoadError, PromptError
 from .finer import (
     check_alpha,
+    check_contrast_ranks,
     check_contrasts,
     check_prompt,
     contrast_weights,
@@ -449,6 +450,7 @@ class Localizer:
         target_text = self.encode_text([target], templates)[0]
         if vocabulary is not None:
             entries = _vocabulary_entries(vocabulary, target)
+            contrast_ranks = check_contrast_ranks(contrast_ranks, len(entries))
             candidate_text = self.encode_text(entries, templates)
         else:
             entries = check_contrasts(target, contrast) if contrast is not None else []

@@ -210,6 +210,16 @@ def test_parquet_list_and_vocabulary_contrasts(tmp_path, collection_dir, testbed
         np.testing.assert_allclose(load_map(tmp_path, r), ref.scores[i].numpy(), atol=2e-3)
 
 
+def test_contrast_ranks_outside_the_vocabulary_are_refused_first(tmp_path, collection_dir, testbed):
+    # testbed-species holds 24 names: the target may be one of them, so ranks run to 23
+    for ranks in [(1, 24), (3, 3), ()]:
+        sets = [PromptSet("t", "Alder finch")]
+        job = _job(tmp_path, prompt_sets=sets, vocabulary="testbed-species", contrast_ranks=ranks)
+        with pytest.raises(mf.PromptError, match="distinct whole numbers from 1 to 23"):
+            BatchRunner(job, read_collection(collection_dir / "images"), localizer=testbed)
+    assert not (tmp_path / "chunks").exists()
+
+
 def test_saved_datasets_folder(tmp_path, collection_dir, testbed):
     datasets = pytest.importorskip("datasets")
     images = [Image.open(collection_dir / "images" / f"bird{i}.png").convert("RGB") for i in (0, 1, 2)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import counted_calls
 from PIL import Image
 
 import mmfinercam as mf
@@ -102,6 +103,20 @@ def test_target_among_contrasts_and_repeats(tiny_localizer, sample_images):
         tiny_localizer.finer_cam(sample_images[0], "a bird", ["a fish"], vocabulary=["a cat"])
     with pytest.raises(mf.PromptError, match="no entry other"):
         tiny_localizer.finer_cam(sample_images[0], "a bird", vocabulary=["a bird"])
+
+
+@pytest.mark.parametrize("ranks", [(), (0, 1), (1, 3), (2, 2), (1.5,), (True,)])
+def test_contrast_ranks_are_refused_before_any_image_runs(tiny_localizer, sample_images, ranks):
+    """Automatic contrasts take distinct whole ranks among the vocabulary's other entries (here
+    two); a bad rank is one clear error, before the image tower runs."""
+    image, vocabulary = sample_images[0], ["a fish", "a cat"]
+    with counted_calls(mf.localizer, "run_tower") as passes:
+        calls = mf.Localizer(tiny_localizer.backend)
+        with pytest.raises(mf.PromptError, match="distinct whole numbers from 1 to 2"):
+            calls.finer_cam(image, "a bird", vocabulary=vocabulary, contrast_ranks=ranks)
+        res = calls.finer_cam(image, "a bird", vocabulary=vocabulary, contrast_ranks=(2, 1))
+    assert len(passes) == 1  # the good call's
+    assert len(res.contrast[0]) == 2 and set(res.contrast[0]) == {"a fish", "a cat"}
 
 
 def test_negative_alpha_and_bad_options(tiny_localizer, sample_images):
