@@ -10,13 +10,30 @@ from torch import Tensor
 from .images import ImageInput, read_image
 
 
-def _as_array(heatmap: Tensor | np.ndarray) -> np.ndarray:
+def _heat_at(heatmap: Tensor | np.ndarray, rgb) -> np.ndarray:
+    """``heatmap`` as a float32 array at the image's size (resized bilinearly where it differs).
+
+    Only values in [0, 1] are drawn: a colour scale from 0 to 1 would silently clip raw scores
+    (a few hundredths either side of 0) to a picture of almost nothing, and NaN to nothing."""
+    from PIL import Image
+
     if isinstance(heatmap, Tensor):
         heatmap = heatmap.detach().float().cpu().numpy()
-    heatmap = np.asarray(heatmap, dtype=np.float32)
-    if heatmap.ndim != 2:
-        raise ValueError(f"a heatmap is H×W; got shape {heatmap.shape}")
-    return heatmap
+    heat = np.asarray(heatmap, dtype=np.float32)
+    if heat.ndim != 2:
+        raise ValueError(f"a heatmap is H×W; got shape {heat.shape}")
+    if not np.isfinite(heat).all():
+        raise ValueError("the heatmap holds NaN or infinity; there is nothing honest to draw")
+    if heat.size and (heat.min() < -1e-6 or heat.max() > 1 + 1e-6):
+        raise ValueError(
+            f"a heatmap to draw holds values in [0, 1] (a result's .heatmaps); this one runs from "
+            f"{heat.min():.3g} to {heat.max():.3g}. Raw scores? mmfinercam.finer.to_heatmap(scores[None], "
+            f"(height, width))[0] makes their heatmap"
+        )
+    heat = np.clip(heat, 0.0, 1.0)
+    if heat.shape != (rgb.height, rgb.width):
+        heat = np.asarray(Image.fromarray(heat).resize((rgb.width, rgb.height), Image.Resampling.BILINEAR))
+    return heat
 
 
 def describe_contrast(target: str | None, contrast: Sequence[str] | None, alpha: float | None) -> str:
@@ -38,10 +55,7 @@ def blend(image: ImageInput, heatmap: Tensor | np.ndarray, *, cmap: str = "jet",
     from PIL import Image
 
     rgb = read_image(image)
-    heat = _as_array(heatmap)
-    if heat.shape != (rgb.height, rgb.width):
-        heat = np.asarray(Image.fromarray(heat).resize((rgb.width, rgb.height), Image.Resampling.BILINEAR))
-    colour = colormaps[cmap](np.clip(heat, 0.0, 1.0))[..., :3]
+    colour = colormaps[cmap](_heat_at(heatmap, rgb))[..., :3]
     mixed = (1 - opacity) * np.asarray(rgb, np.float32) / 255.0 + opacity * colour
     return Image.fromarray(np.round(np.clip(mixed, 0, 1) * 255).astype(np.uint8))
 
@@ -61,16 +75,14 @@ def overlay(
 ):
     """Draw ``heatmap`` over ``image``; returns the matplotlib Figure.
 
-    The heatmap is resized to the image if their sizes differ. The title defaults to the
-    target, the contrasts and alpha, so a saved picture says what it shows.
+    The heatmap holds values in [0, 1] (a result's ``heatmaps``; anything else is refused) and
+    is resized to the image if their sizes differ. The title defaults to the target, the
+    contrasts and alpha, so a saved picture says what it shows.
     """
     import matplotlib.pyplot as plt
-    from PIL import Image
 
     rgb = read_image(image)
-    heat = _as_array(heatmap)
-    if heat.shape != (rgb.height, rgb.width):
-        heat = np.asarray(Image.fromarray(heat).resize((rgb.width, rgb.height), Image.Resampling.BILINEAR))
+    heat = _heat_at(heatmap, rgb)
     if ax is None:
         aspect = rgb.width / max(rgb.height, 1)
         fig, ax = plt.subplots(figsize=(4.5 * aspect + (0.8 if colorbar else 0), 4.5))
