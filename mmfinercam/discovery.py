@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import ImageLoadError, PromptError
-from .finer import check_prompt
+from .finer import check_alpha, check_prompt
 from .images import ImageInput
 
 
@@ -54,10 +54,13 @@ class TraitRanking:
         return [(t, round(float(s), 4)) for t, s in zip(self.traits[:k], self.scores[:k])]
 
 
-def _mean_embedding_similarity(loc, images: Sequence[ImageInput], text: Tensor, batch_size: int) -> Tensor:
+def _mean_embedding_similarity(
+    loc, images: Sequence[ImageInput], text: Tensor, batch_size: int, group: str
+) -> Tensor:
     prepared, failed = loc.prepare(images if isinstance(images, Tensor) else list(images))
     if not prepared:
-        raise ImageLoadError("no usable image in a group: " + "; ".join(f.message for f in failed), failed)
+        why = "; ".join(f"{f.source}: {f.message}" for f in failed) or "no images given"
+        raise ImageLoadError(f"no usable image among {group}: {why}", failed)
     for f in failed:  # reported, as finer_cam reports them; the group's mean is of the rest
         warnings.warn(f"skipped image {f.source}: {f.message}", stacklevel=3)
     total = text.new_zeros(text.shape[0])
@@ -101,6 +104,9 @@ def rank_traits(
     subtracted (module docstring); ``neighbours=0`` ranks by the smallest margin alone."""
     from . import prompts
 
+    alpha = check_alpha(alpha)
+    if neighbours < 0 or batch_size < 1:
+        raise ValueError(f"neighbours must be >= 0 and batch_size >= 1, got {neighbours} and {batch_size}")
     if isinstance(vocabulary, str):
         entries = prompts.load(vocabulary)
     else:
@@ -110,8 +116,11 @@ def rank_traits(
     if not contrast_groups:
         raise PromptError("give at least one group of images of a similar species to separate from")
     text = loc.encode_text(entries, loc.templates if templates is None else templates)
-    target = _mean_embedding_similarity(loc, target_images, text, batch_size)
-    groups = [_mean_embedding_similarity(loc, g, text, batch_size) for g in contrast_groups]
+    target = _mean_embedding_similarity(loc, target_images, text, batch_size, "the target images")
+    groups = [
+        _mean_embedding_similarity(loc, g, text, batch_size, f"contrast group {i + 1}")
+        for i, g in enumerate(contrast_groups)
+    ]
     margins = target[None] - torch.stack(groups)
     scores = contrast_with_neighbours(margins.amin(dim=0), text, neighbours, alpha)
     order = scores.argsort(descending=True, stable=True)

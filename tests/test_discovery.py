@@ -78,6 +78,29 @@ def test_needs_a_group_and_a_vocabulary(tiny_localizer):
         mf.rank_traits(tiny_localizer, image, [image], [])
 
 
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(alpha=-1.0), "alpha"),
+        (dict(alpha=float("nan")), "alpha"),
+        (dict(neighbours=-1), "neighbours"),
+        (dict(batch_size=0), "batch_size"),
+    ],
+)
+def test_options_out_of_range_are_refused(tiny_localizer, options, message):
+    image = [picture(1)]
+    with pytest.raises(ValueError, match=message):
+        mf.rank_traits(tiny_localizer, image, [image], ["red wing", "blue wing"], **options)
+
+
+def test_a_group_with_no_usable_image_is_named(tiny_localizer, tmp_path):
+    image = [picture(1)]
+    with pytest.raises(mf.ImageLoadError, match="among the target images: no images given"):
+        mf.rank_traits(tiny_localizer, [], [image], ["red wing"])
+    with pytest.raises(mf.ImageLoadError, match="among contrast group 2: .*missing.png: image file not"):
+        mf.rank_traits(tiny_localizer, image, [image, [tmp_path / "missing.png"]], ["red wing"])
+
+
 def test_groups_may_be_preprocessed_tensors_and_broken_images_are_reported(tiny_localizer, tmp_path):
     """A group given as a B×3×H×W tensor ranks as its images do; a broken image is skipped with
     a warning, and the group's mean is of the rest."""
