@@ -18,15 +18,17 @@ bilinearly to the input, averaged over layers and min-max scaled again: the same
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import MMFinerCAMError
-from .finer import check_alpha
+from .errors import ImageLoadError, MMFinerCAMError, PromptError
+from .finer import check_alpha, check_contrast_ranks
+from .images import NON_FINITE, FailedImage, finite_images
 
 #: (outputs M×K, rows M) -> M scalars; ``rows[j]`` is the batch image that output ``j`` is of
 #: (``arange(B)`` for a plain pass; Score-CAM scores many masked copies of one image)
@@ -56,21 +58,31 @@ def finer_target(logits: Tensor, target: Tensor, references: Tensor, alpha: floa
     return (p * (y_c[:, None] - alpha * y_i)).sum(dim=1) / (p.sum(dim=1) + 1e-9)
 
 
+def target_classes(logits: Tensor, target: Tensor | None = None) -> Tensor:
+    """The classes to explain (B): ``target`` checked against the model's classes, or the argmax."""
+    k = logits.shape[1]
+    if target is None:
+        return logits.argmax(dim=1)
+    target = target.to(logits.device)
+    if int(target.min()) < 0 or int(target.max()) >= k:
+        raise MMFinerCAMError(f"target class out of range for a model with {k} classes: {target.tolist()}")
+    return target
+
+
 def reference_classes(
     logits: Tensor, target: Tensor | None = None, ranks: Sequence[int] = (1, 2, 3)
 ) -> tuple[Tensor, Tensor]:
     """The target (argmax if not given) and the classes at ``ranks`` by ``|y_i - y_c|``.
 
     Rank 0 is the target itself. Ranks beyond the number of classes are dropped, as the
-    reference code does for models with few classes.
+    reference code does for models with few classes; ranks that leave no class are refused.
     """
     k = logits.shape[1]
-    if target is None:
-        target = logits.argmax(dim=1)
-    target = target.to(logits.device)
-    if int(target.min()) < 0 or int(target.max()) >= k:
-        raise MMFinerCAMError(f"target class out of range for a model with {k} classes: {target.tolist()}")
-    ranks = [r for r in ranks if 0 < r < k]
+    target = target_classes(logits, target)
+    given = check_contrast_ranks(ranks, None)
+    ranks = [r for r in given if r < k]
+    if not ranks:
+        raise PromptError(f"contrast ranks {given} leave no reference class for a model with {k} classes")
     gap = (logits - logits.gather(1, target[:, None])).abs()
     gap = gap.scatter(1, target[:, None], -1.0)  # the target is rank 0 even when logits tie
     order = gap.argsort(dim=1, stable=True)
@@ -378,6 +390,9 @@ class ClassifierCAMResult:
     references: Tensor  #: B×D
     weights: Tensor  #: B×D, the softmax weights p_i / sum p_i
     layer_maps: list[Tensor]
+    #: position in the input of each row (all of them unless an image was unusable)
+    indices: list[int] = field(default_factory=list)
+    failed: list[FailedImage] = field(default_factory=list)  #: images holding NaN or infinity
 
 
 class ClassifierFinerCAM:
@@ -414,26 +429,63 @@ class ClassifierFinerCAM:
         alpha: float = 1.0,
         ranks: Sequence[int] = (1, 2, 3),
     ) -> ClassifierCAMResult:
+        """Maps for a B×C×H×W float batch. ``target``: one class for all or one an image
+        (default: the argmax); ``references``: classes for all (D) or an image each (B×D;
+        none: the plain CAM), else those at ``ranks`` by ``|y_i - y_c|``. An image holding NaN
+        or infinity is reported in ``failed`` (and warned about) and the rest are explained."""
         alpha = check_alpha(alpha)
+        if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point():
+            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+            raise ImageLoadError(f"images must be a float B×C×H×W tensor (preprocessed); got {shape}")
+        b = images.shape[0]
         device = next(self.model.parameters()).device
+        target = _per_image(target, b, per_image=0, what="target class", device=device)
+        references = _per_image(references, b, per_image=1, what="references", device=device)
+        finite = finite_images(images)
+        keep = [i for i, ok in enumerate(finite) if ok]
+        failed = [FailedImage(i, f"<tensor #{i}>", NON_FINITE) for i, ok in enumerate(finite) if not ok]
+        for f in failed:
+            warnings.warn(f"skipped image {f.source}: {f.message}", stacklevel=2)
+        if not keep:
+            raise ImageLoadError("no usable image: every image holds NaN or infinite values", failed)
+        if failed:
+            images, target, references = (t if t is None else t[keep] for t in (images, target, references))
         images = images.to(device)
         with torch.no_grad():
             logits = self.model(images)
-        b, k = logits.shape
-        if target is not None:
-            target = torch.as_tensor(target, device=device).reshape(-1).expand(b).long()
-        target, refs = reference_classes(logits, target, ranks)
-        if references is not None:
-            refs = torch.as_tensor(references, device=device).long().reshape(b, -1)
+        k = logits.shape[1]
+        if references is None:
+            target, refs = reference_classes(logits, target, ranks)
+        else:
+            target, refs = target_classes(logits, target), references
             if refs.numel() and (int(refs.min()) < 0 or int(refs.max()) >= k):
                 raise MMFinerCAMError(f"reference class out of range for a model with {k} classes")
+            if bool((refs == target[:, None]).any()):
+                raise PromptError("a reference class is the target itself: it would cancel out")
         out = self.cam(images, finer_score(target, refs, alpha))
         if out.outputs.shape != logits.shape:
             raise MMFinerCAMError("the model's outputs changed between passes")
         p = torch.softmax(out.outputs, dim=-1).gather(1, refs)
-        return ClassifierCAMResult(
-            out.heatmaps, out.outputs, target, refs, p / (p.sum(dim=1, keepdim=True) + 1e-9), out.layer_maps
-        )
+        weights = p / (p.sum(dim=1, keepdim=True) + 1e-9)
+        maps = out.heatmaps, out.outputs, target, refs, weights, out.layer_maps
+        return ClassifierCAMResult(*maps, indices=keep, failed=failed)
+
+
+def _per_image(classes: object, b: int, *, per_image: int, what: str, device: torch.device) -> Tensor | None:
+    """Classes for ``b`` images as a long tensor of ``b`` rows: ``per_image`` is 0 for one class
+    an image (a target: B), 1 for a list an image (references: B×D). Given without the image
+    axis, or for one image, they hold for every image."""
+    if classes is None:
+        return None
+    t = torch.as_tensor(classes, device=device)
+    if t.is_floating_point() or t.dtype == torch.bool:
+        raise MMFinerCAMError(f"{what} must be whole class numbers, got {t.dtype}")
+    if t.dim() == per_image:
+        t = t.unsqueeze(0)
+    if t.dim() != per_image + 1 or t.shape[0] not in (1, b):
+        expected = "a list of classes or a list an image (B×D)" if per_image else "one class or one an image"
+        raise MMFinerCAMError(f"{what}: give {expected} for the {b} images; got shape {tuple(t.shape)}")
+    return t.long().expand(b, *t.shape[1:])
 
 
 __all__ = [
@@ -451,4 +503,5 @@ __all__ = [
     "finer_target",
     "logit_score",
     "reference_classes",
+    "target_classes",
 ]

@@ -151,15 +151,19 @@ def rank_contrasts(target_similarity: Tensor, vocabulary_similarity: Tensor, ran
     return order[:, [r - 1 for r in ranks]]
 
 
-def check_contrast_ranks(ranks: Sequence[int], candidates: int) -> list[int]:
+def check_contrast_ranks(ranks: Sequence[int], candidates: int | None) -> list[int]:
     """Ranks of automatic contrasts: distinct whole numbers from 1 to ``candidates`` (the
-    vocabulary entries other than the target), checked before any image is run."""
+    vocabulary entries other than the target; ``None``: no upper bound), checked before any
+    image is run."""
     ranks = list(ranks)
     whole = all(isinstance(r, int) and not isinstance(r, bool) for r in ranks)
-    if not ranks or not whole or min(ranks) < 1 or max(ranks) > candidates or len(set(ranks)) < len(ranks):
+    too_large = candidates is not None and whole and bool(ranks) and max(ranks) > candidates
+    if not ranks or not whole or min(ranks) < 1 or too_large or len(set(ranks)) < len(ranks):
+        bound = "" if candidates is None else f" to {candidates}, the number of vocabulary entries"
+        bound += "" if candidates is None else " other than the target"
         raise PromptError(
-            f"contrast ranks must be distinct whole numbers from 1 to {candidates}, the number of "
-            f"vocabulary entries other than the target (rank 0 is the target itself); got {ranks}"
+            f"contrast ranks must be distinct whole numbers from 1{bound} (rank 0 is the target "
+            f"itself); got {ranks}"
         )
     return ranks
 

@@ -133,12 +133,12 @@ def _preprocessed_image(pixels: Tensor, patch: tuple[int, int]) -> Tensor:
             f"a tensor in a list of images must be one image, 3×H×W; got shape {tuple(pixels.shape)}"
         )
     image = _whole_patches(check_pixel_batch(pixels, patch)[0], patch)
-    if not _finite_images(image[None])[0]:
+    if not finite_images(image[None])[0]:
         raise ImageLoadError(NON_FINITE)
     return image
 
 
-def _finite_images(batch: Tensor) -> list[bool]:
+def finite_images(batch: Tensor) -> list[bool]:
     """Whether each image of a B×3×H×W batch is free of NaN and infinity, read back once (a GPU
     batch is waited for here, not per image): an image's float32 sum is NaN or infinite exactly
     when one of its pixels is (normalized pixels cannot overflow it), so one read of the batch
@@ -237,7 +237,7 @@ def prepare_images(
         batch = check_pixel_batch(images, patch)
         size = (int(batch.shape[-2]), int(batch.shape[-1]))
         batch = _whole_patches(batch, patch)
-        finite = _finite_images(batch)
+        finite = finite_images(batch)
         rows = [_BatchRow(i, batch, size) for i, ok in enumerate(finite) if ok]
         bad = [FailedImage(i, f"<tensor #{i}>", NON_FINITE) for i, ok in enumerate(finite) if not ok]
         return rows, bad

@@ -163,6 +163,46 @@ def test_bad_input(resnet):
         ClassifierFinerCAM(resnet)(x, alpha=-1)
 
 
+def test_classes_for_all_images_or_one_each(resnet):
+    x = _images(n=2, seed=7)
+    cam = ClassifierFinerCAM(resnet)
+    each = cam(x, target=[3, 3], references=[[4, 5], [4, 5]])
+    for shared in (cam(x, target=3, references=[4, 5]), cam(x, target=[3], references=[[4, 5]])):
+        assert shared.target.tolist() == [3, 3] and shared.references.tolist() == [[4, 5], [4, 5]]
+        torch.testing.assert_close(shared.heatmaps, each.heatmaps)
+    for bad, message in [
+        (dict(target=[1, 2, 3]), "one class or one an image"),
+        (dict(references=[[1], [2], [3]]), "a list an image"),
+        (dict(target=1.5), "whole class numbers"),
+        (dict(target=[1, 2], references=[[4, 1], [4, 5]]), "the target itself"),
+        (dict(ranks=(0, 1)), "distinct whole numbers from 1"),
+        (dict(ranks=(1, 1)), "distinct whole numbers from 1"),
+        (dict(ranks=(10, 11)), "leave no reference class for a model with 10 classes"),
+    ]:
+        with pytest.raises(mf.MMFinerCAMError, match=message):
+            cam(x, **bad)
+    with pytest.raises(mf.ImageLoadError, match="float B×C×H×W"):
+        cam(x[0])
+    with pytest.raises(mf.ImageLoadError, match="float B×C×H×W"):
+        cam((x * 50).to(torch.uint8))
+
+
+def test_an_image_with_nan_is_reported_and_the_rest_explained(resnet):
+    x = _images(n=3, seed=8)
+    broken = x.clone()
+    broken[1, 0, 5, 5] = float("nan")
+    cam = ClassifierFinerCAM(resnet)
+    with pytest.warns(UserWarning, match="tensor #1"):
+        res = cam(broken, target=[2, 3, 4])
+    assert res.indices == [0, 2] and [f.index for f in res.failed] == [1]
+    clean = cam(x[[0, 2]], target=[2, 4])
+    assert res.target.tolist() == [2, 4]
+    torch.testing.assert_close(res.heatmaps, clean.heatmaps)
+    assert cam(x).indices == [0, 1, 2] and cam(x).failed == []
+    with pytest.warns(UserWarning), pytest.raises(mf.ImageLoadError, match="every image"):
+        cam(torch.full((2, 3, 32, 32), float("inf")))
+
+
 @pytest.mark.parametrize("name", ["resnet18", "vgg11", "mobilenet_v3_small", "vit_b_16"])
 def test_target_layer_found_for_torchvision(name):
     import torchvision
