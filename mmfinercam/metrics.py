@@ -23,13 +23,34 @@ from torch import Tensor
 Predictor = Callable[[Tensor], Tensor]
 
 
-def _check_maps(maps: Tensor, masks: Tensor | None = None) -> None:
+def _check_maps(maps: Tensor, masks: Tensor | None = None, images: Tensor | None = None) -> None:
     if maps.dim() != 3:
         raise ValueError(f"maps must be B×H×W, got shape {tuple(maps.shape)}")
     if masks is not None and masks.shape != maps.shape:
         raise ValueError(f"masks {tuple(masks.shape)} must match maps {tuple(maps.shape)}")
+    if images is not None and (images.dim() != 4 or maps.shape != (images.shape[0], *images.shape[2:])):
+        # one map a image, at its size: a single map would otherwise broadcast over the batch
+        raise ValueError(
+            f"maps {tuple(maps.shape)} must be one H×W map for each image of the B×C×H×W batch "
+            f"{tuple(images.shape)} (heatmaps at the images' size)"
+        )
     if not bool(torch.isfinite(maps).all()):  # a NaN would rank, peak and threshold arbitrarily
         raise ValueError("maps hold NaN or infinite values")
+
+
+def _check_classes(classes: Tensor, probs: Tensor, what: str) -> Tensor:
+    """``classes`` as B class indices into the predictor's B×K probabilities."""
+    classes = torch.as_tensor(classes).to(probs.device)
+    b, k = probs.shape
+    if classes.shape != (b,) or classes.is_floating_point():
+        raise ValueError(
+            f"{what} must be {b} class indices, one an image; got {tuple(classes.shape)} {classes.dtype}"
+        )
+    if b and (int(classes.min()) < 0 or int(classes.max()) >= k):
+        raise ValueError(
+            f"{what} classes must lie in 0..{k - 1} (the predictor's {k} classes); got {classes.tolist()}"
+        )
+    return classes
 
 
 def top_fraction_mask(maps: Tensor, fraction: float) -> Tensor:
@@ -70,11 +91,11 @@ def relative_confidence_drop(
     ``target`` and ``contrast`` are B class indices (c and the most similar class d); ``*``
     marks probabilities after masking the top ``fraction`` of the map's pixels.
     """
-    _check_maps(maps)
+    _check_maps(maps, images=images)
     before = predict(images) if probs_before is None else probs_before
+    target, contrast = _check_classes(target, before, "target"), _check_classes(contrast, before, "contrast")
     after = predict(apply_mask(images, top_fraction_mask(maps, fraction), fill))
     rows = torch.arange(len(images), device=before.device)
-    target, contrast = target.to(before.device), contrast.to(before.device)
     drop_c = before[rows, target] - after[rows, target]
     drop_d = before[rows, contrast] - after[rows, contrast]
     return drop_c - drop_d
@@ -84,6 +105,9 @@ def _order_curve(
     predict: Predictor, start: Tensor, end: Tensor, maps: Tensor, target: Tensor, steps: int
 ) -> Tensor:
     """Probability of ``target`` as pixels switch from ``start`` to ``end`` in map order."""
+    _check_maps(maps, images=start)
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
     b, h, w = maps.shape
     order = maps.reshape(b, -1).float().argsort(dim=1, descending=True, stable=True)
     rank = torch.empty_like(order)
@@ -95,6 +119,9 @@ def _order_curve(
         n = round(i * h * w / steps)
         switched = (rank < n)[:, None]
         probs = predict(torch.where(switched, end, start))
+        if i == 0:
+            target = _check_classes(target, probs, "target")
+            rows = rows.to(probs.device)
         curve.append(probs[rows, target])
     return torch.stack(curve, dim=1)  # B×(steps+1)
 
@@ -108,7 +135,6 @@ def deletion_auc(
     predict: Predictor, images: Tensor, maps: Tensor, target: Tensor, steps: int = 16, fill: float = 0.0
 ) -> Tensor:
     """RISE deletion: remove pixels most-important first; lower area = better map (B)."""
-    _check_maps(maps)
     return _auc(_order_curve(predict, images, torch.full_like(images, fill), maps, target, steps))
 
 
@@ -121,12 +147,13 @@ def insertion_auc(
     blur_sigma: float = 5.0,
 ) -> Tensor:
     """RISE insertion: reveal pixels most-important first on a blurred copy; higher = better (B)."""
-    _check_maps(maps)
     return _auc(_order_curve(predict, gaussian_blur(images, blur_sigma), images, maps, target, steps))
 
 
 def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
     """Separable Gaussian blur with reflect padding (the RISE insertion baseline)."""
+    if not sigma > 0:
+        raise ValueError(f"sigma must be > 0, got {sigma}")
     radius = max(1, int(3 * sigma))
     x = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
     kernel = torch.exp(-0.5 * (x / sigma) ** 2)
@@ -147,6 +174,8 @@ def pointing_game(maps: Tensor, masks: Tensor, tolerance: int = 0) -> Tensor:
     as a miss.
     """
     _check_maps(maps, masks)
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be >= 0 pixels, got {tolerance}")
     b, h, w = maps.shape
     flat = maps.reshape(b, -1)
     peak = flat.argmax(dim=1)

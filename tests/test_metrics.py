@@ -114,3 +114,34 @@ def test_non_finite_maps_are_refused(bad):
             metric(maps, masks)
     with pytest.raises(ValueError, match="NaN or infinite"):
         M.top_fraction_mask(maps, 0.1)
+
+
+def test_maps_and_classes_must_fit_the_images_and_the_predictor():
+    """A single map for a batch used to broadcast over it (every image scored with the first
+    image's map), and class indices of another length broadcast too."""
+    images = torch.ones(2, 1, 4, 4)
+    maps, one = torch.rand(2, 4, 4), torch.tensor([0, 0])
+    for metric in (M.deletion_auc, M.insertion_auc):
+        with pytest.raises(ValueError, match="one H×W map for each image"):
+            metric(_predictor, images, maps[:1], one)
+        with pytest.raises(ValueError, match="one H×W map for each image"):
+            metric(_predictor, images, maps[:, :3], one)
+        with pytest.raises(ValueError, match="2 class indices"):
+            metric(_predictor, images, maps, torch.tensor([0]))
+        with pytest.raises(ValueError, match=r"lie in 0\.\.2"):
+            metric(_predictor, images, maps, torch.tensor([0, 3]))
+        with pytest.raises(ValueError, match="steps"):
+            metric(_predictor, images, maps, one, steps=0)
+    with pytest.raises(ValueError, match="one H×W map for each image"):
+        M.relative_confidence_drop(_predictor, images, maps[:1], one, torch.tensor([1, 1]))
+    with pytest.raises(ValueError, match="contrast must be 2 class indices"):
+        M.relative_confidence_drop(_predictor, images, maps, one, torch.tensor([1]))
+
+
+def test_blur_width_and_pointing_tolerance_must_be_sensible():
+    with pytest.raises(ValueError, match="sigma"):
+        M.gaussian_blur(torch.ones(1, 1, 4, 4), 0.0)  # a 0-wide Gaussian: NaN everywhere
+    with pytest.raises(ValueError, match="sigma"):
+        M.gaussian_blur(torch.ones(1, 1, 4, 4), -1.0)
+    with pytest.raises(ValueError, match="tolerance"):
+        M.pointing_game(torch.rand(1, 4, 4), torch.ones(1, 4, 4, dtype=torch.bool), tolerance=-1)
