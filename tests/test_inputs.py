@@ -151,6 +151,23 @@ def test_prompt_library(tmp_path):
         mf.prompts.load_templates(bad)
 
 
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("v.json", b"{not json", "not valid JSON"),
+        ("v.json", b'{"wing": "red wing"}', "list of strings or a dict of lists"),  # not letters
+        ("v.json", b"[1, 2]", "list of strings"),
+        ("v.txt", b"\xff\xfe red wing", "cannot read .* as UTF-8"),
+        ("t.txt", b"", "holds no prompts"),
+    ],
+)
+def test_unreadable_vocabulary_files_are_one_clear_error(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(mf.PromptError, match=message):
+        mf.prompts.load(path)
+
+
 def test_shipped_vocabularies_and_taxon():
     for name in ("birds-parts", "fish-traits", "testbed-species", "testbed-traits"):
         assert len(mf.prompts.load(name)) >= 20

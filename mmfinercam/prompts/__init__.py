@@ -21,15 +21,25 @@ TEMPLATES_DIR = HERE / "templates"
 VOCABULARIES_DIR = HERE / "vocabularies"
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise PromptError(f"cannot read {path} as UTF-8 text: {err}") from err
+
+
 def _read_lines(path: Path) -> list[str]:
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    lines = [ln.strip() for ln in _read_text(path).splitlines()]
     return [ln for ln in lines if ln and not ln.startswith("#")]
 
 
 def _read_entries(path: Path) -> list[str]:
     if path.suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(data, dict):
+        try:
+            data = json.loads(_read_text(path))
+        except json.JSONDecodeError as err:
+            raise PromptError(f"{path} is not valid JSON: {err}") from err
+        if isinstance(data, dict) and all(isinstance(values, list) for values in data.values()):
             data = [item for values in data.values() for item in values]
         if not isinstance(data, list) or not all(isinstance(s, str) for s in data):
             raise PromptError(f"{path}: a JSON vocabulary is a list of strings or a dict of lists")
