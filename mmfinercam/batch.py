@@ -478,8 +478,8 @@ class BatchRunner(BatchOutput):
         self.prompts = list(dict.fromkeys(texts + vocabulary))
         self.prompt_index = {p: i for i, p in enumerate(self.prompts)}
         self.vocabulary_index = torch.tensor([self.prompt_index[v] for v in vocabulary], dtype=torch.long)
-        if vocabulary:  # one entry may be the target
-            check_contrast_ranks(job.contrast_ranks, len(vocabulary) - 1)
+        # the ranks kept for this vocabulary (one of its entries may be a row's target)
+        self.ranks = check_contrast_ranks(job.contrast_ranks, len(vocabulary) - 1) if vocabulary else []
         templates = self.loc.templates if job.templates is None else job.templates
         self.text = self.loc.encode_text(self.prompts, templates)  # P×E, on the device
 
@@ -606,7 +606,7 @@ class BatchRunner(BatchOutput):
     def _contrasts(self, sets: list[list[PromptSet]], target: Tensor, global_sim: Tensor):
         """B×S×D contrast prompt indices and a validity mask: explicit, or ranked from the vocabulary."""
         b, s = target.shape
-        ranks = list(self.job.contrast_ranks) if len(self.vocabulary_index) else []
+        ranks = self.ranks
         explicit = [[[self.prompt_index[c] for c in p.contrast] for p in ss] for ss in sets]
         width = max([len(e) for row in explicit for e in row] + [len(ranks)])
         index = torch.zeros(b, s, width, dtype=torch.long, device=target.device)

@@ -77,12 +77,8 @@ def reference_classes(
     Rank 0 is the target itself. Ranks beyond the number of classes are dropped, as the
     reference code does for models with few classes; ranks that leave no class are refused.
     """
-    k = logits.shape[1]
     target = target_classes(logits, target)
-    given = check_contrast_ranks(ranks, None)
-    ranks = [r for r in given if r < k]
-    if not ranks:
-        raise PromptError(f"contrast ranks {given} leave no reference class for a model with {k} classes")
+    ranks = check_contrast_ranks(ranks, logits.shape[1] - 1, "classes")
     gap = (logits - logits.gather(1, target[:, None])).abs()
     gap = gap.scatter(1, target[:, None], -1.0)  # the target is rank 0 even when logits tie
     order = gap.argsort(dim=1, stable=True)

@@ -151,21 +151,25 @@ def rank_contrasts(target_similarity: Tensor, vocabulary_similarity: Tensor, ran
     return order[:, [r - 1 for r in ranks]]
 
 
-def check_contrast_ranks(ranks: Sequence[int], candidates: int | None) -> list[int]:
-    """Ranks of automatic contrasts: distinct whole numbers from 1 to ``candidates`` (the
-    vocabulary entries other than the target; ``None``: no upper bound), checked before any
-    image is run."""
+def check_contrast_ranks(
+    ranks: Sequence[int], candidates: int, pool: str = "vocabulary entries"
+) -> list[int]:
+    """Ranks of automatic contrasts, checked before any image is run: distinct whole numbers
+    from 1 (rank 0 is the target). Ranks past the ``candidates`` (the ``pool`` other than the
+    target) are dropped, as the reference code does for models with few classes, so the default
+    1, 2, 3 works with a vocabulary of two; ranks that leave none are refused."""
     ranks = list(ranks)
     whole = all(isinstance(r, int) and not isinstance(r, bool) for r in ranks)
-    too_large = candidates is not None and whole and bool(ranks) and max(ranks) > candidates
-    if not ranks or not whole or min(ranks) < 1 or too_large or len(set(ranks)) < len(ranks):
-        bound = "" if candidates is None else f" to {candidates}, the number of vocabulary entries"
-        bound += "" if candidates is None else " other than the target"
+    if not ranks or not whole or min(ranks) < 1 or len(set(ranks)) < len(ranks):
         raise PromptError(
-            f"contrast ranks must be distinct whole numbers from 1{bound} (rank 0 is the target "
-            f"itself); got {ranks}"
+            f"contrast ranks must be distinct whole numbers from 1 (rank 0 is the target itself); got {ranks}"
         )
-    return ranks
+    kept = [r for r in ranks if r <= candidates]
+    if not kept:
+        raise PromptError(
+            f"contrast ranks {ranks} leave no contrast: there are {candidates} {pool} besides the target"
+        )
+    return kept
 
 
 def check_prompt(prompt: object, what: str = "prompt") -> str:

@@ -423,7 +423,8 @@ class Localizer:
 
         ``contrast`` lists the similar concepts explicitly; or ``vocabulary`` (a list, a file
         or a shipped vocabulary name) supplies candidates, of which those at ``contrast_ranks``
-        by ``|<z,t_i> - <z,t_c>|`` are taken for each image. ``alpha=0`` gives the plain target
+        by ``|<z,t_i> - <z,t_c>|`` are taken for each image (ranks past the vocabulary are
+        dropped, as the reference code does for few classes). ``alpha=0`` gives the plain target
         map; larger values keep only what differs. Prompts are wrapped in ``templates``
         (default: the model's own, e.g. ``"a photo of a {}."``; ``["{}"]`` uses them verbatim).
 

@@ -212,12 +212,26 @@ def test_parquet_list_and_vocabulary_contrasts(tmp_path, collection_dir, testbed
 
 def test_contrast_ranks_outside_the_vocabulary_are_refused_first(tmp_path, collection_dir, testbed):
     # testbed-species holds 24 names: the target may be one of them, so ranks run to 23
-    for ranks in [(1, 24), (3, 3), ()]:
+    cases = [((24, 25), "there are 23 vocabulary entries"), ((3, 3), "distinct"), ((), "distinct")]
+    for ranks, message in cases:
         sets = [PromptSet("t", "Alder finch")]
         job = _job(tmp_path, prompt_sets=sets, vocabulary="testbed-species", contrast_ranks=ranks)
-        with pytest.raises(mf.PromptError, match="distinct whole numbers from 1 to 23"):
+        with pytest.raises(mf.PromptError, match=message):
             BatchRunner(job, read_collection(collection_dir / "images"), localizer=testbed)
     assert not (tmp_path / "chunks").exists()
+
+
+def test_a_small_vocabulary_holding_the_target_contrasts_the_others(tmp_path, collection_dir, testbed):
+    """Default ranks 1, 2, 3 against three names, one of them the target: the two others, never
+    the target itself (ranks past the vocabulary's other entries are dropped)."""
+    vocabulary = tmp_path / "finches.txt"
+    vocabulary.write_text("Alder finch\nBirch finch\nCedar finch\n")
+    sets = [PromptSet("t", "Alder finch")]
+    job = _job(tmp_path / "run", prompt_sets=sets, vocabulary=str(vocabulary))
+    runner = BatchRunner(job, read_collection(collection_dir / "images"), localizer=testbed)
+    runner.run(workers=0, progress=False)
+    rows = [r for r in iter_results(tmp_path / "run") if r["status"] == "ok"]
+    assert rows and all(sorted(r["contrast"]) == ["Birch finch", "Cedar finch"] for r in rows)
 
 
 def test_saved_datasets_folder(tmp_path, collection_dir, testbed):

@@ -177,7 +177,7 @@ def test_classes_for_all_images_or_one_each(resnet):
         (dict(target=[1, 2], references=[[4, 1], [4, 5]]), "the target itself"),
         (dict(ranks=(0, 1)), "distinct whole numbers from 1"),
         (dict(ranks=(1, 1)), "distinct whole numbers from 1"),
-        (dict(ranks=(10, 11)), "leave no reference class for a model with 10 classes"),
+        (dict(ranks=(10, 11)), "leave no contrast: there are 9 classes besides the target"),
     ]:
         with pytest.raises(mf.MMFinerCAMError, match=message):
             cam(x, **bad)

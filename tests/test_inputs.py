@@ -105,18 +105,30 @@ def test_target_among_contrasts_and_repeats(tiny_localizer, sample_images):
         tiny_localizer.finer_cam(sample_images[0], "a bird", vocabulary=["a bird"])
 
 
-@pytest.mark.parametrize("ranks", [(), (0, 1), (1, 3), (2, 2), (1.5,), (True,)])
-def test_contrast_ranks_are_refused_before_any_image_runs(tiny_localizer, sample_images, ranks):
-    """Automatic contrasts take distinct whole ranks among the vocabulary's other entries (here
-    two); a bad rank is one clear error, before the image tower runs."""
+@pytest.mark.parametrize(
+    "ranks, message",
+    [
+        ((), "distinct whole numbers from 1"),
+        ((0, 1), "distinct whole numbers from 1"),
+        ((2, 2), "distinct whole numbers from 1"),
+        ((1.5,), "distinct whole numbers from 1"),
+        ((True,), "distinct whole numbers from 1"),
+        ((3, 4), "leave no contrast: there are 2 vocabulary entries besides the target"),
+    ],
+)
+def test_contrast_ranks_are_refused_before_any_image_runs(tiny_localizer, sample_images, ranks, message):
+    """Automatic contrasts take distinct whole ranks; ranks past the vocabulary's other entries
+    (here two) are dropped, as the reference code does, and a bad set is one clear error before
+    the image tower runs."""
     image, vocabulary = sample_images[0], ["a fish", "a cat"]
     with counted_calls(mf.localizer, "run_tower") as passes:
         calls = mf.Localizer(tiny_localizer.backend)
-        with pytest.raises(mf.PromptError, match="distinct whole numbers from 1 to 2"):
+        with pytest.raises(mf.PromptError, match=message):
             calls.finer_cam(image, "a bird", vocabulary=vocabulary, contrast_ranks=ranks)
-        res = calls.finer_cam(image, "a bird", vocabulary=vocabulary, contrast_ranks=(2, 1))
-    assert len(passes) == 1  # the good call's
-    assert len(res.contrast[0]) == 2 and set(res.contrast[0]) == {"a fish", "a cat"}
+        assert not passes
+        res = calls.finer_cam(image, "a bird", vocabulary=vocabulary)  # the default 1, 2, 3
+    assert len(res.contrast[0]) == 2 and set(res.contrast[0]) == set(vocabulary)
+    assert res.weights.shape == (1, 2)
 
 
 def test_negative_alpha_and_bad_options(tiny_localizer, sample_images):
