@@ -50,6 +50,7 @@ from .finer import (
     check_contrasts,
     check_prompt,
     dense_finer_maps,
+    is_whole_number,
     rank_contrasts,
 )
 from .images import IMAGE_SUFFIXES, check_image_size, prepare_images, read_image
@@ -248,10 +249,10 @@ class BatchJob:
 
     def __post_init__(self) -> None:  # refused before any model is loaded or file written
         check_alpha(self.alpha)
-        if self.chunk_size < 1:
-            raise MMFinerCAMError(f"chunk_size must be >= 1, got {self.chunk_size}")
-        if self.top_k < 0:
-            raise MMFinerCAMError(f"top_k must be >= 0, got {self.top_k}")
+        if not is_whole_number(self.chunk_size) or self.chunk_size < 1:
+            raise MMFinerCAMError(f"chunk_size must be a whole number >= 1, got {self.chunk_size!r}")
+        if not is_whole_number(self.top_k) or self.top_k < 0:
+            raise MMFinerCAMError(f"top_k must be a whole number >= 0, got {self.top_k!r}")
 
     def identity(self) -> dict[str, Any]:
         d = asdict(self)

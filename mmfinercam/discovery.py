@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import ImageLoadError, PromptError
-from .finer import check_alpha, check_prompt
+from .finer import check_alpha, check_prompt, is_whole_number
 from .images import ImageInput
 
 
@@ -105,8 +105,12 @@ def rank_traits(
     from . import prompts
 
     alpha = check_alpha(alpha)
-    if neighbours < 0 or batch_size < 1:
-        raise ValueError(f"neighbours must be >= 0 and batch_size >= 1, got {neighbours} and {batch_size}")
+    whole = is_whole_number(neighbours) and is_whole_number(batch_size)
+    if not whole or neighbours < 0 or batch_size < 1:
+        raise ValueError(
+            f"neighbours must be whole and >= 0, batch_size whole and >= 1; "
+            f"got {neighbours!r} and {batch_size!r}"
+        )
     if isinstance(vocabulary, str):
         entries = prompts.load(vocabulary)
     else:

@@ -13,6 +13,7 @@ linear in the text embedding, so the dense path mixes the texts instead of the m
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -151,6 +152,12 @@ def rank_contrasts(target_similarity: Tensor, vocabulary_similarity: Tensor, ran
     return order[:, [r - 1 for r in ranks]]
 
 
+def is_whole_number(value: object) -> bool:
+    """A Python or NumPy integer, not a bool: what counts, sizes and ranks must be (a float
+    would fail later inside a slice or a range, with a message about neither)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def check_contrast_ranks(
     ranks: Sequence[int], candidates: int, pool: str = "vocabulary entries"
 ) -> list[int]:
@@ -158,8 +165,8 @@ def check_contrast_ranks(
     from 1 (rank 0 is the target). Ranks past the ``candidates`` (the ``pool`` other than the
     target) are dropped, as the reference code does for models with few classes, so the default
     1, 2, 3 works with a vocabulary of two; ranks that leave none are refused."""
-    ranks = list(ranks)
-    whole = all(isinstance(r, int) and not isinstance(r, bool) for r in ranks)
+    ranks = [int(r) if is_whole_number(r) else r for r in ranks]
+    whole = all(is_whole_number(r) for r in ranks)
     if not ranks or not whole or min(ranks) < 1 or len(set(ranks)) < len(ranks):
         raise PromptError(
             f"contrast ranks must be distinct whole numbers from 1 (rank 0 is the target itself); got {ranks}"

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from . import add_norm, kernels
 from .backends.base import VisionTower, merge_heads
+from .finer import is_whole_number
 
 #: the fused GPU kernel for self-self attention (:mod:`mmfinercam.kernels`), on by default:
 #: ``with fused_attention(False):`` runs the PyTorch path instead
@@ -145,7 +146,7 @@ def run_tower(
         raise ValueError(f"method must be 'gem' or 'raw', got {method!r}")
     blocks = tower.blocks
     n_gem = depth - 1 if method == "gem" else 0
-    if method == "gem" and not 1 <= n_gem <= len(blocks):
+    if method == "gem" and (not is_whole_number(depth) or not 1 <= n_gem <= len(blocks)):
         raise ValueError(
             f"depth must be between 2 and {len(blocks) + 1} for a tower of {len(blocks)} blocks, got {depth}"
         )

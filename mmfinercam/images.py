@@ -24,6 +24,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from .errors import ImageLoadError
+from .finer import is_whole_number
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray, Tensor]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}  #: what folders yield
@@ -148,8 +149,10 @@ def finite_images(batch: Tensor) -> list[bool]:
 
 def check_image_size(short_side: int, patch: tuple[int, int]) -> None:
     """The shorter side images are resized to must hold one patch, or every image is unusable."""
-    if short_side < max(patch):
-        raise ImageLoadError(f"image_size must be at least one {patch[0]}×{patch[1]} patch, got {short_side}")
+    if not is_whole_number(short_side) or short_side < max(patch):
+        raise ImageLoadError(
+            f"image_size must be whole pixels, at least one {patch[0]}×{patch[1]} patch; got {short_side!r}"
+        )
 
 
 def _whole_patches(pixels: Tensor, patch: tuple[int, int]) -> Tensor:

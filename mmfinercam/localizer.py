@@ -29,6 +29,7 @@ from .finer import (
     check_contrasts,
     check_prompt,
     contrast_weights,
+    is_whole_number,
     mixed_finer_maps,
     rank_contrasts,
     to_heatmap,
@@ -442,8 +443,8 @@ class Localizer:
             raise ValueError(f"method must be one of {DENSE_METHODS + tuple(CAM_METHODS)}, got {method!r}")
         target = check_prompt(target, "target prompt")
         alpha = check_alpha(alpha)
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if batch_size is not None and (not is_whole_number(batch_size) or batch_size < 1):
+            raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
         if contrast is not None and vocabulary is not None:
             raise PromptError("give either explicit contrasts or a vocabulary, not both")
         n_views = len(smoothing.views(self.patch_size, shifts, flip))  # checks shifts early

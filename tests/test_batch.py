@@ -339,7 +339,7 @@ def test_a_sigkilled_process_resumes_to_the_same_output(tmp_path, reference_run,
 
 def test_an_image_size_under_a_patch_is_refused_before_any_image(tmp_path, collection_dir, testbed):
     """It used to make every image fail, one by one, and call the run done."""
-    with pytest.raises(MMFinerCAMError, match="image_size must be at least one 8×8 patch, got 3"):
+    with pytest.raises(MMFinerCAMError, match="image_size must be whole pixels, at least one 8×8 patch; got"):
         BatchRunner(
             _job(tmp_path / "o", image_size=3), read_collection(collection_dir / "images"), localizer=testbed
         )
@@ -351,8 +351,9 @@ def test_bad_job_settings_and_prompt_set_files_are_one_line(tmp_path, collection
     file whose sets are not objects (a TypeError) or that holds none."""
     images = str(collection_dir / "images")
     base = ["batch", images, "--workers", "0", "--quiet", "--out", str(tmp_path / "o")]
-    with pytest.raises(MMFinerCAMError, match="chunk_size must be >= 1"):  # the CLI's argparse says so too
-        BatchJob(out=str(tmp_path / "o"), chunk_size=0)
+    for size in (0, 2.5):
+        with pytest.raises(MMFinerCAMError, match="chunk_size must be a whole number >= 1"):  # argparse's too
+            BatchJob(out=str(tmp_path / "o"), chunk_size=size)
     for text, message in [
         ('{"a": 1}', "needs a 'target'"),
         ("[]", "non-empty list"),

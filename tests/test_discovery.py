@@ -85,6 +85,7 @@ def test_needs_a_group_and_a_vocabulary(tiny_localizer):
         (dict(alpha=float("nan")), "alpha"),
         (dict(neighbours=-1), "neighbours"),
         (dict(batch_size=0), "batch_size"),
+        (dict(neighbours=1.5), "neighbours must be whole"),
     ],
 )
 def test_options_out_of_range_are_refused(tiny_localizer, options, message):

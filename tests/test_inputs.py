@@ -253,11 +253,18 @@ def test_options_out_of_range_are_refused_not_replaced(tiny_localizer, sample_im
     x = torch.randn(1, 3, 64, 64)
     with pytest.raises(ValueError, match="depth must be between 2"):
         tiny_localizer.similarity_maps(x, ["a bird"], depth=0)
-    with pytest.raises(ValueError, match="batch_size must be >= 1"):
-        tiny_localizer.finer_cam(sample_images, "a bird", ["a fish"], batch_size=0)
-    for size in (0, 3):
+    for batch_size in (0, 2.5):  # a float failed inside range()
+        with pytest.raises(ValueError, match="batch_size must be a whole number >= 1"):
+            tiny_localizer.finer_cam(sample_images, "a bird", ["a fish"], batch_size=batch_size)
+    with pytest.raises(ValueError, match="depth must be between 2"):  # a float failed in a slice
+        tiny_localizer.similarity_maps(x, ["a bird"], depth=3.5)
+    for size in (0, 3, 64.5):
         with pytest.raises(ValueError, match="at least one 16×16 patch"):
             tiny_localizer.finer_cam(sample_images[0], "a bird", ["a fish"], image_size=size)
+    # NumPy integers are whole numbers
+    whole = dict(batch_size=np.int64(2), depth=np.int64(3))
+    res = tiny_localizer.finer_cam(sample_images, "a bird", ["a fish"], **whole)
+    assert len(res) == len(sample_images)
     for templates in (["a photo"], ["{} and {}"]):
         with pytest.raises(mf.PromptError, match="exactly one"):
             tiny_localizer.finer_cam(x, "a bird", ["a fish"], templates=templates)
