@@ -156,7 +156,10 @@ def test_fused_add_norm_is_pytorchs_two_passes(device, dtype):
         assert (out != ref).float().mean().item() < 1e-3
     # GEM's temperature reads the row norms of the stored output: Tensor.norm's to its rounding
     assert norms.dtype == dtype and norms.shape == x.shape[:-1]
-    torch.testing.assert_close(norms, ref_norms)
+    if dtype == torch.float32:  # sums of 768 squares in another order
+        torch.testing.assert_close(norms, ref_norms, atol=0, rtol=1e-5)
+    else:
+        torch.testing.assert_close(norms, ref_norms)  # within one rounding step
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
