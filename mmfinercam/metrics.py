@@ -29,7 +29,7 @@ def _check_maps(maps: Tensor, masks: Tensor | None = None, images: Tensor | None
     if masks is not None and masks.shape != maps.shape:
         raise ValueError(f"masks {tuple(masks.shape)} must match maps {tuple(maps.shape)}")
     if images is not None and (images.dim() != 4 or maps.shape != (images.shape[0], *images.shape[2:])):
-        # one map a image, at its size: a single map would otherwise broadcast over the batch
+        # one map an image, at its size: a single map would otherwise broadcast over the batch
         raise ValueError(
             f"maps {tuple(maps.shape)} must be one H×W map for each image of the B×C×H×W batch "
             f"{tuple(images.shape)} (heatmaps at the images' size)"
