@@ -139,7 +139,10 @@ def _read_table(path: Path, path_column: str, target_column: str, contrast_colum
     import pyarrow.csv as pa_csv
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path) if path.suffix.lower() != ".csv" else pa_csv.read_csv(path)
+    try:
+        table = pq.read_table(path) if path.suffix.lower() != ".csv" else pa_csv.read_csv(path)
+    except (OSError, ValueError) as err:  # pyarrow's parse errors are ValueErrors
+        raise MMFinerCAMError(f"cannot read {path}: {err}") from err
     columns = table.column_names
     if path_column not in columns:
         raise MMFinerCAMError(f"{path} has no {path_column!r} column (columns: {', '.join(columns)})")
@@ -163,7 +166,7 @@ def _read_table(path: Path, path_column: str, target_column: str, contrast_colum
                 mask=mask,
             )
         )
-    _check_unique_keys(rows, path)
+    _check_rows(rows, path)
     return Collection(rows, "table", str(path))
 
 
@@ -193,11 +196,14 @@ def _read_datasets(path: Path, image_column: str, target_column: str, contrast_c
                 mask=_optional(meta[mask_column][i]) if mask_column in meta else None,
             )
         )
-    _check_unique_keys(rows, path)
+    _check_rows(rows, path)
     return Collection(rows, "datasets", str(path), image_column)
 
 
-def _check_unique_keys(rows: list[Row], where: Path) -> None:
+def _check_rows(rows: list[Row], where: Path) -> None:
+    """A list names some images, each once."""
+    if not rows:
+        raise MMFinerCAMError(f"{where} lists no images")
     seen: set[str] = set()
     for r in rows:
         if r.key in seen:
@@ -296,7 +302,10 @@ def _check_prompts(job: BatchJob, collection: Collection) -> bool:
         for r in rows:
             check_prompt(r.target, f"target of {r.key}")
             if r.contrast:
-                check_contrasts(r.target, list(r.contrast))
+                try:
+                    check_contrasts(r.target, list(r.contrast))
+                except PromptError as err:
+                    raise PromptError(f"{r.key}: {err}") from err
     return per_row
 
 

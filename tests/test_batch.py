@@ -290,6 +290,32 @@ def test_ray_on_a_local_instance_equals_one_process(tmp_path, reference_run, col
     assert_same_outputs(tmp_path, reference_run[0])
 
 
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("l.csv", "path,target\n", "lists no images"),
+        ("l.csv", "file,target\na.png,x\n", "has no 'path' column"),
+        ("l.csv", "path,target\na.png,x\na.png,y\n", "lists 'a.png' twice"),
+        ("l.csv", "path,target\na.png,x,extra\n", "cannot read .*l.csv: CSV parse error"),
+        ("l.parquet", "not parquet", "cannot read .*l.parquet"),
+    ],
+)
+def test_lists_that_name_no_usable_rows_are_refused(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(MMFinerCAMError, match=message):
+        read_collection(path)
+
+
+def test_a_rows_repeated_contrast_names_the_row(tmp_path, testbed):
+    path = tmp_path / "l.csv"
+    rows = ["path,target,contrast", "a.png,Alder finch,Birch finch", "b.png,Alder finch,Birch|Birch"]
+    path.write_text("\n".join(rows) + "\n")
+    job = BatchJob(out=str(tmp_path / "o"), prompt_sets=[], model="testbed")
+    with pytest.raises(mf.PromptError, match="b.png: a contrast is repeated: \\['Birch', 'Birch'\\]"):
+        BatchRunner(job, read_collection(path), localizer=testbed)
+
+
 def test_bad_inputs_are_one_line(tmp_path, collection_dir, capsys):
     assert main(["batch", str(tmp_path / "nope"), "--target", "x", "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
