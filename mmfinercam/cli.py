@@ -447,6 +447,7 @@ def batch_cmd(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         chunk_size=args.chunk_size,
     )
+    _output_folder(args.out)
     if args.ray is not None:
         report = run_with_ray(
             job,

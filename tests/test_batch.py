@@ -321,6 +321,10 @@ def test_bad_inputs_are_one_line(tmp_path, collection_dir, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["batch", str(collection_dir / "images"), "--out", str(tmp_path / "o")]) == 2
     assert "no target" in capsys.readouterr().err
+    (tmp_path / "a-file").touch()
+    images = str(collection_dir / "images")
+    assert main(["batch", images, "--target", "x", "--out", str(tmp_path / "a-file")]) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err
     assert main(["batch", str(collection_dir / "images"), "--target", " ", "--out", str(tmp_path / "o")]) == 2
     assert main(["batch", str(collection_dir / "images"), "--target", "x", "--method", "raw", "--out",
                  str(tmp_path / "o2"), "--quiet", "--workers", "0", "--chunk-size", "100"]) == 1  # fmt: skip
