@@ -313,6 +313,11 @@ class Localizer:
         texts = [t.replace("{}", p) for p in prompts for t in templates]
         missing = list(dict.fromkeys(s for s in texts if s not in self._text_cache))
         if missing:
+            cut, context = self.backend.cut_prompts(missing)
+            for text in cut:  # the encoder reads their start only: prompts that differ later are one
+                start = text[:80] + ("..." if len(text) > 80 else "")
+                message = f"prompt longer than the text encoder's {context} tokens; only its start is read"
+                warnings.warn(f"{message}: {start!r}", stacklevel=2)
             emb = F.normalize(self.backend.encode_text(missing).float(), dim=-1)
             self._text_cache.update(zip(missing, emb))
         emb = torch.stack([self._text_cache[s] for s in texts]).view(len(prompts), len(templates), -1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import open_clip
 import pytest
@@ -189,6 +190,29 @@ def test_load_saved_folder_offline_with_dtype(tmp_path, tiny_model, monkeypatch)
     assert half.dtype == torch.bfloat16
     res = half.finer_cam(deterministic_image((224, 288), seed=6), "a bird", ["a fish"])
     assert res.heatmaps.shape == (1, 224, 288) and res.scores.dtype == torch.float32
+
+
+def test_prompts_past_the_text_context_are_warned_about_once(tmp_path, tiny_model, monkeypatch):
+    """Both tokenizers cut a prompt to the encoder's context, so prompts that differ only past it
+    embed alike (a target could cancel against its contrast): each such prompt is warned about
+    when first encoded, by the open_clip and the transformers backend alike."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = tmp_path / "clip"
+    _save_clip_folder(tiny_model, folder)
+    localizers = {
+        "transformers": mf.load(str(folder), device="cpu"),
+        "open_clip": mf.Localizer.from_open_clip(tiny_model, open_clip.get_tokenizer("ViT-B-16")),
+    }
+    long = "a small bird " * 30  # 90 words: past 77 tokens
+    for name, loc in localizers.items():
+        assert loc.backend.cut_prompts(["a bird", long + "red wing"]) == ([long + "red wing"], 77), name
+        with pytest.warns(UserWarning, match="longer than the text encoder's 77 tokens") as seen:
+            red, blue = loc.encode_text([long + "red wing", long + "blue wing", "a bird"], ["{}"])[:2]
+        assert len(seen) == 2, name  # the two long prompts, not the short one
+        torch.testing.assert_close(red, blue)  # the model never saw where they differ
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            loc.encode_text([long + "red wing"], ["{}"])  # cached: said once
 
 
 def test_missing_hub_id_offline_is_one_line(tmp_path):

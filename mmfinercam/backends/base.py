@@ -18,6 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -202,6 +203,11 @@ class Backend(ABC):
     def logit_scale(self) -> float:
         """The model's learned temperature (already exponentiated)."""
 
+    def cut_prompts(self, prompts: Sequence[str]) -> tuple[list[str], int]:
+        """The prompts longer than the text encoder's context, which it reads only the start of,
+        and that context in tokens; ``([], 0)`` where the tokenizer cannot say."""
+        return [], 0
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
@@ -209,3 +215,16 @@ class Backend(ABC):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
+
+
+def token_count(tokenizer: Any, text: str) -> int | None:
+    """How many tokens ``tokenizer`` makes of ``text`` before any cut, start and end tokens
+    included: for open_clip's own BPE tokenizer, a Hugging Face tokenizer, or open_clip's
+    wrapper of one; None for a tokenizer of another kind."""
+    if hasattr(tokenizer, "sot_token_id") and hasattr(tokenizer, "encode"):  # open_clip's BPE
+        return len(tokenizer.encode(text)) + 2
+    hf = tokenizer if hasattr(tokenizer, "model_input_names") else getattr(tokenizer, "tokenizer", None)
+    if hf is not None and hasattr(hf, "model_input_names"):
+        text = tokenizer.clean_fn(text) if hasattr(tokenizer, "clean_fn") else text
+        return len(hf(text, truncation=False, verbose=False)["input_ids"])
+    return None

@@ -33,6 +33,7 @@ from .base import (
     merge_heads,
     offline_hint,
     patch_embed,
+    token_count,
 )
 
 log = logging.getLogger(__name__)
@@ -175,6 +176,13 @@ class OpenCLIPBackend(Backend):
     @property
     def logit_scale(self) -> float:
         return float(self.model.logit_scale.detach().exp())
+
+    def cut_prompts(self, prompts: Sequence[str]) -> tuple[list[str], int]:
+        context = getattr(self.tokenizer, "context_length", None)
+        if not context:
+            return [], 0
+        counts = [token_count(self.tokenizer, p) for p in prompts]
+        return [p for p, n in zip(prompts, counts) if n is not None and n > context], int(context)
 
 
 def image_config_of(model: nn.Module) -> ImageConfig:

@@ -45,6 +45,7 @@ from .base import (
     merge_heads,
     offline_hint,
     patch_embed,
+    token_count,
 )
 
 
@@ -199,11 +200,13 @@ class TransformersBackend(Backend):
             mask = (out != 0).long()
             mask[:, 0] = 1
             return {"input_ids": out.to(self.device), "attention_mask": mask.to(self.device)}
+        # cut to the encoder's context: a tokenizer saved without model_max_length would not cut
+        # at all, and the model refuses a longer sequence
+        length = int(self.model.config.text_config.max_position_embeddings)
         if self.is_siglip:  # trained on text padded to the full context (64 for SigLIP 2)
-            length = self.model.config.text_config.max_position_embeddings
-            pad = {"padding": "max_length", "max_length": length}
+            pad: dict[str, Any] = {"padding": "max_length", "max_length": length}
         else:
-            pad = {"padding": True}
+            pad = {"padding": True, "max_length": length}
         enc = self.tokenizer(list(prompts), truncation=True, return_tensors="pt", **pad)
         # what the tokenizer gives, as `model(**tokenizer(...))` would pass it (SigLIP: ids only;
         # SigLIP 2: ids and its attention mask)
@@ -217,6 +220,11 @@ class TransformersBackend(Backend):
     @property
     def logit_scale(self) -> float:
         return float(self.model.logit_scale.detach().exp())
+
+    def cut_prompts(self, prompts: Sequence[str]) -> tuple[list[str], int]:
+        context = int(self.model.config.text_config.max_position_embeddings)
+        counts = [token_count(self.tokenizer, p) for p in prompts]
+        return [p for p, n in zip(prompts, counts) if n is not None and n > context], context
 
 
 def _as_tensor(out: Any) -> Tensor:
