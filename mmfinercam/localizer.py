@@ -201,7 +201,9 @@ class Localizer:
         self.backend = backend
         if isinstance(templates, str):
             templates = prompt_library.load_templates(templates)
-        self.templates: list[str] = list(templates or backend.info.templates)
+        elif templates is not None:  # refused now, not at the first prompt
+            templates = prompt_library.check_templates(templates)
+        self.templates: list[str] = list(backend.info.templates if templates is None else templates)
         self._text_cache: dict[str, Tensor] = {}  #: one embedding per templated string
         self._prompt_set_cache: dict[tuple[tuple[str, ...], tuple[str, ...]], Tensor] = {}  #: whole K×D sets
         self._run_tower: Callable[..., TowerOutput] = run_tower

@@ -105,6 +105,28 @@ def test_a_cuda_device_without_cuda_is_one_clear_error(monkeypatch):
         mf.load("testbed", device="cuda")
 
 
+@pytest.mark.parametrize("device", ["CPU", "tpu", 3.5])
+def test_an_unknown_device_is_one_clear_error(device):
+    with pytest.raises(mf.MMFinerCAMError, match="unknown device .*use 'cpu', 'cuda' or 'cuda:N'"):
+        mf.load("testbed", device=device)
+
+
+def test_a_device_this_torch_cannot_use_is_one_clear_error():
+    """Apple's GPU on Linux (or Intel's where there is Apple's): torch's own error was a page of
+    dispatcher text, raised while the weights were moved."""
+    device = "xpu" if torch.backends.mps.is_available() else "mps"
+    with pytest.raises(mf.MMFinerCAMError, match=f"device '{device}' cannot be used here .*use device='cpu'"):
+        mf.load("testbed", device=device)
+
+
+def test_templates_given_at_load_are_checked_at_once():
+    with pytest.raises(mf.PromptError, match="exactly one"):
+        mf.load("testbed", templates=["a photo"])
+    with pytest.raises(mf.PromptError, match="none given"):  # an empty list is not 'the default'
+        mf.load("testbed", templates=[])
+    assert mf.load("testbed", templates=["{}"]).templates == ["{}"]
+
+
 def test_gem_refuses_non_vit_towers():
     import open_clip
 

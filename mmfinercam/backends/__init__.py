@@ -47,12 +47,22 @@ def default_device() -> torch.device:
 def resolve_device(device: torch.device | str | None) -> torch.device:
     """``device``, or CUDA when available; a CUDA device where torch sees no GPU is one clear
     error here, before any weights are read or timed."""
-    device = torch.device(device) if device is not None else default_device()
+    try:
+        device = torch.device(device) if device is not None else default_device()
+    except (RuntimeError, TypeError) as err:
+        raise MMFinerCAMError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'") from err
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MMFinerCAMError(
             f"device {str(device)!r} asked for, but this torch sees no CUDA GPU "
             f"(torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none'}); use device='cpu'"
         )
+    try:  # a device this torch or machine cannot use (mps without Apple's GPU, cuda:7 on one GPU)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as err:
+        reason = (str(err).splitlines() or [""])[0]
+        reason = reason if len(reason) <= 100 else reason[:97] + "..."
+        message = f"device {str(device)!r} cannot be used here ({reason}); use device='cpu'"
+        raise MMFinerCAMError(message) from err
     return device
 
 
