@@ -810,8 +810,9 @@ def run_distributed(
     shard: tuple[int, int] | None = None,
     device: str | None = None,
 ) -> BatchReport:
-    """Run this process's shard. Under torchrun/accelerate (``WORLD_SIZE`` > 1 with a rendezvous),
-    each rank uses ``cuda:LOCAL_RANK`` when CUDA is there, and rank 0 merges after a barrier."""
+    """Run this process's shard on ``device`` (default: CUDA when there). Under torchrun or
+    accelerate (``WORLD_SIZE`` > 1 with a rendezvous), each rank uses ``cuda:LOCAL_RANK`` when CUDA
+    is there and no other device is asked for, and rank 0 merges after a barrier."""
     rank, world = shard or shard_from_env()
     if not 0 <= rank < world:
         raise MMFinerCAMError(f"shard {rank}/{world} is out of range")
@@ -819,10 +820,10 @@ def run_distributed(
     if shard is None and world > 1 and "MASTER_ADDR" in os.environ:
         import torch.distributed as dist
 
-        if torch.cuda.is_available():
+        if torch.cuda.is_available() and device in (None, "cuda"):
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if device else "gloo")
+            dist.init_process_group("nccl" if device and device.startswith("cuda") else "gloo")
         group = True
     runner = BatchRunner(job, collection, device=device)
     if group:
@@ -848,9 +849,10 @@ def run_distributed(
 class _ChunkActor:
     """A Ray Data actor: loads the model once, then computes the chunks it is handed."""
 
-    def __init__(self, job: BatchJob, collection: Collection, batch_size: int, workers: int):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.runner = BatchRunner(job, collection, device=device)
+    def __init__(
+        self, job: BatchJob, collection: Collection, batch_size: int, workers: int, device: str | None
+    ):
+        self.runner = BatchRunner(job, collection, device=device)  # None: CUDA where the actor has a GPU
         self.batch_size, self.workers = batch_size, workers
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -877,8 +879,10 @@ def run_with_ray(
     batch_size: int = 32,
     workers: int = 0,
     address: str | None = None,
+    device: str | None = None,
 ) -> BatchReport:
-    """Chunks as a Ray Dataset, computed by ``actors`` model-holding actors via ``map_batches``.
+    """Chunks as a Ray Dataset, computed by ``actors`` model-holding actors via ``map_batches``
+    (each on ``device``; default: its GPU when ``gpus_per_actor`` gives it one).
 
     ``address`` joins a running cluster (``"auto"``); without it a local Ray starts. Workers write
     to ``job.out``, which must be on a file system every node sees.
@@ -905,6 +909,7 @@ def run_with_ray(
                     "collection": collection,
                     "batch_size": batch_size,
                     "workers": workers,
+                    "device": device,
                 },
                 batch_size=1,
                 concurrency=actors,

@@ -456,6 +456,7 @@ def batch_cmd(args: argparse.Namespace) -> int:
             gpus_per_actor=args.ray_gpus,
             batch_size=args.batch_size,
             address=args.ray or None,
+            device=args.device,
         )
     else:
         report = run_distributed(
@@ -465,6 +466,7 @@ def batch_cmd(args: argparse.Namespace) -> int:
             workers=args.workers,
             progress=not args.quiet,
             shard=args.shard,
+            device=args.device,
         )
     print(
         f"{report.images} images done, {report.failed} failed, {report.chunks_skipped} chunks skipped "

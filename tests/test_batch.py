@@ -325,6 +325,9 @@ def test_bad_inputs_are_one_line(tmp_path, collection_dir, capsys):
     images = str(collection_dir / "images")
     assert main(["batch", images, "--target", "x", "--out", str(tmp_path / "a-file")]) == 2
     assert "exists and is not a folder" in capsys.readouterr().err
+    # --device reaches the runner (it was parsed and then not passed on: the run used the default)
+    assert main(["batch", images, "--target", "x", "--device", "tpu", "--out", str(tmp_path / "o3")]) == 2
+    assert "unknown device 'tpu'" in capsys.readouterr().err
     assert main(["batch", str(collection_dir / "images"), "--target", " ", "--out", str(tmp_path / "o")]) == 2
     assert main(["batch", str(collection_dir / "images"), "--target", "x", "--method", "raw", "--out",
                  str(tmp_path / "o2"), "--quiet", "--workers", "0", "--chunk-size", "100"]) == 1  # fmt: skip
