@@ -45,6 +45,7 @@ from torch import Tensor
 
 from .errors import ImageLoadError, MMFinerCAMError, PromptError
 from .finer import (
+    WEIGHTINGS,
     check_alpha,
     check_contrast_ranks,
     check_contrasts,
@@ -254,6 +255,19 @@ class BatchJob:
     top_k: int = 5
 
     def __post_init__(self) -> None:  # refused before any model is loaded or file written
+        from .cams import CAM_METHODS
+
+        if self.method in CAM_METHODS:
+            raise MMFinerCAMError(
+                f"batch runs the dense methods (gem, raw); {self.method!r} needs a backward pass per "
+                "image and prompt: use `mmfinercam localize` for it"
+            )
+        if self.method not in ("gem", "raw"):
+            raise MMFinerCAMError(f"unknown method {self.method!r}; batch runs 'gem' or 'raw'")
+        if self.weighting not in WEIGHTINGS:
+            raise MMFinerCAMError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
+        if self.depth is not None and (not is_whole_number(self.depth) or self.depth < 2):
+            raise MMFinerCAMError(f"depth must be a whole number >= 2, got {self.depth!r}")
         check_alpha(self.alpha)
         if not is_whole_number(self.chunk_size) or self.chunk_size < 1:
             raise MMFinerCAMError(f"chunk_size must be a whole number >= 1, got {self.chunk_size!r}")
@@ -363,11 +377,6 @@ class BatchOutput:
     merges them. The Ray driver needs no more than this; :class:`BatchRunner` adds the model."""
 
     def __init__(self, job: BatchJob, collection: Collection):
-        if job.method not in ("gem", "raw"):
-            raise MMFinerCAMError(
-                f"batch runs the dense methods (gem, raw); {job.method!r} needs a backward pass per "
-                "image and prompt: use `mmfinercam localize` for it"
-            )
         try:
             import pyarrow  # noqa: F401
         except ImportError as err:
@@ -399,7 +408,9 @@ class BatchOutput:
         }
         run = json.loads(json.dumps(run))  # tuples as lists, as read back
         path = self.out / "run.json"
-        if path.exists():
+        # a folder holding no finished chunk holds no results: a run that stopped at once (a typo
+        # in an option, found when the model was loaded) must not keep its folder from the next
+        if path.exists() and any((self.out / "chunks").glob("chunk-*.parquet")):
             old = json.loads(path.read_text())
             if old != run:
                 changed = sorted(
@@ -411,7 +422,7 @@ class BatchOutput:
                     f"{self.out} holds another run (differs in: {', '.join(changed)}); "
                     "use a new --out folder to start afresh"
                 )
-        else:
+        elif not path.exists() or json.loads(path.read_text()) != run:
             _write_atomic(path, json.dumps(run, indent=2).encode())
 
     # merging -------------------------------------------------------------------------------------
@@ -446,7 +457,9 @@ class BatchOutput:
             "images_ok": len({r["key"] for r in data if r["status"] == "ok"}),
             "images_failed": len(failed),
             "chunks": [str(self.chunk_file(c).relative_to(self.out)) for c in range(self.n_chunks())],
-            "maps": sorted(str(p.relative_to(self.out)) for p in (self.out / "maps").glob("*.npy")),
+            # the map files the rows point at (not whatever else lies in maps/: an unfinished
+            # chunk's map from a run that stopped before this one took the folder over)
+            "maps": sorted({m for m in summary.column("map_file").to_pylist() if m}),
             "maps_layout": "maps/chunk-NNNNN-HxW.npy: float16 N×S×H×W Finer-CAM scores on the patch grid; "
             "summary rows point at (map_file, map_index, set_index)",
         }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -399,4 +400,33 @@ def test_bad_job_settings_and_prompt_set_files_are_one_line(tmp_path, collection
         assert len(err) == 1 and message in err[0]
     with pytest.raises(ValueError, match="alpha must be a finite number"):
         BatchJob(out=str(tmp_path / "o"), alpha=float("nan"))
+    for bad, message in [
+        (dict(method="magic"), "unknown method 'magic'"),
+        (dict(method="gradcam"), "needs a backward pass"),
+        (dict(weighting="max"), "weighting must be one of"),
+        (dict(depth=1), "depth must be a whole number >= 2"),
+        (dict(depth=3.5), "depth must be a whole number >= 2"),
+    ]:
+        with pytest.raises(MMFinerCAMError, match=message):
+            BatchJob(out=str(tmp_path / "o"), **bad)
     assert not (tmp_path / "o").exists()
+
+
+def test_a_run_that_stopped_before_any_chunk_does_not_keep_its_folder(tmp_path, collection_dir, testbed):
+    """A depth past the model's blocks is found at the first image-tower pass, after the folder
+    and its run.json are made: the corrected run takes the folder over (it used to be refused
+    as 'another run'), and lists only the maps its rows point at."""
+    collection = read_collection(collection_dir / "images")
+    with pytest.raises(ValueError, match="depth must be between 2"):
+        BatchRunner(_job(tmp_path, depth=99), collection, localizer=testbed).run(workers=0, progress=False)
+    assert (tmp_path / "run.json").exists() and not list((tmp_path / "chunks").glob("*.parquet"))
+    (tmp_path / "maps").mkdir(exist_ok=True)
+    np.save(tmp_path / "maps" / "chunk-00000-3x3.npy", np.zeros((1, 1, 3, 3), np.float16))  # a stray map
+    report = BatchRunner(_job(tmp_path), collection, localizer=testbed).run(workers=0, progress=False)
+    assert report.finished
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert "maps/chunk-00000-3x3.npy" not in manifest["maps"]
+    assert {r["map_file"] for r in iter_results(tmp_path) if r["map_file"]} == set(manifest["maps"])
+    # once a chunk is done, the folder is that run's
+    with pytest.raises(MMFinerCAMError, match="holds another run"):
+        BatchRunner(_job(tmp_path, alpha=0.5), collection, localizer=testbed).run(workers=0, progress=False)
