@@ -301,7 +301,7 @@ class Localizer:
         """
         if isinstance(prompts, str):
             prompts = [prompts]
-        templates = list(templates) if templates else ["{}"]
+        templates = ["{}"] if templates is None else list(templates)  # [] is refused below, not "verbatim"
         key = (tuple(prompts), tuple(templates)) if all(isinstance(p, str) for p in prompts) else None
         cached = self._prompt_set_cache.pop(key, None) if key else None  # a stream asks for the same set
         if cached is not None:  # back in as the most recently used; an inference tensor is copied

@@ -124,7 +124,14 @@ def test_templates_given_at_load_are_checked_at_once():
         mf.load("testbed", templates=["a photo"])
     with pytest.raises(mf.PromptError, match="none given"):  # an empty list is not 'the default'
         mf.load("testbed", templates=[])
-    assert mf.load("testbed", templates=["{}"]).templates == ["{}"]
+    loc = mf.load("testbed", templates=["{}"])
+    assert loc.templates == ["{}"]
+    for call in (
+        lambda: loc.encode_text(["a bird"], []),
+        lambda: loc.finer_cam(torch.zeros(1, 3, 32, 32), "a", ["b"], templates=[]),
+    ):
+        with pytest.raises(mf.PromptError, match="none given"):  # not 'verbatim'
+            call()
 
 
 def test_gem_refuses_non_vit_towers():
