@@ -77,6 +77,13 @@ def test_siblings_differ_in_exactly_one_part():
     assert len({s.name for s in SPECIES}) == len(SPECIES) == 24
 
 
+def test_siblings_by_name():
+    sp = SPECIES[0]
+    assert siblings(sp.name) == siblings(sp) and len(siblings(sp)) == 3
+    with pytest.raises(KeyError, match="no testbed species named 'Dodo'"):
+        siblings("Dodo")
+
+
 def test_captions_are_true_of_their_species():
     rng = random.Random(0)
     for _ in range(200):

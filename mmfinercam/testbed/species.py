@@ -166,8 +166,12 @@ SPECIES: list[Species] = _build()
 SPECIES_BY_NAME: dict[str, Species] = {s.name: s for s in SPECIES}
 
 
-def siblings(species: Species) -> list[Species]:
-    """The other species of the same family."""
+def siblings(species: Species | str) -> list[Species]:
+    """The other species of the same family, of a species or its name."""
+    if isinstance(species, str):
+        if species not in SPECIES_BY_NAME:
+            raise KeyError(f"no testbed species named {species!r}; they are: {', '.join(SPECIES_BY_NAME)}")
+        species = SPECIES_BY_NAME[species]
     return [s for s in SPECIES if s.family == species.family and s.name != species.name]
 
 
