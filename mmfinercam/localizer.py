@@ -39,6 +39,7 @@ from .images import FailedImage, ImageInput, PreparedImage, check_pixel_batch, p
 from .transfer import to_host
 
 DENSE_METHODS = ("gem", "raw")
+TEXT_BATCH = 256  #: prompts encoded together by :meth:`Localizer.encode_text`
 
 
 class ContrastNames(Sequence[list[str]]):
@@ -320,8 +321,12 @@ class Localizer:
                 start = text[:80] + ("..." if len(text) > 80 else "")
                 message = f"prompt longer than the text encoder's {context} tokens; only its start is read"
                 warnings.warn(f"{message}: {start!r}", stacklevel=2)
-            emb = F.normalize(self.backend.encode_text(missing).float(), dim=-1)
-            self._text_cache.update(zip(missing, emb))
+            # in slices: a vocabulary of thousands of phrases times its templates would otherwise
+            # run the text tower on them all at once (gigabytes of activations on a laptop)
+            for start in range(0, len(missing), TEXT_BATCH):
+                part = missing[start : start + TEXT_BATCH]
+                emb = F.normalize(self.backend.encode_text(part).float(), dim=-1)
+                self._text_cache.update(zip(part, emb))
         emb = torch.stack([self._text_cache[s] for s in texts]).view(len(prompts), len(templates), -1)
         out = F.normalize(emb.mean(dim=1), dim=-1)
         if key:

@@ -289,6 +289,30 @@ def test_text_embeddings_are_cached(tiny_localizer):
     torch.testing.assert_close(fresh, again)
 
 
+def test_a_large_vocabulary_is_encoded_in_bounded_slices(tiny_localizer, monkeypatch):
+    """600 prompts run the text tower in slices of at most TEXT_BATCH, with the embeddings of one
+    pass over them all."""
+    from mmfinercam import localizer
+
+    prompts = [f"trait number {i}" for i in range(600)]
+    tiny_localizer.clear_cache()
+    monkeypatch.setattr(localizer, "TEXT_BATCH", 10_000)
+    whole = tiny_localizer.encode_text(prompts).clone()
+    tiny_localizer.clear_cache()
+    monkeypatch.setattr(localizer, "TEXT_BATCH", 256)
+    sizes = []
+    backend = tiny_localizer.backend
+    original = backend.encode_text
+    backend.encode_text = lambda part: sizes.append(len(part)) or original(part)
+    try:
+        sliced = tiny_localizer.encode_text(prompts)
+    finally:
+        del backend.encode_text
+        tiny_localizer.clear_cache()
+    assert sizes == [256, 256, 88]
+    torch.testing.assert_close(sliced, whole, atol=1e-6, rtol=0)
+
+
 def test_prompt_set_in_use_outlives_newer_sets(tiny_localizer):
     """The whole-set cache drops the least recently used set, not the one a stream keeps using."""
     tiny_localizer.clear_cache()
