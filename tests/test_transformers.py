@@ -70,11 +70,10 @@ SIGLIP_VISION = dict(
 )
 
 
-@pytest.fixture(scope="module", params=["siglip", "siglip2"])
-def siglip(request):
+def _siglip_localizer(kind: str) -> mf.Localizer:
     """A tiny random SigLIP (conv patches, 64 px) or SigLIP 2 (NaFlex linear patches, 4×4 grid)."""
     torch.manual_seed(0)
-    if request.param == "siglip":
+    if kind == "siglip":
         from transformers import SiglipConfig, SiglipModel
 
         cfg = SiglipConfig(text_config=SIGLIP_TEXT, vision_config=SIGLIP_VISION | {"image_size": 64})
@@ -85,6 +84,11 @@ def siglip(request):
         cfg = Siglip2Config(text_config=SIGLIP_TEXT, vision_config=SIGLIP_VISION | {"num_patches": 16})
         model = Siglip2Model(cfg).eval()
     return mf.Localizer.from_transformers(model, _char_tokenizer, mean=(0.5,) * 3, std=(0.5,) * 3)
+
+
+@pytest.fixture(scope="module", params=["siglip", "siglip2"])
+def siglip(request):
+    return _siglip_localizer(request.param)
 
 
 def _pooled_reference(model, x: torch.Tensor) -> torch.Tensor:
@@ -227,10 +231,10 @@ def test_folder_without_config_is_clear(tmp_path):
         mf.load(str(tmp_path))
 
 
-def test_load_siglip2_folder_offline(tmp_path, siglip, monkeypatch):
-    """A saved Siglip2Model folder (weights, NaFlex processor, a fast tokenizer) loads offline by path."""
-    if not siglip.backend.vision.naflex:
-        return  # the folder is built from the SigLIP 2 instance of the fixture
+def test_load_siglip2_folder_offline(tmp_path, monkeypatch):
+    """A saved Siglip2Model folder (weights, NaFlex processor, a fast tokenizer) loads offline by
+    path; its tokenizer's cut at the 16-token context is warned about."""
+    siglip = _siglip_localizer("siglip2")
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast, Siglip2ImageProcessor
 
@@ -256,3 +260,7 @@ def test_load_siglip2_folder_offline(tmp_path, siglip, monkeypatch):
     torch.testing.assert_close(loc.encode_text(prompts), F.normalize(ref, dim=-1), atol=1e-4, rtol=0)
     res = loc.finer_cam(deterministic_image((64, 96), seed=7), "a bird", ["a fish"])
     assert res.heatmaps.shape == (1, 64, 96)
+    long = " ".join(["a photo of a bird ."] * 4)  # 20 words
+    assert loc.backend.cut_prompts(["a fish .", long]) == ([long], 16)
+    with pytest.warns(UserWarning, match="longer than the text encoder's 16 tokens"):
+        loc.encode_text([long])
