@@ -193,6 +193,7 @@ class Backend(ABC):
     vision: VisionTower
     image_config: ImageConfig
     info: ModelInfo
+    tokenizer: Any  #: the text tokenizer (open_clip's or a Hugging Face one; a backend may have none)
 
     @abstractmethod
     def encode_text(self, prompts: Sequence[str]) -> Tensor:
@@ -203,10 +204,19 @@ class Backend(ABC):
     def logit_scale(self) -> float:
         """The model's learned temperature (already exponentiated)."""
 
+    def text_context(self) -> int | None:
+        """How many tokens the text encoder reads (its tokenizer cuts the rest); None if unknown."""
+        return None
+
     def cut_prompts(self, prompts: Sequence[str]) -> tuple[list[str], int]:
         """The prompts longer than the text encoder's context, which it reads only the start of,
-        and that context in tokens; ``([], 0)`` where the tokenizer cannot say."""
-        return [], 0
+        and that context in tokens; ``([], 0)`` where the backend or its tokenizer cannot say."""
+        context = self.text_context()
+        if not context:
+            return [], 0
+        tokenizer = getattr(self, "tokenizer", None)
+        counts = [token_count(tokenizer, p) for p in prompts]
+        return [p for p, n in zip(prompts, counts) if n is not None and n > context], context
 
     @property
     def device(self) -> torch.device:

@@ -33,7 +33,6 @@ from .base import (
     merge_heads,
     offline_hint,
     patch_embed,
-    token_count,
 )
 
 log = logging.getLogger(__name__)
@@ -177,12 +176,9 @@ class OpenCLIPBackend(Backend):
     def logit_scale(self) -> float:
         return float(self.model.logit_scale.detach().exp())
 
-    def cut_prompts(self, prompts: Sequence[str]) -> tuple[list[str], int]:
+    def text_context(self) -> int | None:
         context = getattr(self.tokenizer, "context_length", None)
-        if not context:
-            return [], 0
-        counts = [token_count(self.tokenizer, p) for p in prompts]
-        return [p for p, n in zip(prompts, counts) if n is not None and n > context], int(context)
+        return int(context) if context else None
 
 
 def image_config_of(model: nn.Module) -> ImageConfig:

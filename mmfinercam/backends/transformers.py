@@ -45,7 +45,6 @@ from .base import (
     merge_heads,
     offline_hint,
     patch_embed,
-    token_count,
 )
 
 
@@ -202,7 +201,7 @@ class TransformersBackend(Backend):
             return {"input_ids": out.to(self.device), "attention_mask": mask.to(self.device)}
         # cut to the encoder's context: a tokenizer saved without model_max_length would not cut
         # at all, and the model refuses a longer sequence
-        length = int(self.model.config.text_config.max_position_embeddings)
+        length = self.text_context()
         if self.is_siglip:  # trained on text padded to the full context (64 for SigLIP 2)
             pad: dict[str, Any] = {"padding": "max_length", "max_length": length}
         else:
@@ -221,10 +220,8 @@ class TransformersBackend(Backend):
     def logit_scale(self) -> float:
         return float(self.model.logit_scale.detach().exp())
 
-    def cut_prompts(self, prompts: Sequence[str]) -> tuple[list[str], int]:
-        context = int(self.model.config.text_config.max_position_embeddings)
-        counts = [token_count(self.tokenizer, p) for p in prompts]
-        return [p for p, n in zip(prompts, counts) if n is not None and n > context], context
+    def text_context(self) -> int:
+        return int(self.model.config.text_config.max_position_embeddings)
 
 
 def _as_tensor(out: Any) -> Tensor:
