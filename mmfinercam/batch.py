@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .cams import CAM_METHODS
 from .errors import ImageLoadError, MMFinerCAMError, PromptError
 from .finer import (
     WEIGHTINGS,
@@ -50,11 +51,12 @@ from .finer import (
     check_contrast_ranks,
     check_contrasts,
     check_prompt,
+    check_whole,
     dense_finer_maps,
-    is_whole_number,
     rank_contrasts,
 )
 from .images import IMAGE_SUFFIXES, check_image_size, prepare_images, read_image
+from .localizer import DENSE_METHODS
 from .metrics import energy_pointing_game
 from .transfer import to_host
 
@@ -255,24 +257,20 @@ class BatchJob:
     top_k: int = 5
 
     def __post_init__(self) -> None:  # refused before any model is loaded or file written
-        from .cams import CAM_METHODS
-
         if self.method in CAM_METHODS:
             raise MMFinerCAMError(
                 f"batch runs the dense methods (gem, raw); {self.method!r} needs a backward pass per "
                 "image and prompt: use `mmfinercam localize` for it"
             )
-        if self.method not in ("gem", "raw"):
+        if self.method not in DENSE_METHODS:
             raise MMFinerCAMError(f"unknown method {self.method!r}; batch runs 'gem' or 'raw'")
         if self.weighting not in WEIGHTINGS:
             raise MMFinerCAMError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
-        if self.depth is not None and (not is_whole_number(self.depth) or self.depth < 2):
-            raise MMFinerCAMError(f"depth must be a whole number >= 2, got {self.depth!r}")
+        if self.depth is not None:
+            check_whole(self.depth, "depth", 2, MMFinerCAMError)
         check_alpha(self.alpha)
-        if not is_whole_number(self.chunk_size) or self.chunk_size < 1:
-            raise MMFinerCAMError(f"chunk_size must be a whole number >= 1, got {self.chunk_size!r}")
-        if not is_whole_number(self.top_k) or self.top_k < 0:
-            raise MMFinerCAMError(f"top_k must be a whole number >= 0, got {self.top_k!r}")
+        check_whole(self.chunk_size, "chunk_size", 1, MMFinerCAMError)
+        check_whole(self.top_k, "top_k", 0, MMFinerCAMError)
 
     def identity(self) -> dict[str, Any]:
         d = asdict(self)
@@ -408,22 +406,22 @@ class BatchOutput:
         }
         run = json.loads(json.dumps(run))  # tuples as lists, as read back
         path = self.out / "run.json"
+        old = json.loads(path.read_text()) if path.exists() else None
+        if old == run:
+            return
         # a folder holding no finished chunk holds no results: a run that stopped at once (a typo
         # in an option, found when the model was loaded) must not keep its folder from the next
-        if path.exists() and any((self.out / "chunks").glob("chunk-*.parquet")):
-            old = json.loads(path.read_text())
-            if old != run:
-                changed = sorted(
-                    k for k in set(old["job"]) | set(run["job"]) if old["job"].get(k) != run["job"].get(k)
-                )
-                if old.get("inputs") != run["inputs"]:
-                    changed.append("inputs")
-                raise MMFinerCAMError(
-                    f"{self.out} holds another run (differs in: {', '.join(changed)}); "
-                    "use a new --out folder to start afresh"
-                )
-        elif not path.exists() or json.loads(path.read_text()) != run:
-            _write_atomic(path, json.dumps(run, indent=2).encode())
+        if old is not None and any((self.out / "chunks").glob("chunk-*.parquet")):
+            changed = sorted(
+                k for k in set(old["job"]) | set(run["job"]) if old["job"].get(k) != run["job"].get(k)
+            )
+            if old.get("inputs") != run["inputs"]:
+                changed.append("inputs")
+            raise MMFinerCAMError(
+                f"{self.out} holds another run (differs in: {', '.join(changed)}); "
+                "use a new --out folder to start afresh"
+            )
+        _write_atomic(path, json.dumps(run, indent=2).encode())
 
     # merging -------------------------------------------------------------------------------------
     def all_done(self) -> bool:

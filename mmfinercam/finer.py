@@ -158,6 +158,14 @@ def is_whole_number(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def check_whole(value: object, name: str, least: int = 1, error: type[Exception] = ValueError) -> int:
+    """``value`` if it is a whole number (:func:`is_whole_number`) of at least ``least``; else
+    ``error`` saying so, with the option's ``name``."""
+    if not is_whole_number(value) or value < least:  # type: ignore[operator]
+        raise error(f"{name} must be a whole number >= {least}, got {value!r}")
+    return int(value)  # type: ignore[call-overload]
+
+
 def check_contrast_ranks(
     ranks: Sequence[int], candidates: int, pool: str = "vocabulary entries"
 ) -> list[int]:

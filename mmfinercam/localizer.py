@@ -28,8 +28,8 @@ from .finer import (
     check_contrast_ranks,
     check_contrasts,
     check_prompt,
+    check_whole,
     contrast_weights,
-    is_whole_number,
     mixed_finer_maps,
     rank_contrasts,
     to_heatmap,
@@ -318,9 +318,9 @@ class Localizer:
         if missing:
             cut, context = self.backend.cut_prompts(missing)
             for text in cut:  # the encoder reads their start only: prompts that differ later are one
-                start = text[:80] + ("..." if len(text) > 80 else "")
+                head = text[:80] + ("..." if len(text) > 80 else "")
                 message = f"prompt longer than the text encoder's {context} tokens; only its start is read"
-                warnings.warn(f"{message}: {start!r}", stacklevel=2)
+                warnings.warn(f"{message}: {head!r}", stacklevel=2)
             # in slices: a vocabulary of thousands of phrases times its templates would otherwise
             # run the text tower on them all at once (gigabytes of activations on a laptop)
             for start in range(0, len(missing), TEXT_BATCH):
@@ -455,8 +455,8 @@ class Localizer:
             raise ValueError(f"method must be one of {DENSE_METHODS + tuple(CAM_METHODS)}, got {method!r}")
         target = check_prompt(target, "target prompt")
         alpha = check_alpha(alpha)
-        if batch_size is not None and (not is_whole_number(batch_size) or batch_size < 1):
-            raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+        if batch_size is not None:
+            check_whole(batch_size, "batch_size")
         if contrast is not None and vocabulary is not None:
             raise PromptError("give either explicit contrasts or a vocabulary, not both")
         n_views = len(smoothing.views(self.patch_size, shifts, flip))  # checks shifts early
