@@ -385,7 +385,9 @@ class Localizer:
         """Raw cosine similarity of every patch with every prompt: B×K×h×w.
 
         ``images`` is a preprocessed batch (B×3×H×W); ``prompts`` are strings used verbatim or
-        text embeddings (K×D). All K prompts cost one image-tower pass.
+        text embeddings (K×D). All K prompts cost one image-tower pass. The batch is taken as it
+        is: an image with NaN or infinite pixels gets NaN rows and leaves the others unchanged
+        (:meth:`finer_cam` reports such an image instead).
         """
         text = self._text_embeddings(prompts)
         out = self.image_tokens(images, method=method, depth=depth)  # checks the pixels

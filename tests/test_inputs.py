@@ -227,6 +227,25 @@ def test_non_finite_pixels_are_reported_and_the_rest_kept(tiny_localizer):
         tiny_localizer.finer_cam(x[1:2], "a bird", ["a fish"])
 
 
+@pytest.mark.parametrize("method", ["gem", "raw"])
+def test_low_level_calls_keep_a_non_finite_image_to_its_own_rows(tiny_localizer, method):
+    """``similarity_maps``, ``zero_shot`` and ``image_tokens`` take a batch as it is: an image with
+    a NaN pixel gets NaN rows (nothing to report to at this level), and no other image's rows
+    change, so a batched call is never spoiled by one bad image."""
+    x = torch.randn(3, 3, 64, 80, generator=torch.Generator().manual_seed(0))
+    x[1, 0, 5, 5] = float("nan")
+    kept = [0, 2]
+    sims = tiny_localizer.similarity_maps(x, ["a bird", "a fish"], method=method)
+    assert sims.isnan().flatten(1).all(1).tolist() == [False, True, False]
+    alone = tiny_localizer.similarity_maps(x[kept], ["a bird", "a fish"], method=method)
+    torch.testing.assert_close(sims[kept], alone, atol=1e-6, rtol=0)
+    tokens = tiny_localizer.image_tokens(x, method=method).tokens
+    assert tokens.isnan().flatten(1).any(1).tolist() == [False, True, False]
+    probs = tiny_localizer.zero_shot(x, ["a bird", "a fish"])
+    assert probs.isnan().all(1).tolist() == [False, True, False]
+    torch.testing.assert_close(probs[kept], tiny_localizer.zero_shot(x[kept], ["a bird", "a fish"]))
+
+
 def test_tensors_in_a_list_are_preprocessed_images(tiny_localizer):
     """A 3×H×W tensor among other images is one preprocessed image: the row of a batch, cropped
     to whole patches and not resized, with its own size as given."""

@@ -134,6 +134,16 @@ def test_templates_given_at_load_are_checked_at_once():
             call()
 
 
+@pytest.mark.parametrize("model", ["testbed", "ViT-B-16"])
+def test_an_option_the_backend_lacks_is_named(model):
+    """Extra keywords go on to the family's loader (open_clip's ``force_quick_gelu`` ...); one it
+    lacks is named with the backend, not left as a model class's constructor error."""
+    with pytest.raises(TypeError, match="open_clip|testbed") as err:
+        mf.load(model, force_quikc_gelu=True)
+    assert "takes no option 'force_quikc_gelu'" in str(err.value) and "\n" not in str(err.value)
+    assert mf.load(model, force_quick_gelu=True).backend.info.name == model
+
+
 def test_gem_refuses_non_vit_towers():
     import open_clip
 

@@ -130,7 +130,21 @@ def create_backend(
                 f"no backend recognises {model!r}: not an open_clip model name, hf-hub: id, "
                 "local checkpoint folder or shipped model name (see `mmfinercam models`)"
             )
-    return spec.loader(model, pretrained, device=device, dtype=dtype, **kwargs)
+    try:
+        return spec.loader(model, pretrained, device=device, dtype=dtype, **kwargs)
+    except TypeError as err:
+        if not kwargs or "unexpected keyword argument" not in str(err):
+            raise
+        raise TypeError(
+            f"the {spec.name} backend takes no option {_unknown_keyword(err, kwargs)} "
+            f"(load passes extra keywords on to it; {err})"
+        ) from err
+
+
+def _unknown_keyword(err: TypeError, kwargs: dict[str, Any]) -> str:
+    """The keyword a loader refused, as named in its TypeError (else all that were given)."""
+    named = [repr(k) for k in kwargs if f"'{k}'" in str(err)]
+    return ", ".join(named or map(repr, kwargs))
 
 
 _DTYPES = {
