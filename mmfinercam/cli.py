@@ -229,8 +229,11 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
             raise MMFinerCAMError(f"no method's name contains any of {args.methods}; the methods: {known}")
     _output_folder(args.out)
     if args.folder:
-        items, names = folder_items(args.folder)
+        items, names, skipped = folder_items(args.folder)
         what = f"folder {args.folder} ({len(items)} images)"
+        if skipped:
+            left_out = "; ".join(f"{f.source} ({f.message})" for f in skipped)
+            what += f"; {len(skipped)} entries left out: {left_out}"
     else:
         items, names = testbed_items(args.n, start=args.start)
         what = f"testbed held-out split, {len(items)} images from held-out index {args.start}"

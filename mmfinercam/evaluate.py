@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from . import metrics as M
 from .cams import CAM_METHODS
-from .errors import MMFinerCAMError
+from .errors import ImageLoadError, MMFinerCAMError
+from .images import FailedImage, read_image
 from .localizer import FinerCAMResult, Localizer
 
 
@@ -107,11 +109,14 @@ def testbed_items(n: int, start: int = 0) -> tuple[list[EvalItem], list[str]]:
     return items, [sp.name for sp in SPECIES]
 
 
-def folder_items(folder: str | Path) -> tuple[list[EvalItem], list[str]]:
+def folder_items(folder: str | Path) -> tuple[list[EvalItem], list[str], list[FailedImage]]:
     """Items from ``folder/annotations.json``: a list of {image, mask, target, contrast}.
 
     Paths are relative to the folder; masks are images whose non-zero pixels mark the part.
-    Class names for re-scoring are every target and contrast mentioned.
+    Class names for re-scoring are every target and contrast mentioned. An entry whose image or
+    mask cannot be used (missing, unreadable, of another size, or a mask marking nothing) is
+    left out with a warning and returned third, as a batch reports a broken image; a listing
+    that is malformed, or leaves no usable entry, is an error.
     """
     folder = Path(folder)
     listing = folder / "annotations.json"
@@ -121,25 +126,67 @@ def folder_items(folder: str | Path) -> tuple[list[EvalItem], list[str]]:
             'annotations.json listing [{"image", "mask", "target", "contrast": [...]}, ...]'
         )
     try:
-        spec = json.loads(listing.read_text())
-    except json.JSONDecodeError as err:
+        spec = json.loads(listing.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise MMFinerCAMError(f"{listing} is not JSON: {err}") from err
     keys = ("image", "mask", "target", "contrast")
     if not isinstance(spec, list) or not spec:
         raise MMFinerCAMError(f"{listing} must be a non-empty list of objects with {', '.join(keys)}")
+    items, names, skipped = [], {}, []
     for i, row in enumerate(spec):
+        where = f"entry #{i} of {listing}"
         if not isinstance(row, dict) or any(k not in row for k in keys):
-            raise MMFinerCAMError(f"entry #{i} of {listing} needs {', '.join(keys)}")
-    items, names = [], {}
-    for row in spec:
-        image = Image.open(folder / row["image"]).convert("RGB")
-        mask = np.asarray(Image.open(folder / row["mask"]).convert("L")) > 0
-        if mask.shape != (image.height, image.width):
-            raise ValueError(f"{row['mask']}: mask size {mask.shape} differs from its image")
-        items.append(EvalItem(image, mask, row["target"], list(row["contrast"]), source=row["image"]))
-        for name in [row["target"], *row["contrast"]]:
+            raise MMFinerCAMError(f"{where} needs {', '.join(keys)}")
+        target, contrast = _entry_prompts(row, where)
+        try:
+            image, mask = _entry_image_and_mask(folder, row)
+        except ImageLoadError as err:
+            skipped.append(FailedImage(i, str(row["image"]), str(err)))
+            warnings.warn(f"{where} left out: {err}", stacklevel=2)
+            continue
+        items.append(EvalItem(image, mask, target, contrast, source=str(row["image"])))
+        for name in [target, *contrast]:
             names.setdefault(name, None)
-    return items, list(names)
+    if not items:
+        why = "; ".join(f"{f.source}: {f.message}" for f in skipped)
+        raise MMFinerCAMError(f"no usable entry in {listing}: {why}")
+    return items, list(names), skipped
+
+
+def _entry_prompts(row: dict, where: str) -> tuple[str, list[str]]:
+    """An entry's target and contrasts, checked: one contrast may be given as a string."""
+    target, contrast = row["target"], row["contrast"]
+    contrast = [contrast] if isinstance(contrast, str) else contrast
+    if not isinstance(target, str) or not target.strip():
+        raise MMFinerCAMError(f"{where}: target must be a non-empty string, got {target!r}")
+    if not isinstance(contrast, list) or not contrast:
+        raise MMFinerCAMError(f"{where}: contrast must be a non-empty list of strings, got {contrast!r}")
+    if not all(isinstance(c, str) and c.strip() for c in contrast):
+        raise MMFinerCAMError(f"{where}: every contrast must be a non-empty string, got {contrast!r}")
+    if target in contrast:
+        raise MMFinerCAMError(f"{where}: the target {target!r} is among its own contrasts")
+    return target, list(contrast)
+
+
+def _entry_image_and_mask(folder: Path, row: dict) -> tuple[Image.Image, np.ndarray]:
+    """An entry's RGB image and bool part mask, or :class:`ImageLoadError` saying why not."""
+    image = read_image(folder / str(row["image"]))
+    mask_path = folder / str(row["mask"])
+    if not mask_path.is_file():
+        raise ImageLoadError(f"mask file not found: {mask_path}")
+    try:
+        with Image.open(mask_path) as m:
+            mask = np.asarray(m.convert("L")) > 0
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise ImageLoadError(f"cannot read mask {mask_path}: {err}") from err
+    if mask.shape != (image.height, image.width):
+        raise ImageLoadError(
+            f"mask {row['mask']} is {mask.shape[1]}×{mask.shape[0]} px, its image "
+            f"{image.width}×{image.height}"
+        )
+    if not mask.any():
+        raise ImageLoadError(f"mask {row['mask']} marks no pixel (every metric would score it as a miss)")
+    return image, mask
 
 
 Runner = Callable[[Localizer, torch.Tensor, str, list[str], MethodSpec], FinerCAMResult]
@@ -195,69 +242,99 @@ def evaluate(
 ) -> tuple[list[MethodScores], dict[str, list[torch.Tensor]]]:
     """Score every method on every item; returns per-method scores and the first maps.
 
-    Maps are made per target (all its images in one call), metrics in large mixed batches.
+    Images keep their aspect ratio, so a folder of photographs prepares to several sizes: items
+    are scored in groups of one size (the scores pool over all of them). Within a group, maps are
+    made per target (all its images in one call), metrics in large mixed batches.
     ``confidence=False`` keeps only the mask metrics (no re-scoring passes for RD and AUCs).
+    ``keep_maps`` maps of the first items are returned, each at its prepared image's size.
     """
     from tqdm.auto import tqdm
 
     prepared, failed = loc.prepare([it.image for it in items])
     if failed:
-        raise ValueError(f"{len(failed)} evaluation images could not be prepared: {failed[0].message}")
-    shapes = {tuple(p.pixels.shape) for p in prepared}
-    if len(shapes) != 1:
-        raise ValueError(f"evaluation images must share one size after preparation; got {sorted(shapes)}")
-    pixels = torch.stack([p.pixels for p in prepared])
-    size = pixels.shape[-2:]
-    masks = torch.stack([_resize_mask(it.mask, size) for it in items])
-    object_masks = (
-        torch.stack([_resize_mask(it.object_mask, size) for it in items])
-        if all(it.object_mask is not None for it in items)
-        else None
-    )
-    class_index = {name: i for i, name in enumerate(class_names)}
-    predict = lambda x: loc.zero_shot(x.to(loc.device), list(class_names)).cpu()  # noqa: E731
-    groups: dict[tuple[str, tuple[str, ...]], list[int]] = defaultdict(list)
-    for i, it in enumerate(items):
-        groups[(it.target, tuple(it.contrast))].append(i)
-
-    n = len(items)
-    c = torch.tensor([class_index[it.target] for it in items])
-    probs = torch.cat([predict(pixels[j : j + batch_size]) for j in range(0, n, batch_size)])
-    d = torch.empty(n, dtype=torch.long)  # the most probable contrast of each image
-    for (_, contrast), idx in groups.items():
-        sib = torch.tensor([class_index[s] for s in contrast])
-        d[idx] = sib[probs[idx][:, sib].argmax(dim=1)]
-
+        why = "; ".join(f"{items[f.index].source or f'item #{f.index}'}: {f.message}" for f in failed)
+        raise MMFinerCAMError(f"{len(failed)} evaluation image(s) could not be prepared: {why}")
+    missing = sorted({n for it in items for n in (it.target, *it.contrast)} - set(class_names))
+    if missing:
+        raise MMFinerCAMError(f"targets and contrasts missing from the class names: {', '.join(missing)}")
+    by_size: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for i, p in enumerate(prepared):
+        by_size[tuple(p.pixels.shape)].append(i)
     scores = [MethodScores(spec) for spec in methods]
-    kept: dict[str, list[torch.Tensor]] = {}
-    bar = tqdm(total=len(methods), desc="eval", unit="method", disable=not progress or None)
-    for ms in scores:
-        maps = torch.empty(n, *size)
-        for (target, contrast), idx in groups.items():
+    first = min(keep_maps, len(items))
+    kept: dict[str, list[torch.Tensor | None]] = {spec.name: [None] * first for spec in methods}
+    with_objects = all(it.object_mask is not None for it in items)  # else no item's is scored
+    bar = tqdm(total=len(methods) * len(by_size), desc="eval", unit="method", disable=not progress or None)
+    for idx in by_size.values():
+        pixels = torch.stack([prepared[i].pixels for i in idx])
+        group = _SizeGroup(loc, [items[i] for i in idx], pixels, class_names, with_objects, batch_size)
+        for ms in scores:
+            maps = group.score(ms, auc_steps=auc_steps, batch_size=batch_size, confidence=confidence)
+            for j, i in enumerate(idx):
+                if i < keep_maps:
+                    kept[ms.spec.name][i] = maps[j]
+            bar.update(1)
+    bar.close()
+    return scores, kept  # type: ignore[return-value]  # every slot is filled: idx cover all items
+
+
+class _SizeGroup:
+    """Items whose images prepare to one size: their pixels, masks and re-scoring baseline."""
+
+    def __init__(
+        self,
+        loc: Localizer,
+        items: Sequence[EvalItem],
+        pixels: torch.Tensor,
+        class_names: Sequence[str],
+        with_objects: bool,
+        batch_size: int,
+    ):
+        self.loc, self.pixels = loc, pixels
+        size = pixels.shape[-2:]
+        self.masks = torch.stack([_resize_mask(it.mask, size) for it in items])
+        self.object_masks = (
+            torch.stack([_resize_mask(it.object_mask, size) for it in items]) if with_objects else None
+        )
+        class_index = {name: i for i, name in enumerate(class_names)}
+        self.groups: dict[tuple[str, tuple[str, ...]], list[int]] = defaultdict(list)
+        for i, it in enumerate(items):
+            self.groups[(it.target, tuple(it.contrast))].append(i)
+        self.c = torch.tensor([class_index[it.target] for it in items])
+        self.predict = lambda x: loc.zero_shot(x.to(loc.device), list(class_names)).cpu()
+        n = len(items)
+        self.probs = torch.cat([self.predict(pixels[j : j + batch_size]) for j in range(0, n, batch_size)])
+        self.d = torch.empty(n, dtype=torch.long)  # the most probable contrast of each image
+        for (_, contrast), idx in self.groups.items():
+            sib = torch.tensor([class_index[s] for s in contrast])
+            self.d[idx] = sib[self.probs[idx][:, sib].argmax(dim=1)]
+
+    def score(self, ms: MethodScores, *, auc_steps: int, batch_size: int, confidence: bool) -> torch.Tensor:
+        """Append one method's metrics over these items to ``ms``; return its maps (n×H×W)."""
+        pixels, n = self.pixels, len(self.pixels)
+        maps = torch.empty(n, *pixels.shape[-2:])
+        run = RUNNERS[ms.spec.method]
+        for (target, contrast), idx in self.groups.items():
             for j in range(0, len(idx), batch_size):
                 sub = idx[j : j + batch_size]
-                res = RUNNERS[ms.spec.method](loc, pixels[sub], target, list(contrast), ms.spec)
-                maps[sub] = (
-                    res.heatmaps if isinstance(res.heatmaps, torch.Tensor) else torch.stack(res.heatmaps)
-                )
+                heat = run(self.loc, pixels[sub], target, list(contrast), ms.spec).heatmaps
+                maps[sub] = heat if isinstance(heat, torch.Tensor) else torch.stack(heat)
         v = ms.values
-        v["pointing"] = M.pointing_game(maps, masks).float().tolist()
-        v["energy"] = M.energy_pointing_game(maps, masks).tolist()
-        v["iou"] = M.mask_iou(maps, masks).tolist()
-        if object_masks is not None:
-            v["object_pointing"] = M.pointing_game(maps, object_masks).float().tolist()
+        v["pointing"] += M.pointing_game(maps, self.masks).float().tolist()
+        v["energy"] += M.energy_pointing_game(maps, self.masks).tolist()
+        v["iou"] += M.mask_iou(maps, self.masks).tolist()
+        if self.object_masks is not None:
+            v["object_pointing"] += M.pointing_game(maps, self.object_masks).float().tolist()
         for j in range(0, n if confidence else 0, batch_size):
             sl = slice(j, j + batch_size)
-            x, m, cc, dd, pb = pixels[sl], maps[sl], c[sl], d[sl], probs[sl]
+            x, m, cc, dd, pb = pixels[sl], maps[sl], self.c[sl], self.d[sl], self.probs[sl]
+            predict = self.predict
             v["rd5"] += M.relative_confidence_drop(predict, x, m, cc, dd, 0.05, probs_before=pb).tolist()
             v["rd10"] += M.relative_confidence_drop(predict, x, m, cc, dd, 0.10, probs_before=pb).tolist()
             if auc_steps:
                 v["deletion"] += M.deletion_auc(predict, x, m, cc, steps=auc_steps).tolist()
                 v["insertion"] += M.insertion_auc(predict, x, m, cc, steps=auc_steps).tolist()
-        kept[ms.spec.name] = list(maps[:keep_maps])
-        bar.update(1)
-    bar.close()
-    return scores, kept
+        return maps
 
 
 def _resize_mask(mask: np.ndarray, size) -> torch.Tensor:
@@ -340,9 +417,11 @@ def write_report(
             axes[r, 0].imshow(items[r].image)
             axes[r, 0].contour(items[r].mask, levels=[0.5], colors="white", linewidths=0.8)
             axes[r, 0].set_title(items[r].target, fontsize=7)
+            extent = (-0.5, items[r].image.width - 0.5, items[r].image.height - 0.5, -0.5)
             for col, name in enumerate(methods, start=1):
-                axes[r, col].imshow(items[r].image)
-                axes[r, col].imshow(maps[name][r].numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
+                axes[r, col].imshow(items[r].image)  # the map, at the prepared size, over all of it
+                heat = maps[name][r].numpy()
+                axes[r, col].imshow(heat, cmap="jet", alpha=0.5, vmin=0, vmax=1, extent=extent)
                 axes[r, col].contour(items[r].mask, levels=[0.5], colors="white", linewidths=0.8)
                 if r == 0:
                     axes[r, col].set_title(name, fontsize=7)
