@@ -164,9 +164,15 @@ def _details(s: dict[str, Any]) -> str:
         if rows
         else "No contrasts: the Finer-CAM map is the plain map."
     )
+    doubt = (
+        f"\n\nThe model matches this image better to **{s['best_match']}** than to the target: the "
+        "map shows where the image leans towards the target, not that the model sees it here."
+        if s["best_match"] != s["target"]
+        else ""
+    )
     return (
         f"**{s['target']}** (similarity {s['target_similarity']:.3f}), alpha = {s['alpha']:g}, "
-        f"model `{s['model']}`\n\n{table}\n\n{peak}"
+        f"model `{s['model']}`\n\n{table}\n\n{peak}{doubt}"
     )
 
 

@@ -207,9 +207,16 @@ def localize(args: argparse.Namespace) -> int:
     for f in failures:
         print(f"mmfinercam: skipped {f['source']}: {f['error']}", file=sys.stderr)
     (out / "summary.json").write_text(json.dumps({"results": summaries, "failed": failures}, indent=2))
+    elsewhere = sum(s["best_match"] != s["target"] for s in summaries)
     print(
         f"wrote {len(summaries)} map(s) to {out}/"
         + (f"; {len(failures)} image(s) failed" if failures else "")
+        + (
+            f"; in {elsewhere}, the model matches the image better to a contrast than to the target "
+            "(their JSON's best_match)"
+            if elsewhere
+            else ""
+        )
     )
     if not summaries:
         return 2

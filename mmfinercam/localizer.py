@@ -102,6 +102,14 @@ class FinerCAMResult:
     def __len__(self) -> int:
         return len(self.indices)
 
+    def best_match(self, i: int) -> str:
+        """Of the target and image ``i``'s contrasts, the prompt the model matches the whole image
+        to best (global cosine; the target on a tie). When it is a contrast, the map still shows
+        where the image leans towards the target, but the model does not see the target here."""
+        names = [self.target, *self.contrast[i]]
+        sims = torch.cat([self.target_similarity[i].reshape(1), self.contrast_similarity[i].reshape(-1)])
+        return names[int(torch.argmax(sims))]  # argmax takes the first maximum: the target on a tie
+
     def summary(self, i: int) -> dict[str, Any]:
         """JSON-ready numbers for result ``i``: where the map peaks, contrasts, weights."""
         heat = self.heatmaps[i]
@@ -126,6 +134,7 @@ class FinerCAMResult:
             "positive_fraction": float((heat > 0).float().mean()),
             "target_similarity": float(self.target_similarity[i]),
             "contrast_similarity": [float(s) for s in self.contrast_similarity[i]],
+            "best_match": self.best_match(i),
         }
 
 

@@ -43,6 +43,16 @@ def test_a_sample_gives_both_maps_and_the_downloads(tmp_path, cache, sample):
     assert np.array_equal(np.asarray(plain.plain), np.asarray(plain.finer))  # alpha 0 is the plain map
 
 
+def test_the_page_says_when_the_model_sees_a_contrast_rather_than_the_target(tmp_path, cache, sample):
+    """The sample is an Alder finch: its map against Birch and Cedar finch is read plainly, and
+    "Birch finch vs Alder finch" comes with the warning that the model sees the contrast here."""
+    path, target, contrast = sample
+    r = localize_for_app(path, target, contrast, None, 1.0, "testbed", models=cache, out_dir=tmp_path)
+    assert "better to" not in r.details and json.loads(open(r.files[2]).read())["best_match"] == target
+    r = localize_for_app(path, "Birch finch", target, None, 1.0, "testbed", models=cache, out_dir=tmp_path)
+    assert f"The model matches this image better to **{target}** than to the target" in r.details
+
+
 def test_vocabulary_gives_automatic_contrasts(tmp_path, cache, sample):
     r = localize_for_app(
         sample[0], "Alder finch", "", "testbed-species", 1.0, "testbed", models=cache, out_dir=tmp_path

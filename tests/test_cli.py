@@ -56,7 +56,25 @@ def test_localize_writes_overlay_map_and_json(tiny_model_dir, images, tmp_path, 
         assert summary["random_weights"] is False
         scores = np.load(out / f"img{i}.scores.npy")
         assert list(scores.shape) == summary["grid_size"]
+        sims = [summary["target_similarity"], *summary["contrast_similarity"]]
+        assert summary["best_match"] == ["a bird", "a fish", "a cat"][int(np.argmax(sims))]
     assert "wrote 2 map(s)" in capsys.readouterr().out
+
+
+def test_localize_counts_images_the_model_matches_better_to_a_contrast(tmp_path, capsys):
+    """The shipped sample is an Alder finch: as the target it is its own best match; as a contrast
+    of "Birch finch" it is the best match, which the JSON and the closing line say."""
+    from mmfinercam.testbed.model import shipped_samples
+
+    path = next(e["path"] for e in shipped_samples() if e["target"] == "Alder finch")
+    argv = ["localize", str(path), "--model", "testbed", "--device", "cpu", "--no-overlay"]
+    cases = [("Alder finch", "Birch finch", False), ("Birch finch", "Alder finch", True)]
+    for target, contrast, said in cases:
+        out = tmp_path / target
+        assert main([*argv, "--target", target, "--contrast", contrast, "--out", str(out)]) == 0
+        assert json.loads((out / "alder_finch.json").read_text())["best_match"] == "Alder finch"
+        text = capsys.readouterr().out
+        assert ("in 1, the model matches the image better to a contrast than to the target" in text) == said
 
 
 def test_folder_input_vocabulary_and_broken_image(tiny_model_dir, images, tmp_path, capsys):
