@@ -1,9 +1,9 @@
 """Gradient CAMs and Finer-CAM for any image classifier (design §4).
 
 One base class computes a layer's activations and the gradients of a scalar per image; each
-method is a short subclass that turns them into a map (Grad-CAM, Grad-CAM++, Layer-CAM,
-Score-CAM). ViT token layers are reshaped to their patch grid automatically (prefix tokens
-dropped), so no ``reshape_transform`` is needed.
+method is a short subclass that turns them into a map (Grad-CAM, Grad-CAM++, XGrad-CAM,
+HiResCAM, Layer-CAM, Score-CAM). ViT token layers are reshaped to their patch grid
+automatically (prefix tokens dropped), so no ``reshape_transform`` is needed.
 
 Finer-CAM changes *what* is explained: instead of the target logit ``y_c`` the CAM explains
 
@@ -254,6 +254,24 @@ class GradCAMPlusPlus(BaseCAM):
         return (grads.clamp_min(0) * aij).sum(dim=(2, 3))
 
 
+class XGradCAM(BaseCAM):
+    """Fu et al. 2020: gradients averaged with each location's share of its channel's
+    activation as the weight (axiom-based Grad-CAM)."""
+
+    def channel_weights(self, activations: Tensor, grads: Tensor) -> Tensor:
+        share = activations / (activations.sum(dim=(2, 3), keepdim=True) + 1e-7)
+        return (grads * share).sum(dim=(2, 3))
+
+
+class HiResCAM(BaseCAM):
+    """Draelos & Carin 2020: gradients times activations summed over channels, location by
+    location, without Grad-CAM's spatial averaging: the map sums to the explained score's
+    first-order change, so it cannot show a region the model did not use."""
+
+    def layer_cam(self, activations: Tensor, grads: Tensor | None, images: Tensor, score: ScoreFn) -> Tensor:
+        return (grads * activations).sum(dim=1)
+
+
 class LayerCAM(BaseCAM):
     """Jiang et al. 2021: each location weighted by its own positive gradient."""
 
@@ -265,8 +283,9 @@ class ScoreCAM(BaseCAM):
     """Wang et al. 2020: channel weights from the score of the input masked by each channel.
 
     Gradient-free: each channel's upsampled, min-max scaled map masks the input and the score
-    of the masked batch (softmax over channels) weighs the channel. Channels are scored in
-    batches of ``batch_size`` masked images.
+    of the masked batch (softmax over channels) weighs the channel, as pytorch-grad-cam's
+    ``ScoreCAM`` does it (the tests compare). Channels are scored in batches of ``batch_size``
+    masked images.
     """
 
     uses_gradients = False
@@ -275,10 +294,11 @@ class ScoreCAM(BaseCAM):
     def layer_cam(self, activations: Tensor, grads: Tensor | None, images: Tensor, score: ScoreFn) -> Tensor:
         forward = lambda x: self.forward_with_activations(x)[0]  # noqa: E731
         b, c = activations.shape[:2]
-        up = F.interpolate(activations, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        # as the reference: corner-aligned bilinear upsampling, min-max with 1e-8 (a flat channel masks all)
+        up = F.interpolate(activations, size=images.shape[-2:], mode="bilinear", align_corners=True)
         flat = up.flatten(2)
         lo, hi = flat.min(dim=2).values, flat.max(dim=2).values
-        up = (up - lo[..., None, None]) / (hi - lo).clamp_min(1e-12)[..., None, None]
+        up = (up - lo[..., None, None]) / (hi - lo + 1e-8)[..., None, None]
         weights = torch.empty(b, c, device=activations.device)
         for i in range(b):
             scores = []
@@ -294,6 +314,8 @@ class ScoreCAM(BaseCAM):
 CAM_METHODS: dict[str, type[BaseCAM]] = {
     "gradcam": GradCAM,
     "gradcam++": GradCAMPlusPlus,
+    "xgradcam": XGradCAM,
+    "hirescam": HiResCAM,
     "layercam": LayerCAM,
     "scorecam": ScoreCAM,
 }

@@ -519,7 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--cams",
         nargs="*",
         default=["gradcam", "layercam"],
-        help="gradient CAMs to compare, plain and Finer (gradcam gradcam++ layercam scorecam)",
+        choices=list(CAM_METHODS),
+        metavar="CAM",
+        help="gradient CAMs to compare, plain and Finer: " + " ".join(CAM_METHODS),
     )
     p.add_argument("--methods", nargs="+", default=None, help="keep methods whose name contains one")
     p.add_argument("--auc-steps", type=_NON_NEGATIVE, default=8, help="deletion/insertion steps (0 = skip)")

@@ -64,6 +64,8 @@ class MethodSpec:
 CAM_LABELS = {
     "gradcam": "Grad-CAM",
     "gradcam++": "Grad-CAM++",
+    "xgradcam": "XGrad-CAM",
+    "hirescam": "HiResCAM",
     "layercam": "Layer-CAM",
     "scorecam": "Score-CAM",
 }

@@ -74,12 +74,22 @@ def test_plain_gradcam_equals_pytorch_grad_cam(request, arch):
     assert (out.heatmaps - torch.from_numpy(ref)).abs().max() <= 1e-5
 
 
-@pytest.mark.parametrize("method", ["gradcam++", "layercam"])
-def test_other_bases_equal_pytorch_grad_cam(resnet, method):
+@pytest.mark.parametrize(
+    "method, reference",
+    [
+        ("gradcam++", "GradCAMPlusPlus"),
+        ("xgradcam", "XGradCAM"),
+        ("hirescam", "HiResCAM"),
+        ("layercam", "LayerCAM"),
+        ("scorecam", "ScoreCAM"),
+    ],
+)
+def test_other_bases_equal_pytorch_grad_cam(resnet, method, reference):
+    """Score-CAM at layer1 (64 channels: 64 masked passes an image, not layer4's 512)."""
     x = _images(seed=3)
-    ref_cls = {"gradcam++": pgc.GradCAMPlusPlus, "layercam": pgc.LayerCAM}[method]
-    ref = pgc.FinerCAM(resnet, [resnet.layer4[-1]], base_method=ref_cls)(x, alpha=1.0)
-    ours = ClassifierFinerCAM(resnet, method=method)(x, alpha=1.0)
+    layer = resnet.layer1[-1] if method == "scorecam" else resnet.layer4[-1]
+    ref = pgc.FinerCAM(resnet, [layer], base_method=getattr(pgc, reference))(x, alpha=1.0)
+    ours = ClassifierFinerCAM(resnet, target_layer=layer, method=method)(x, alpha=1.0)
     assert (ours.heatmaps - torch.from_numpy(ref)).abs().max() <= 1e-5
 
 

@@ -240,6 +240,7 @@ def test_eval_settings_and_folders_that_cannot_work_are_one_line(tmp_path, capsy
         (["batch", "x", "--workers", "-1"], "argument --workers: must be >= 0, got -1"),
         (["localize", "x", "--target", "a", "--batch-size", "two"], "expected a whole number, got 'two'"),
         (["eval", "--n", "0"], "argument --n: must be >= 1, got 0"),
+        (["eval", "--cams", "gradcam", "grad-cam"], "argument --cams: invalid choice: 'grad-cam'"),
         (["batch", "x", "--shard", "abc"], "argument --shard: expected i/n with 0 <= i < n"),
         (["batch", "x", "--shard", "2/2"], "argument --shard: expected i/n with 0 <= i < n"),
     ],

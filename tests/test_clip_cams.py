@@ -21,11 +21,23 @@ class CLIPLogits(torch.nn.Module):
         return self.model.logit_scale.exp() * z @ self.text.T
 
 
-def test_clip_gradient_finer_cam_equals_grad_cam_wrapper(tiny_localizer, tiny_model, sample_images):
+REFERENCE_BASES = {
+    "gradcam": "GradCAM",
+    "gradcam++": "GradCAMPlusPlus",
+    "xgradcam": "XGradCAM",
+    "hirescam": "HiResCAM",
+    "layercam": "LayerCAM",
+    "scorecam": "ScoreCAM",
+}
+
+
+@pytest.mark.parametrize("method", list(REFERENCE_BASES))
+def test_clip_gradient_finer_cam_equals_grad_cam_wrapper(tiny_localizer, tiny_model, sample_images, method):
+    """Each base method over a hand-written CLIP logits wrapper in pytorch-grad-cam's FinerCAM."""
     prompts = ["a bird", "a fish", "a cat", "a dog"]
     prepared, _ = tiny_localizer.prepare(sample_images[2])
     x = prepared[0].pixels[None]
-    res = tiny_localizer.finer_cam(x, prompts[0], prompts[1:], method="gradcam", alpha=1.0)
+    res = tiny_localizer.finer_cam(x, prompts[0], prompts[1:], method=method, alpha=1.0)
     text = tiny_localizer.encode_text(prompts, tiny_localizer.templates)
     grid = x.shape[-1] // 16
 
@@ -33,7 +45,8 @@ def test_clip_gradient_finer_cam_equals_grad_cam_wrapper(tiny_localizer, tiny_mo
         return t[:, 1:].reshape(t.shape[0], grid, grid, t.shape[2]).permute(0, 3, 1, 2)
 
     layer = tiny_model.visual.transformer.resblocks[-1].ln_1
-    cam = pgc.FinerCAM(CLIPLogits(tiny_model, text), [layer], reshape_transform=reshape)
+    base = getattr(pgc, REFERENCE_BASES[method])
+    cam = pgc.FinerCAM(CLIPLogits(tiny_model, text), [layer], reshape_transform=reshape, base_method=base)
     outputs = CLIPLogits(tiny_model, text)(x).detach()
     refs = outputs[0].sub(outputs[0, 0]).abs().argsort()[1:4].tolist()
     from pytorch_grad_cam.utils.model_targets import FinerWeightedTarget
@@ -44,7 +57,7 @@ def test_clip_gradient_finer_cam_equals_grad_cam_wrapper(tiny_localizer, tiny_mo
     torch.testing.assert_close(res.weights.sum(dim=1), torch.ones(1))
 
 
-@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "layercam"])
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam"])
 def test_clip_gradient_methods_batch_equals_single(tiny_localizer, sample_images, method):
     same = [sample_images[0], sample_images[0][:, ::-1].copy()]
     batch = tiny_localizer.finer_cam(same, "a bird", ["a fish", "a cat"], method=method)
