@@ -241,6 +241,48 @@ def test_open_clip_siglip_timm_tower(open_clip_siglip):
     torch.testing.assert_close(ours, loc.backend.model.encode_image(x).detach(), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("method, reference", [("gradcam", "GradCAM"), ("layercam", "LayerCAM")])
+def test_gradient_cams_on_a_timm_tower_equal_grad_cam(open_clip_siglip, method, reference):
+    """A timm tower (no class token, attention pooling) explained through the tower view equals
+    pytorch-grad-cam over a hand-written wrapper of the model's own ``encode_image``."""
+    pgc = pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam.utils.model_targets import FinerWeightedTarget
+
+    model = open_clip_siglip.backend.model
+    loc = mf.Localizer.from_open_clip(model, lambda t: open_clip_tokenize(t, 64) % 32_000)  # stand-in ids
+    prompts = ["a bird", "a fish", "a cat", "a dog"]
+    text = loc.encode_text(prompts, loc.templates)
+
+    class Logits(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model  # a submodule: grad-cam finds its device from the parameters
+
+        def forward(self, x):
+            z = torch.nn.functional.normalize(self.model.encode_image(x), dim=-1)
+            return self.model.logit_scale.exp() * z @ text.T
+
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(4))
+    res = loc.finer_cam(x, prompts[0], prompts[1:], method=method)
+    out = Logits()(x).detach()[0]
+    refs = out.sub(out[0]).abs().argsort()[1:4].tolist()
+
+    def grid(t):
+        return t.reshape(t.shape[0], 14, 14, t.shape[2]).permute(0, 3, 1, 2)
+
+    layer = model.visual.trunk.blocks[-1].norm1
+    cam = pgc.FinerCAM(Logits(), [layer], reshape_transform=grid, base_method=getattr(pgc, reference))
+    ref = cam(x, targets=[FinerWeightedTarget(0, refs, 1.0)])
+    assert res.scores.shape == (1, 14, 14)
+    assert (res.heatmaps[0] - torch.from_numpy(ref[0])).abs().max() <= 1e-4
+
+
+def open_clip_tokenize(texts, context_length):
+    import open_clip
+
+    return open_clip.tokenize(texts, context_length=context_length)
+
+
 def _timm_token_pooled():
     from open_clip.model import CLIP
 

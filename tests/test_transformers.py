@@ -49,6 +49,18 @@ def test_same_weights_give_equal_gem_maps(pair, size):
     assert (a - b).abs().max() <= 1e-4
 
 
+@pytest.mark.parametrize("method", ["gradcam", "layercam", "hirescam"])
+def test_same_weights_give_equal_gradient_maps(pair, method):
+    """The gradient CAMs take the last block's tokens through either backend's tower view."""
+    oc, hf = pair
+    x = deterministic_image((224, 256), seed=3)
+    a = oc.finer_cam(x, "a bird", ["a fish", "a cat"], method=method)
+    b = hf.finer_cam(x, "a bird", ["a fish", "a cat"], method=method)
+    assert b.heatmaps.shape == (1, 224, 256) and b.scores.shape == (1, 14, 16)
+    assert (a.heatmaps - b.heatmaps).abs().max() <= 1e-4
+    assert a.contrast == b.contrast
+
+
 def _char_tokenizer(prompts):  # a stand-in tokenizer: stable ids from the characters
     ids = torch.zeros(len(prompts), 16, dtype=torch.long)
     for i, p in enumerate(prompts):
@@ -163,6 +175,10 @@ def test_siglip_finer_cam(siglip):
     res = siglip.finer_cam(deterministic_image((64, 80), seed=5), "a bird", ["a fish", "a cat"])
     assert res.scores.shape == (1, 4, 5) and res.heatmaps.shape == (1, 64, 80)
     torch.testing.assert_close(res.weights.sum(dim=1), torch.ones(1))
+    x = deterministic_image((64, 80), seed=5)
+    grad = siglip.finer_cam(x, "a bird", ["a fish", "a cat"], method="layercam")
+    assert grad.scores.shape == (1, 4, 5) and grad.heatmaps.shape == (1, 64, 80)
+    assert grad.contrast == res.contrast and float(grad.heatmaps.max()) == pytest.approx(1.0, abs=1e-4)
 
 
 def _save_clip_folder(tiny_model, folder):
