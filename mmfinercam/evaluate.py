@@ -25,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from . import metrics as M
 from .cams import CAM_METHODS
 from .errors import ImageLoadError, MMFinerCAMError
-from .images import FailedImage, read_image
+from .images import FailedImage, read_image, upright
 from .localizer import FinerCAMResult, Localizer
 
 
@@ -178,7 +178,7 @@ def _entry_image_and_mask(folder: Path, row: dict) -> tuple[Image.Image, np.ndar
         raise ImageLoadError(f"mask file not found: {mask_path}")
     try:
         with Image.open(mask_path) as m:
-            mask = np.asarray(m.convert("L")) > 0
+            mask = np.asarray(upright(m).convert("L")) > 0  # turned as its image is
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise ImageLoadError(f"cannot read mask {mask_path}: {err}") from err
     if mask.shape != (image.height, image.width):

@@ -2,8 +2,9 @@
 
 Documented conversions (never refusals): grayscale and palette images become RGB; an alpha
 channel is composited over white (specimen cut-outs on transparent backgrounds look as they do
-in a viewer); 16-bit images are scaled to 8 bits by their full range (65535), not clipped;
-float arrays are taken as values in [0, 1].
+in a viewer); a camera's EXIF orientation is applied (a phone photo is upright, as a viewer shows
+it, and its map is at that size); 16-bit images are scaled to 8 bits by their full range
+(65535), not clipped; float arrays are taken as values in [0, 1].
 
 Images are resized keeping their aspect ratio so that the shorter side is the model's input
 size, each side rounded to a whole number of patches; nothing is cropped, so a map covers the
@@ -98,7 +99,18 @@ def read_image(source: ImageInput) -> Image.Image:
         )
     if image.width == 0 or image.height == 0:
         raise ImageLoadError("the image is empty (0 pixels)")
-    return to_rgb(image)
+    return to_rgb(upright(image))
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """``image`` turned as its EXIF orientation tag says (a copy without the tag), else itself."""
+    from PIL import ImageOps
+
+    try:
+        orientation = image.getexif().get(0x0112, 1)
+    except (OSError, ValueError, SyntaxError):  # a damaged EXIF block: the pixels as stored
+        return image
+    return image if orientation in (None, 1) else ImageOps.exif_transpose(image)
 
 
 def target_size(height: int, width: int, short_side: int, patch: tuple[int, int]) -> tuple[int, int]:

@@ -35,6 +35,26 @@ def test_grayscale_rgba_palette_16bit_are_converted(tmp_path):
     assert read_image(chw).size == (9, 6)
 
 
+def test_a_camera_orientation_is_applied_as_a_viewer_shows_it(tmp_path, tiny_localizer):
+    """A phone photo stored landscape with EXIF orientation 6 (turn 90° clockwise) is explained
+    upright: the map has the displayed size and equals that of the image turned by hand."""
+    rng = np.random.default_rng(3)
+    stored = Image.fromarray(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8))
+    exif = stored.getexif()
+    exif[0x0112] = 6
+    path = tmp_path / "phone.png"
+    stored.save(path, exif=exif)
+    shown = stored.transpose(Image.Transpose.ROTATE_270)  # what a viewer shows: 64 wide, 96 high
+    upright = read_image(path)
+    assert upright.size == (64, 96) and np.array_equal(np.asarray(upright), np.asarray(shown))
+    res = tiny_localizer.finer_cam(path, "a bird", ["a fish"])
+    assert res.heatmaps.shape == (1, 96, 64)
+    torch.testing.assert_close(res.heatmaps, tiny_localizer.finer_cam(shown, "a bird", ["a fish"]).heatmaps)
+    assert read_image(stored).size == (64, 96)  # an opened PIL image carries its tag too
+    plain = Image.fromarray(rng.integers(0, 255, (8, 12, 3), dtype=np.uint8))
+    assert read_image(plain).size == (12, 8)  # no tag: as stored
+
+
 def test_bad_images_are_clear_errors(tmp_path):
     with pytest.raises(mf.ImageLoadError, match="not found"):
         read_image(tmp_path / "nope.jpg")
