@@ -87,6 +87,11 @@ def read_image(source: ImageInput) -> Image.Image:
             with Image.open(path) as im:
                 im.load()
                 image = im.copy()
+        except Image.DecompressionBombError as err:  # not an OSError: it would escape a batch
+            raise ImageLoadError(
+                f"{path} has more pixels than Pillow opens by default ({err}); if you trust the "
+                "file, set PIL.Image.MAX_IMAGE_PIXELS = None (or a larger number) before reading it"
+            ) from err
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
             raise ImageLoadError(f"cannot read image {path}: {err}") from err
     elif isinstance(source, Image.Image):

@@ -9,7 +9,7 @@ from conftest import counted_calls
 from PIL import Image
 
 import mmfinercam as mf
-from mmfinercam.images import read_image, target_size
+from mmfinercam.images import prepare_images, read_image, target_size
 
 
 def test_grayscale_rgba_palette_16bit_are_converted(tmp_path):
@@ -70,6 +70,23 @@ def test_bad_images_are_clear_errors(tmp_path):
         read_image(np.full((4, 4), np.nan, np.float32))
     with pytest.raises(mf.ImageLoadError, match="unsupported"):
         read_image(42)
+
+
+def test_an_image_past_pillows_pixel_limit_is_a_broken_image_with_the_way_out(tmp_path, monkeypatch):
+    """Pillow refuses files over twice MAX_IMAGE_PIXELS with an error that is not an OSError (a
+    whole-slide or herbarium scan can be that large): it is reported like any unreadable image,
+    the batch goes on, and the message says how to allow it."""
+    big, small = tmp_path / "scan.png", tmp_path / "small.png"
+    Image.new("RGB", (120, 100)).save(big)
+    Image.new("RGB", (40, 30)).save(small)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5_000)  # 12,000 px is past twice the limit
+    with pytest.raises(mf.ImageLoadError, match=r"scan.png has more pixels .*MAX_IMAGE_PIXELS = None"):
+        read_image(big)
+    norm = dict(mean=(0.0,) * 3, std=(1.0,) * 3)
+    prepared, failed = prepare_images([big, small], short_side=32, patch=(16, 16), **norm)
+    assert [p.index for p in prepared] == [1] and [f.index for f in failed] == [0]
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    assert read_image(big).size == (120, 100)
 
 
 def test_target_size_keeps_aspect_and_patches():
@@ -216,8 +233,6 @@ def test_shipped_vocabularies_and_taxon():
 
 def test_tensor_batch_rows_are_its_cropped_images():
     """A preprocessed batch is kept whole; each row reads as its own image, cropped to patches."""
-    from mmfinercam.images import prepare_images
-
     x = torch.randn(5, 3, 70, 64)
     prepared, failed = prepare_images(x, short_side=64, patch=(16, 16), mean=(0, 0, 0), std=(1, 1, 1))
     assert failed == [] and [p.index for p in prepared] == list(range(5))
