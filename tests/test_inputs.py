@@ -9,7 +9,7 @@ from conftest import counted_calls
 from PIL import Image
 
 import mmfinercam as mf
-from mmfinercam.images import prepare_images, read_image, target_size
+from mmfinercam.images import prepare_images, read_image, target_size, to_pixels
 
 
 def test_grayscale_rgba_palette_16bit_are_converted(tmp_path):
@@ -53,6 +53,45 @@ def test_a_camera_orientation_is_applied_as_a_viewer_shows_it(tmp_path, tiny_loc
     assert read_image(stored).size == (64, 96)  # an opened PIL image carries its tag too
     plain = Image.fromarray(rng.integers(0, 255, (8, 12, 3), dtype=np.uint8))
     assert read_image(plain).size == (12, 8)  # no tag: as stored
+
+
+def _natural_image(height: int, width: int, seed: int) -> Image.Image:
+    """Colour noise with a photograph's 1/f spectrum (most energy in coarse structure)."""
+    rng = np.random.default_rng(seed)
+    f = np.hypot(np.fft.fftfreq(height)[:, None], np.fft.rfftfreq(width)[None, :])
+    f[0, 0] = 1.0
+    planes = []
+    for _ in range(3):
+        plane = np.fft.irfft2(
+            (rng.normal(size=f.shape) + 1j * rng.normal(size=f.shape)) / f, s=(height, width)
+        )
+        planes.append(np.clip(128 + 40 * (plane - plane.mean()) / plane.std(), 0, 255))
+    return Image.fromarray(np.stack(planes, axis=-1).astype(np.uint8))
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_a_large_photo_is_read_reduced_for_its_resize(tmp_path, suffix):
+    """A photo many times the model's input is decoded smaller (JPEG) or reduced (others) before
+    the resize, keeping five times the input's side: the pixels stay within a grey level
+    of the direct resize, and the map keeps the photo's own size, upright."""
+    photo = _natural_image(960, 1280, seed=5)
+    exif = photo.getexif()
+    exif[0x0112] = 6  # shown turned: 960 wide, 1280 high
+    path = tmp_path / f"photo{suffix}"
+    photo.save(path, exif=exif, **({"quality": 95} if suffix == ".jpg" else {}))
+    kw = dict(short_side=32, patch=(16, 16), mean=(0.5,) * 3, std=(0.5,) * 3)
+    from mmfinercam.images import _read
+
+    assert _read(path, 32)[0].size == (240, 320)  # quartered: 240 px is 7.5 times 32
+    (reduced,), _ = prepare_images([path], **kw)
+    assert reduced.original_size == (1280, 960)
+    direct = to_pixels(read_image(path), target_size(1280, 960, 32, (16, 16)), kw["mean"], kw["std"])
+    assert reduced.pixels.shape == direct.shape == (3, 48, 32)
+    diff = (reduced.pixels - direct).abs() / (2 / 255)  # in grey levels
+    assert float(diff.mean()) < 0.25 and float(diff.max()) < 1  # measured: 0.08 and 0.46
+    small = read_image(path).resize((150, 200))  # under ten times 32: as it is
+    (kept,), _ = prepare_images([small], **kw)
+    assert torch.equal(kept.pixels, to_pixels(small, (48, 32), kw["mean"], kw["std"]))
 
 
 def test_bad_images_are_clear_errors(tmp_path):
