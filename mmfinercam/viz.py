@@ -36,6 +36,20 @@ def _heat_at(heatmap: Tensor | np.ndarray, rgb) -> np.ndarray:
     return heat
 
 
+#: the longest side an overlay draws an image at: a figure shows a few hundred to a couple of
+#: thousand pixels, and matplotlib resampling a 50-megapixel scan for it took seconds
+DISPLAY_SIDE = 2048
+
+
+def _for_display(rgb):
+    """``rgb`` made no larger than :data:`DISPLAY_SIDE` on its longer side (a copy), else itself."""
+    if max(rgb.size) <= DISPLAY_SIDE:
+        return rgb
+    shown = rgb.copy()
+    shown.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE), reducing_gap=3.0)
+    return shown
+
+
 def describe_contrast(target: str | None, contrast: Sequence[str] | None, alpha: float | None) -> str:
     """``"Cape May warbler vs Magnolia warbler, ... (alpha=1.0)"``."""
     parts = []
@@ -76,12 +90,13 @@ def overlay(
     """Draw ``heatmap`` over ``image``; returns the matplotlib Figure.
 
     The heatmap holds values in [0, 1] (a result's ``heatmaps``; anything else is refused) and
-    is resized to the image if their sizes differ. The title defaults to the target, the
+    is resized to the image if their sizes differ. An image over :data:`DISPLAY_SIDE` pixels is
+    drawn at that size, which no figure shows the difference of. The title defaults to the target, the
     contrasts and alpha, so a saved picture says what it shows.
     """
     import matplotlib.pyplot as plt
 
-    rgb = read_image(image)
+    rgb = _for_display(read_image(image))
     heat = _heat_at(heatmap, rgb)
     if ax is None:
         aspect = rgb.width / max(rgb.height, 1)
@@ -111,7 +126,7 @@ def compare(
     """The image beside each labelled map (e.g. plain map vs Finer-CAM); returns the Figure."""
     import matplotlib.pyplot as plt
 
-    rgb = read_image(image)
+    rgb = _for_display(read_image(image))
     fig, axes = plt.subplots(1, len(maps) + 1, figsize=(3.2 * (len(maps) + 1), 3.5))
     axes[0].imshow(rgb)
     axes[0].set_title("image", fontsize=9)

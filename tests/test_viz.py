@@ -39,6 +39,31 @@ def test_overlay_says_what_was_contrasted(image):
     plt.close(fig)
 
 
+def test_a_large_image_is_drawn_at_display_size_with_its_map(monkeypatch):
+    """A scan many times what a figure shows is drawn at DISPLAY_SIDE on its longer side (it took
+    seconds to resample at full size), its map resized with it; smaller images as they are."""
+    from mmfinercam import viz
+
+    monkeypatch.setattr(viz, "DISPLAY_SIDE", 64)
+    big = Image.fromarray(np.full((120, 200, 3), 90, np.uint8))
+    heat = np.zeros((120, 200), np.float32)
+    heat[:, 100:] = 1.0  # the right half
+    for fig in (mf.overlay(big, heat), compare(big, [("map", heat)])):
+        picture, layer = _layers(fig)
+        assert picture.get_array().shape[:2] == (38, 64) == layer.get_array().shape
+        assert layer.get_array()[:, :30].max() == 0 and layer.get_array()[:, 34:].min() == 1
+        plt.close(fig)
+    small = mf.overlay(big.resize((50, 30)), heat[::4, ::4])
+    assert small.axes[0].images[0].get_array().shape[:2] == (30, 50)
+    plt.close(small)
+
+
+def _layers(fig):
+    """The image and heatmap layers of the first axes that has both."""
+    ax = next(a for a in fig.axes if len(a.images) == 2)
+    return ax.images[0], ax.images[1]
+
+
 @pytest.mark.parametrize("draw", [mf.overlay, blend], ids=["overlay", "blend"])
 def test_maps_that_are_not_heatmaps_are_refused(image, draw):
     scores = torch.linspace(-0.03, 0.05, 15).view(3, 5)  # raw Finer-CAM scores, not a heatmap
