@@ -23,7 +23,7 @@ from PIL import Image
 
 from .errors import MMFinerCAMError
 from .finer import to_heatmap
-from .viz import blend
+from .viz import blend, display_copy
 
 MAX_PIXELS = 40_000_000  #: larger images are refused (decoding and resizing them stalls a CPU)
 DEFAULT_MAX_UPLOAD_MB = 10
@@ -131,8 +131,9 @@ def localize_for_app(
     except (MMFinerCAMError, ValueError) as err:
         raise AppInputError(str(err)) from err
     finer_heat = res.heatmaps[0]
-    plain = blend(rgb, to_heatmap(res.target_scores[:1], (rgb.height, rgb.width))[0])  # alpha = 0
-    finer = blend(rgb, finer_heat)
+    shown = display_copy(rgb)  # the pictures at what a page shows; the .npy keeps the full map
+    plain = blend(shown, to_heatmap(res.target_scores[:1], (shown.height, shown.width))[0])  # alpha = 0
+    finer = blend(shown, finer_heat)
     summary = res.summary(0) | {"model": model, "source": Path(str(image)).name}
     out = Path(out_dir or tempfile.mkdtemp(prefix="mmfinercam-app-"))
     out.mkdir(parents=True, exist_ok=True)

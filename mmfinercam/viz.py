@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from PIL import Image
 from torch import Tensor
 
 from .images import ImageInput, read_image
@@ -41,7 +42,7 @@ def _heat_at(heatmap: Tensor | np.ndarray, rgb) -> np.ndarray:
 DISPLAY_SIDE = 2048
 
 
-def _for_display(rgb):
+def display_copy(rgb: Image.Image) -> Image.Image:
     """``rgb`` made no larger than :data:`DISPLAY_SIDE` on its longer side (a copy), else itself."""
     if max(rgb.size) <= DISPLAY_SIDE:
         return rgb
@@ -96,7 +97,7 @@ def overlay(
     """
     import matplotlib.pyplot as plt
 
-    rgb = _for_display(read_image(image))
+    rgb = display_copy(read_image(image))
     heat = _heat_at(heatmap, rgb)
     if ax is None:
         aspect = rgb.width / max(rgb.height, 1)
@@ -126,7 +127,7 @@ def compare(
     """The image beside each labelled map (e.g. plain map vs Finer-CAM); returns the Figure."""
     import matplotlib.pyplot as plt
 
-    rgb = _for_display(read_image(image))
+    rgb = display_copy(read_image(image))
     fig, axes = plt.subplots(1, len(maps) + 1, figsize=(3.2 * (len(maps) + 1), 3.5))
     axes[0].imshow(rgb)
     axes[0].set_title("image", fontsize=9)

@@ -53,6 +53,19 @@ def test_the_page_says_when_the_model_sees_a_contrast_rather_than_the_target(tmp
     assert f"The model matches this image better to **{target}** than to the target" in r.details
 
 
+def test_a_large_upload_is_shown_at_display_size_and_downloaded_whole(tmp_path, cache, sample, monkeypatch):
+    """The page's pictures are drawn at what a page shows (a 40-megapixel blend held gigabytes);
+    the map download keeps the image's own size."""
+    from mmfinercam import viz
+
+    monkeypatch.setattr(viz, "DISPLAY_SIDE", 64)
+    path, target, contrast = sample
+    r = localize_for_app(path, target, contrast, None, 1.0, "testbed", models=cache, out_dir=tmp_path)
+    width, height = Image.open(path).size
+    assert max(r.plain.size) == max(r.finer.size) == 64 and r.finer.size == r.plain.size
+    assert np.load(r.files[0]).shape == (height, width) and Image.open(r.files[1]).size == r.finer.size
+
+
 def test_vocabulary_gives_automatic_contrasts(tmp_path, cache, sample):
     r = localize_for_app(
         sample[0], "Alder finch", "", "testbed-species", 1.0, "testbed", models=cache, out_dir=tmp_path
