@@ -141,8 +141,8 @@ class _Recorder:
 def _minmax(x: Tensor) -> Tensor:
     """Per-map ``(x - min) / (1e-7 + max)`` as pytorch-grad-cam's ``scale_cam_image``."""
     flat = x.flatten(1)
-    x = x - flat.min(dim=1).values.view(-1, *([1] * (x.dim() - 1)))
-    return x / (1e-7 + x.flatten(1).max(dim=1).values.view(-1, *([1] * (x.dim() - 1))))
+    x = x - flat.min(dim=1).values.view(-1, *([1] * (x.dim() - 1)))  # the one copy: then in place
+    return x.div_(1e-7 + x.flatten(1).max(dim=1).values.view(-1, *([1] * (x.dim() - 1))))
 
 
 def _scaled_layer(cams: Tensor, size: tuple[int, int]) -> Tensor:

@@ -188,7 +188,7 @@ def localize(args: argparse.Namespace) -> int:
             summary.update(
                 model=loc.info.name, pretrained=loc.info.pretrained, random_weights=loc.info.random_weights
             )
-            heat = res.heatmaps[i].numpy()
+            heat = res.heatmap(i).numpy()  # one full-size map at a time
             np.save(out / f"{stem}.npy", heat.astype(np.float32))
             np.save(out / f"{stem}.scores.npy", res.scores[i].numpy().astype(np.float32))
             files = {"heatmap": f"{stem}.npy", "scores": f"{stem}.scores.npy", "summary": f"{stem}.json"}

@@ -135,8 +135,9 @@ def to_heatmap(scores: Tensor, size: tuple[int, int]) -> Tensor:
     flat = up.flatten(1)
     lo = flat.min(dim=1).values.view(-1, 1, 1)
     hi = flat.max(dim=1).values.view(-1, 1, 1)
-    span = hi - lo
-    return torch.where(span > 0, (up - lo) / span.clamp_min(1e-12), torch.zeros_like(up))
+    # in place: a map at a 50-megapixel scan's size is 200 MB a copy. A flat map is lo
+    # everywhere, so it becomes exactly 0, not NaN
+    return up.sub_(lo).div_((hi - lo).clamp_min(1e-12))
 
 
 def rank_contrasts(target_similarity: Tensor, vocabulary_similarity: Tensor, ranks: Sequence[int]) -> Tensor:

@@ -99,6 +99,14 @@ class FinerCAMResult:
             self._heatmaps = _stack_if_uniform(_heatmaps_at_sizes(list(self.scores), self.image_sizes, make))
         return self._heatmaps
 
+    def heatmap(self, i: int) -> Tensor:
+        """Image ``i``'s heatmap alone (H×W), equal to ``heatmaps[i]``: a loop over a batch of
+        large scans then holds one full-size map at a time, not the whole batch's."""
+        if self._heatmaps is not None:
+            return self._heatmaps[i]
+        make = cam_heatmap if self.method in CAM_METHODS else to_heatmap
+        return make(self.scores[i][None], self.image_sizes[i])[0]
+
     def __len__(self) -> int:
         return len(self.indices)
 
@@ -112,7 +120,7 @@ class FinerCAMResult:
 
     def summary(self, i: int) -> dict[str, Any]:
         """JSON-ready numbers for result ``i``: where the map peaks, contrasts, weights."""
-        heat = self.heatmaps[i]
+        heat = self.heatmap(i)
         score = self.scores[i]
         peak = int(torch.argmax(heat))
         height, width = heat.shape

@@ -150,6 +150,8 @@ def test_heatmap_range_and_all_negative():
     assert heat.shape == (2, 8, 8)
     assert heat[0].min() == 0 and heat[0].max() == 1
     assert torch.count_nonzero(heat[1]) == 0  # no positive evidence: zeros, not NaN
+    flat = to_heatmap(torch.full((1, 2, 2), 0.3), (4, 4))
+    assert torch.equal(flat, torch.zeros(1, 4, 4))  # evidence, but the same everywhere: no peak
 
 
 def test_rank_contrasts_hand_case():
@@ -223,6 +225,18 @@ def test_heatmaps_are_made_from_the_scores_on_first_use(tiny_localizer, sample_i
     assert res._heatmaps is None  # nothing full-size made until asked for
     torch.testing.assert_close(res.heatmaps, to_heatmap(res.scores, (96, 128)))
     assert res.heatmaps is res.heatmaps  # made once
+
+
+@pytest.mark.parametrize("method", ["gem", "layercam"])
+def test_one_heatmap_at_a_time_is_that_of_the_whole_batch(tiny_localizer, sample_images, method):
+    """``heatmap(i)`` makes image i's full-size map alone (a loop over large scans holds one at a
+    time) and equals ``heatmaps[i]``, whatever the images' sizes."""
+    res = tiny_localizer.finer_cam(sample_images, "a bird", ["a fish", "a cat"], method=method)
+    alone = [res.heatmap(i) for i in range(len(res))]
+    assert res._heatmaps is None and [tuple(h.shape) for h in alone] == [(96, 128), (112, 128), (128, 128)]
+    for i, heat in enumerate(res.heatmaps):
+        assert torch.equal(alone[i], heat)
+    assert res.heatmap(1) is res.heatmaps[1]  # once made for all, taken from them
 
 
 def test_non_square_images_keep_orientation(synthetic):
