@@ -55,7 +55,7 @@ from .finer import (
     dense_finer_maps,
     rank_contrasts,
 )
-from .images import IMAGE_SUFFIXES, check_image_size, prepare_images, read_image
+from .images import IMAGE_SUFFIXES, check_image_size, image_files, prepare_images, read_image
 from .localizer import DENSE_METHODS
 from .metrics import energy_pointing_game
 from .transfer import to_host
@@ -115,7 +115,7 @@ def read_collection(
     if path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "state.json").is_file()):
         return _read_datasets(path, image_column, target_column, contrast_column, mask_column)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = image_files(path, recursive=True)
         if not files:
             raise MMFinerCAMError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {path}")
         return Collection([Row(str(p.relative_to(path)), str(p)) for p in files], "folder", str(path))

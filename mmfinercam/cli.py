@@ -23,7 +23,7 @@ import torch
 from .cams import CAM_METHODS
 from .errors import ImageLoadError, MMFinerCAMError
 from .finer import check_alpha
-from .images import IMAGE_SUFFIXES
+from .images import IMAGE_SUFFIXES, image_files
 
 DEFAULT_MODEL = "testbed"
 
@@ -34,7 +34,7 @@ def _expand_images(items: Sequence[str]) -> list[str]:
     for item in items:
         path = Path(item)
         if path.is_dir():
-            out += sorted(str(p) for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            out += [str(p) for p in image_files(path)]
         else:
             out.append(item)
     return out

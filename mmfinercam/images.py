@@ -36,6 +36,20 @@ NON_FINITE = "the image holds NaN or infinite values"  #: why such an image is n
 MAX_PATCHES = 16_384
 
 
+def image_files(folder: Path, *, recursive: bool = False) -> list[Path]:
+    """The image files in ``folder`` (and below it, if ``recursive``), sorted. Hidden files and
+    folders are left out: macOS's ``._IMG_0001.jpg`` companions on a copied drive, thumbnail
+    caches and notebook checkpoints are never the photos meant."""
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(
+        p
+        for p in found
+        if p.is_file()
+        and p.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
 def _from_array(arr: np.ndarray) -> Image.Image:
     arr = np.asarray(arr)
     if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):

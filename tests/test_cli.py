@@ -79,6 +79,7 @@ def test_localize_counts_images_the_model_matches_better_to_a_contrast(tmp_path,
 
 def test_folder_input_vocabulary_and_broken_image(tiny_model_dir, images, tmp_path, capsys):
     (images[0].parent / "broken.png").write_bytes(b"garbage")
+    (images[0].parent / "._img0.png").write_bytes(b"\x00\x05\x16\x07")  # macOS AppleDouble: not a photo
     out = tmp_path / "out"
     code = main(
         [

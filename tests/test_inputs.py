@@ -94,6 +94,20 @@ def test_a_large_photo_is_read_reduced_for_its_resize(tmp_path, suffix):
     assert torch.equal(kept.pixels, to_pixels(small, (48, 32), kw["mean"], kw["std"]))
 
 
+def test_folders_list_their_images_not_hidden_files(tmp_path):
+    from mmfinercam.images import image_files
+
+    for name in ["b.JPG", "a.png", "._a.png", "notes.txt", "sub/c.tif", "sub/.d.png", ".thumbs/e.jpg"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    assert [p.name for p in image_files(tmp_path)] == ["a.png", "b.JPG"]
+    assert [str(p.relative_to(tmp_path)) for p in image_files(tmp_path, recursive=True)] == [
+        "a.png",
+        "b.JPG",
+        "sub/c.tif",
+    ]
+
+
 def test_bad_images_are_clear_errors(tmp_path):
     with pytest.raises(mf.ImageLoadError, match="not found"):
         read_image(tmp_path / "nope.jpg")
