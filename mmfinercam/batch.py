@@ -55,7 +55,7 @@ from .finer import (
     dense_finer_maps,
     rank_contrasts,
 )
-from .images import IMAGE_SUFFIXES, check_image_size, image_files, prepare_images, read_image
+from .images import IMAGE_SUFFIXES, check_image_size, image_files, mask_size_error, prepare_images, read_image
 from .localizer import DENSE_METHODS
 from .metrics import energy_pointing_game
 from .transfer import to_host
@@ -359,7 +359,7 @@ class _ImageRows(torch.utils.data.Dataset):
             try:
                 mask = np.asarray(read_image(row.mask).convert("L")) > 127
                 if mask.shape != tuple(item["size"]):
-                    raise ImageLoadError(f"mask {row.mask} is {mask.shape}, image is {item['size']}")
+                    raise mask_size_error(row.mask, mask.shape, item["size"])
                 item["mask"] = torch.from_numpy(mask)
             except ImageLoadError as err:
                 item["error"] = f"mask: {err}"

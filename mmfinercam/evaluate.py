@@ -25,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from . import metrics as M
 from .cams import CAM_METHODS
 from .errors import ImageLoadError, MMFinerCAMError
-from .images import FailedImage, read_image, upright
+from .images import FailedImage, mask_size_error, read_image, upright
 from .localizer import FinerCAMResult, Localizer
 
 
@@ -182,10 +182,7 @@ def _entry_image_and_mask(folder: Path, row: dict) -> tuple[Image.Image, np.ndar
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise ImageLoadError(f"cannot read mask {mask_path}: {err}") from err
     if mask.shape != (image.height, image.width):
-        raise ImageLoadError(
-            f"mask {row['mask']} is {mask.shape[1]}×{mask.shape[0]} px, its image "
-            f"{image.width}×{image.height}"
-        )
+        raise mask_size_error(row["mask"], mask.shape, (image.height, image.width))
     if not mask.any():
         raise ImageLoadError(f"mask {row['mask']} marks no pixel (every metric would score it as a miss)")
     return image, mask

@@ -50,6 +50,20 @@ def image_files(folder: Path, *, recursive: bool = False) -> list[Path]:
     )
 
 
+def mask_size_error(mask: str, mask_size: tuple[int, int], image_size: tuple[int, int]) -> ImageLoadError:
+    """The error for a mask of another (height, width) than its image, with the likely cause when
+    the sides are swapped: the mask was made on the photo as stored, before its EXIF turn."""
+    hint = (
+        "; the image is turned upright by its EXIF orientation, the mask is not: save the mask "
+        "upright (as a viewer shows the photo)"
+        if tuple(mask_size) == tuple(image_size)[::-1]
+        else ""
+    )
+    return ImageLoadError(
+        f"mask {mask} is {mask_size[1]}×{mask_size[0]} px, its image {image_size[1]}×{image_size[0]}{hint}"
+    )
+
+
 def _from_array(arr: np.ndarray) -> Image.Image:
     arr = np.asarray(arr)
     if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):

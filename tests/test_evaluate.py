@@ -121,3 +121,19 @@ def test_names_outside_the_class_list_are_refused(testbed):
     item = EvalItem(s.image, s.masks[s.species.varying_part], s.species.name, ["a fish"])
     with pytest.raises(MMFinerCAMError, match="missing from the class names: a fish"):
         evaluate(testbed, [item], [s.species.name], [MethodSpec("plain GEM", "gem", 0.0)], progress=False)
+
+
+def test_a_mask_made_on_the_photo_as_stored_is_named_so(tmp_path):
+    """A photo turned upright by its EXIF orientation, with a mask made on its stored pixels: the
+    entry is left out, and the message says why the sides are swapped and what to do."""
+    folder = tmp_path / "set"
+    rows = _write_folder(folder, n=2)
+    stored = Image.open(folder / "1.png")  # 128×96 as stored
+    exif = stored.getexif()
+    exif[0x0112] = 6  # shown 96×128
+    stored.save(folder / "1.png", exif=exif)
+    (folder / "annotations.json").write_text(json.dumps(rows))
+    with pytest.warns(UserWarning, match="left out"):
+        items, _, skipped = folder_items(folder)
+    assert [it.source for it in items] == ["0.png"] and skipped[0].source == "1.png"
+    assert "is 128×96 px, its image 96×128; the image is turned upright by its EXIF" in skipped[0].message
