@@ -142,7 +142,7 @@ def localize(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm.auto import tqdm
 
-    from .viz import overlay
+    from .viz import describe_contrast, overlay
 
     check_alpha(args.alpha)  # before any model is loaded
     images = _expand_images(args.image)
@@ -193,9 +193,10 @@ def localize(args: argparse.Namespace) -> int:
             np.save(out / f"{stem}.scores.npy", res.scores[i].numpy().astype(np.float32))
             files = {"heatmap": f"{stem}.npy", "scores": f"{stem}.scores.npy", "summary": f"{stem}.json"}
             if not args.no_overlay:
-                fig = overlay(
-                    res.sources[i], heat, target=res.target, contrast=res.contrast[i], alpha=res.alpha
-                )
+                title = describe_contrast(res.target, res.contrast[i], res.alpha)
+                if summary["best_match"] != res.target:  # the picture says so without its JSON
+                    title += f"\n(the model matches the image better to {summary['best_match']})"
+                fig = overlay(res.sources[i], heat, title=title)
                 fig.savefig(out / f"{stem}.png", dpi=120)
                 plt.close(fig)
                 files["overlay"] = f"{stem}.png"

@@ -61,13 +61,18 @@ def test_localize_writes_overlay_map_and_json(tiny_model_dir, images, tmp_path, 
     assert "wrote 2 map(s)" in capsys.readouterr().out
 
 
-def test_localize_counts_images_the_model_matches_better_to_a_contrast(tmp_path, capsys):
+def test_localize_counts_images_the_model_matches_better_to_a_contrast(tmp_path, capsys, monkeypatch):
     """The shipped sample is an Alder finch: as the target it is its own best match; as a contrast
-    of "Birch finch" it is the best match, which the JSON and the closing line say."""
+    of "Birch finch" it is the best match, which the JSON, the closing line and the overlay's
+    title say (a picture is shared without its JSON)."""
+    from mmfinercam import viz
     from mmfinercam.testbed.model import shipped_samples
 
+    titles = []
+    draw = viz.overlay
+    monkeypatch.setattr(viz, "overlay", lambda *a, **kw: titles.append(kw["title"]) or draw(*a, **kw))
     path = next(e["path"] for e in shipped_samples() if e["target"] == "Alder finch")
-    argv = ["localize", str(path), "--model", "testbed", "--device", "cpu", "--no-overlay"]
+    argv = ["localize", str(path), "--model", "testbed", "--device", "cpu"]
     cases = [("Alder finch", "Birch finch", False), ("Birch finch", "Alder finch", True)]
     for target, contrast, said in cases:
         out = tmp_path / target
@@ -75,6 +80,10 @@ def test_localize_counts_images_the_model_matches_better_to_a_contrast(tmp_path,
         assert json.loads((out / "alder_finch.json").read_text())["best_match"] == "Alder finch"
         text = capsys.readouterr().out
         assert ("in 1, the model matches the image better to a contrast than to the target" in text) == said
+    assert titles == [
+        "Alder finch vs Birch finch (alpha=1)",
+        "Birch finch vs Alder finch (alpha=1)\n(the model matches the image better to Alder finch)",
+    ]
 
 
 def test_folder_input_vocabulary_and_broken_image(tiny_model_dir, images, tmp_path, capsys):
