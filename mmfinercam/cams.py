@@ -87,30 +87,54 @@ def reference_classes(
 
 # -- layers, activations, gradients -----------------------------------------------------------
 class TokenGrid:
-    """Reshape ViT tokens (B×N×C) to B×C×h×w, dropping ``num_prefix`` leading tokens."""
+    """Reshape ViT tokens (B×N×C) to B×C×h×w, dropping ``num_prefix`` leading tokens.
+
+    With ``patch`` given, ``num_prefix=None`` drops however many tokens precede the image's
+    patches (a class token, a distillation token, registers)."""
 
     def __init__(
         self,
-        num_prefix: int = 1,
+        num_prefix: int | None = 1,
         grid: tuple[int, int] | None = None,
         patch: int | tuple[int, int] | None = None,
     ):
+        if num_prefix is None and patch is None:
+            raise MMFinerCAMError("TokenGrid(num_prefix=None) needs the patch size to count the prefix")
         self.num_prefix = num_prefix
         self.grid = grid
         self.patch = (patch, patch) if isinstance(patch, int) else patch
 
     def __call__(self, tokens: Tensor, image_size: tuple[int, int]) -> Tensor:
-        x = tokens[:, self.num_prefix :]
-        n = x.shape[1]
         if self.patch:
             h, w = image_size[0] // self.patch[0], image_size[1] // self.patch[1]
-        elif self.grid and self.grid[0] * self.grid[1] == n:
-            h, w = self.grid
+            prefix = tokens.shape[1] - h * w if self.num_prefix is None else self.num_prefix
+            x = tokens[:, max(prefix, 0) :]
         else:
-            h = w = math.isqrt(n)
-        if h * w != n:
-            raise MMFinerCAMError(f"cannot lay {n} tokens on a {h}×{w} grid; pass reshape=TokenGrid(...)")
+            x = tokens[:, self.num_prefix :]
+            n = x.shape[1]
+            h, w = self.grid if self.grid and self.grid[0] * self.grid[1] == n else (math.isqrt(n),) * 2
+        if h * w != x.shape[1]:
+            raise MMFinerCAMError(
+                f"cannot lay {x.shape[1]} tokens on a {h}×{w} grid; pass reshape=TokenGrid(...)"
+            )
         return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], h, w)
+
+
+def model_logits(output: object) -> Tensor:
+    """A classifier's B×K logits from what its forward returns: a tensor, a Hugging Face output
+    (``.logits``), a dict with ``"logits"``, or a tuple whose first item is them."""
+    if isinstance(output, dict) and "logits" in output:  # also a ModelOutput, which is a dict
+        output = output["logits"]
+    elif not isinstance(output, Tensor) and isinstance(getattr(output, "logits", None), Tensor):
+        output = output.logits
+    elif isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
+        output = output[0]
+    if not isinstance(output, Tensor) or output.dim() != 2:
+        what = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+        raise MMFinerCAMError(
+            f"the model must return B×K logits (a tensor, or an output with .logits); got {what}"
+        )
+    return output
 
 
 def _as_maps(value: Tensor, reshape: TokenGrid | None, image_size: tuple[int, int]) -> Tensor:
@@ -206,7 +230,7 @@ class BaseCAM:
         recorder = _Recorder(self.target_layers)
         try:
             # the input requires grad so layers have gradients even when parameters are frozen
-            outputs = self.model(images.detach().requires_grad_(self.uses_gradients))
+            outputs = model_logits(self.model(images.detach().requires_grad_(self.uses_gradients)))
         finally:
             recorder.close()
         return outputs, recorder.outputs[-len(self.target_layers) :]
@@ -364,7 +388,8 @@ def find_target_layer(model: nn.Module) -> tuple[nn.Module, TokenGrid | None]:
     """The usual CAM layer of common timm / torchvision architectures, and how to reshape it.
 
     ViTs (timm ``blocks``, DINOv2): the last block's ``norm1``; torchvision ViTs: the last
-    encoder layer's ``ln_1``; ResNets: ``layer4[-1]``;
+    encoder layer's ``ln_1``; transformers ViT classifiers (ViT, DeiT, DINOv2, BEiT): the last
+    layer's first norm, its prefix tokens counted from the patch grid; ResNets: ``layer4[-1]``;
     ConvNeXt / timm stage models: the last stage; VGG / DenseNet / MobileNet: ``features[-1]``.
     Anything else: pass ``target_layer`` (a module or its name).
     """
@@ -377,6 +402,9 @@ def find_target_layer(model: nn.Module) -> tuple[nn.Module, TokenGrid | None]:
     encoder = getattr(model, "encoder", None)  # torchvision VisionTransformer
     if encoder is not None and hasattr(encoder, "layers") and hasattr(model, "conv_proj"):
         return encoder.layers[-1].ln_1, TokenGrid(num_prefix=1, patch=int(model.patch_size))
+    hf_layer = _hugging_face_vit_layer(model)
+    if hf_layer is not None:
+        return hf_layer, TokenGrid(num_prefix=None, patch=int(model.config.patch_size))
     for name in ("layer4", "stages", "features"):
         layer = getattr(model, name, None)
         if isinstance(layer, nn.Module):
@@ -384,6 +412,21 @@ def find_target_layer(model: nn.Module) -> tuple[nn.Module, TokenGrid | None]:
     raise MMFinerCAMError(
         f"no known CAM layer for {type(model).__name__}; pass target_layer=<module> explicitly"
     )
+
+
+def _hugging_face_vit_layer(model: nn.Module) -> nn.Module | None:
+    """A transformers ViT classifier's (ViT, DeiT, DINOv2, BEiT ...) last layer's first norm:
+    the last list of layers that have one, found by what they hold rather than by a path that
+    changes between versions (``vit.encoder.layer`` became ``vit.layers``)."""
+    if not isinstance(getattr(getattr(model, "config", None), "patch_size", None), int):
+        return None
+    found = None
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module):
+            norm = getattr(module[-1], "layernorm_before", None) or getattr(module[-1], "norm1", None)
+            if isinstance(norm, nn.Module):
+                found = norm
+    return found
 
 
 def _resolve_layer(model: nn.Module, layer: nn.Module | str) -> nn.Module:
@@ -470,7 +513,7 @@ class ClassifierFinerCAM:
             images, target, references = (t if t is None else t[keep] for t in (images, target, references))
         images = images.to(device)
         with torch.no_grad():
-            logits = self.model(images)
+            logits = model_logits(self.model(images))
         k = logits.shape[1]
         if references is None:
             target, refs = reference_classes(logits, target, ranks)
@@ -513,13 +556,16 @@ __all__ = [
     "ClassifierFinerCAM",
     "GradCAM",
     "GradCAMPlusPlus",
+    "HiResCAM",
     "LayerCAM",
     "ScoreCAM",
     "TokenGrid",
+    "XGradCAM",
     "find_target_layer",
     "finer_score",
     "finer_target",
     "logit_score",
+    "model_logits",
     "reference_classes",
     "target_classes",
 ]

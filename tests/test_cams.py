@@ -223,3 +223,60 @@ def test_target_layer_found_for_torchvision(name):
     res = ClassifierFinerCAM(model)(_images(n=2, size=64), alpha=1.0)
     assert res.heatmaps.shape == (2, 64, 64) and res.references.shape == (2, 3)
     assert torch.isfinite(res.heatmaps).all()
+
+
+HF_CLASSIFIERS = {  # name: (config, model, prefix tokens before the patches)
+    "vit": ("ViTConfig", "ViTForImageClassification", 1),
+    "deit": ("DeiTConfig", "DeiTForImageClassificationWithTeacher", 2),  # class + distillation
+    "dinov2": ("Dinov2Config", "Dinov2ForImageClassification", 1),
+    "dinov2-registers": ("Dinov2WithRegistersConfig", "Dinov2WithRegistersForImageClassification", 5),
+}
+
+
+@pytest.mark.parametrize("name", list(HF_CLASSIFIERS))
+def test_transformers_classifiers_need_no_wrapper(name):
+    """A transformers classifier returns an output object, not logits, and its layers sit at
+    paths that change between versions: both are handled (the peers' users write a wrapper and
+    a reshape_transform), and the maps equal grad-cam's over that hand-written wrapper."""
+    transformers = pytest.importorskip("transformers")
+    config_name, model_name, prefix = HF_CLASSIFIERS[name]
+    if not hasattr(transformers, model_name):
+        pytest.skip(f"this transformers has no {model_name}")
+    from mmfinercam.cams import find_target_layer
+
+    config = getattr(transformers, config_name)(
+        image_size=64, patch_size=16, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=128, num_labels=6, **({"num_register_tokens": 4} if "registers" in name else {}),
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = getattr(transformers, model_name)(config).eval()
+
+    class Logits(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            return self.model(x).logits
+
+    def grid(t):
+        return t[:, prefix:].reshape(t.shape[0], 4, 4, t.shape[2]).permute(0, 3, 1, 2)
+
+    layer, _ = find_target_layer(model)
+    x = _images(n=3, size=64, seed=6)
+    ref = pgc.FinerCAM(Logits(), [layer], reshape_transform=grid)(x, alpha=1.0)
+    ours = ClassifierFinerCAM(model)(x, alpha=1.0)
+    assert ours.heatmaps.shape == (3, 64, 64) and ours.layer_maps[0].shape == (3, 4, 4)
+    assert (ours.heatmaps - torch.from_numpy(ref)).abs().max() <= 1e-5
+
+
+def test_model_outputs_are_read_as_logits():
+    from mmfinercam.cams import model_logits
+
+    y = torch.randn(2, 5)
+    for wrapped in (y, {"logits": y, "loss": None}, (y, torch.zeros(1)), [y]):
+        assert model_logits(wrapped) is y
+    with pytest.raises(mf.MMFinerCAMError, match="must return B×K logits .*got \\(2, 5, 3\\)"):
+        model_logits(torch.zeros(2, 5, 3))
+    with pytest.raises(mf.MMFinerCAMError, match="got str"):
+        model_logits("logits")
