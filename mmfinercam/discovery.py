@@ -42,9 +42,24 @@ from .images import ImageInput
 
 @dataclass
 class TraitRanking:
+    """The vocabulary ranked, with each margin's standard error: with a few images a group, a
+    margin of a few hundredths can be noise, and the ranking alone would not say so."""
+
     traits: list[str]  #: the vocabulary, best-separating trait first
     scores: Tensor  #: V, the smallest margin less the neighbours' share, in ``traits`` order
     margins: Tensor  #: G×V, the margin over each contrast group, in ``traits`` order
+    #: G×V, each margin's standard error (Welch: the two groups' variances over their sizes;
+    #: NaN where a group has one image, which gives no variance)
+    margin_errors: Tensor | None = None
+    counts: list[int] | None = None  #: images used: the target's, then each contrast group's
+
+    def smallest_margin_z(self) -> Tensor:
+        """V: each trait's smallest margin over its standard error (how many errors above no
+        separation; under 2, the data cannot tell the trait from none), in ``traits`` order."""
+        if self.margin_errors is None:
+            raise ValueError("this ranking was made without standard errors")
+        g = self.margins.argmin(dim=0, keepdim=True)
+        return (self.margins.gather(0, g) / self.margin_errors.gather(0, g))[0]
 
     def rank_of(self, trait: str) -> int:
         """1-based rank of ``trait``."""
@@ -54,24 +69,38 @@ class TraitRanking:
         return [(t, round(float(s), 4)) for t, s in zip(self.traits[:k], self.scores[:k])]
 
 
-def _mean_embedding_similarity(
+def _similarity_moments(
     loc, images: Sequence[ImageInput], text: Tensor, batch_size: int, group: str
-) -> Tensor:
+) -> tuple[Tensor, Tensor, int]:
+    """The mean and the (unbiased) variance over the images of each phrase's similarity, and
+    how many images were used."""
     prepared, failed = loc.prepare(images if isinstance(images, Tensor) else list(images))
     if not prepared:
         why = "; ".join(f"{f.source}: {f.message}" for f in failed) or "no images given"
         raise ImageLoadError(f"no usable image among {group}: {why}", failed)
     for f in failed:  # reported, as finer_cam reports them; the group's mean is of the rest
         warnings.warn(f"skipped image {f.source}: {f.message}", stacklevel=3)
+    # sums of the similarities less a shift (the first batch's mean), so the variance is not the
+    # small difference of two large sums (float32, as on any device)
+    shift: Tensor | None = None
     total = text.new_zeros(text.shape[0])
+    squares = torch.zeros_like(total)
     by_shape: dict[tuple[int, ...], list[Tensor]] = {}
     for p in prepared:
         by_shape.setdefault(tuple(p.pixels.shape), []).append(p.pixels)
     for pixels in by_shape.values():
         for start in range(0, len(pixels), batch_size):
             out = loc.image_tokens(torch.stack(pixels[start : start + batch_size]), method="raw")
-            total += (F.normalize(out.global_embedding, dim=-1) @ text.T).sum(0)
-    return total / len(prepared)
+            sims = F.normalize(out.global_embedding, dim=-1) @ text.T
+            shift = sims.mean(0) if shift is None else shift
+            total += (sims - shift).sum(0)
+            squares += (sims - shift).square().sum(0)
+    n = len(prepared)
+    assert shift is not None  # at least one image was prepared
+    mean = shift + total / n
+    nan = torch.full_like(mean, float("nan"))  # one image: no variance
+    variance = (squares - total.square() / n).clamp_min(0) / (n - 1) if n > 1 else nan
+    return mean, variance, n
 
 
 def contrast_with_neighbours(margin: Tensor, text: Tensor, neighbours: int, alpha: float) -> Tensor:
@@ -120,12 +149,21 @@ def rank_traits(
     if not contrast_groups:
         raise PromptError("give at least one group of images of a similar species to separate from")
     text = loc.encode_text(entries, loc.templates if templates is None else templates)
-    target = _mean_embedding_similarity(loc, target_images, text, batch_size, "the target images")
+    target, target_var, n_target = _similarity_moments(
+        loc, target_images, text, batch_size, "the target images"
+    )
     groups = [
-        _mean_embedding_similarity(loc, g, text, batch_size, f"contrast group {i + 1}")
+        _similarity_moments(loc, g, text, batch_size, f"contrast group {i + 1}")
         for i, g in enumerate(contrast_groups)
     ]
-    margins = target[None] - torch.stack(groups)
+    margins = target[None] - torch.stack([mean for mean, _, _ in groups])
+    errors = torch.stack([(target_var / n_target + var / n).sqrt() for _, var, n in groups])
     scores = contrast_with_neighbours(margins.amin(dim=0), text, neighbours, alpha)
     order = scores.argsort(descending=True, stable=True)
-    return TraitRanking([entries[i] for i in order], scores[order].cpu(), margins[:, order].cpu())
+    return TraitRanking(
+        [entries[i] for i in order],
+        scores[order].cpu(),
+        margins[:, order].cpu(),
+        errors[:, order].cpu(),
+        [n_target, *(n for _, _, n in groups)],
+    )

@@ -134,6 +134,18 @@ NB2 = [
     ),
     (
         "md",
+        "A margin is the difference of two means over a few images each, so it comes with its "
+        "standard error (`ranking.margin_errors`, Welch's, from the images' spread). "
+        "`smallest_margin_z()` gives each trait's smallest margin in standard errors: under 2, "
+        "these images cannot tell the trait from no difference at all, however high it ranks.",
+    ),
+    (
+        "code",
+        "z = ranking.smallest_margin_z()\n"
+        "[(t, round(float(m), 3), round(float(v), 1)) for t, m, v in zip(ranking.traits[:5], ranking.margins.amin(0)[:5], z[:5])]",
+    ),
+    (
+        "md",
         "One species is an anecdote. The same check for every species of the testbed (8 images each):",
     ),
     (

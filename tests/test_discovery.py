@@ -25,18 +25,32 @@ def test_scores_are_the_smallest_margin_over_groups(tiny_localizer):
 
     text = loc.encode_text(vocab, loc.templates)
 
-    def mean_sim(images):
+    def sims(images):
         pixels = torch.stack([p.pixels for p in loc.prepare(images)[0]])
         z = F.normalize(loc.image_tokens(pixels, method="raw").global_embedding, dim=-1)
-        return (z @ text.T).mean(0)
+        return z @ text.T  # images × phrases
 
-    margins = torch.stack([mean_sim(target) - mean_sim(g) for g in groups])
+    margins = torch.stack([sims(target).mean(0) - sims(g).mean(0) for g in groups])
     expected = margins.amin(0)
     order = expected.argsort(descending=True)
     assert ranking.traits == [vocab[i] for i in order]
     torch.testing.assert_close(ranking.scores, expected[order], atol=1e-5, rtol=0)
     torch.testing.assert_close(ranking.margins, margins[:, order], atol=1e-5, rtol=0)
     assert ranking.rank_of(vocab[int(order[0])]) == 1 and len(ranking.table(2)) == 2
+    # Welch's standard error of each margin; a group of one image has no variance: NaN
+    welch = (sims(target).var(0) / 2 + sims(groups[0]).var(0) / 2).sqrt()
+    torch.testing.assert_close(ranking.margin_errors[0], welch[order], atol=1e-6, rtol=1e-4)
+    assert ranking.margin_errors[1].isnan().all() and ranking.counts == [2, 2, 1]
+    two = mf.rank_traits(loc, target, groups[:1], vocab, neighbours=0)
+    z = two.smallest_margin_z()
+    torch.testing.assert_close(z, two.margins[0] / two.margin_errors[0])
+    # images of two sizes, one a batch: the moments gather over batches as over one
+    mixed = [picture(6), picture(7).resize((96, 64)), picture(8)]
+    one_by_one = mf.rank_traits(loc, mixed, groups[:1], vocab, neighbours=0, batch_size=1)
+    spread = torch.cat([sims(mixed[:1] + mixed[2:]), sims(mixed[1:2])])
+    welch = (spread.var(0) / 3 + sims(groups[0]).var(0) / 2).sqrt()
+    order = [vocab.index(t) for t in one_by_one.traits]
+    torch.testing.assert_close(one_by_one.margin_errors[0], welch[order], atol=1e-6, rtol=1e-4)
 
 
 def test_neighbours_share_is_subtracted_hand_case():
