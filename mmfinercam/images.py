@@ -21,7 +21,7 @@ from typing import Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 from .errors import ImageLoadError
@@ -175,8 +175,6 @@ def _reduction(size: tuple[int, int], short_side: int | None) -> int:
 
 def upright(image: Image.Image) -> Image.Image:
     """``image`` turned as its EXIF orientation tag says (a copy without the tag), else itself."""
-    from PIL import ImageOps
-
     try:
         orientation = image.getexif().get(0x0112, 1)
     except (OSError, ValueError, SyntaxError):  # a damaged EXIF block: the pixels as stored

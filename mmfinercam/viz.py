@@ -92,8 +92,8 @@ def overlay(
 
     The heatmap holds values in [0, 1] (a result's ``heatmaps``; anything else is refused) and
     is resized to the image if their sizes differ. An image over :data:`DISPLAY_SIDE` pixels is
-    drawn at that size, which no figure shows the difference of. The title defaults to the target, the
-    contrasts and alpha, so a saved picture says what it shows.
+    drawn at that size, which no figure shows the difference of. The title defaults to the
+    target, the contrasts and alpha, so a saved picture says what it shows.
     """
     import matplotlib.pyplot as plt
 
