@@ -37,7 +37,7 @@ from torch import Tensor
 
 from .errors import ImageLoadError, PromptError
 from .finer import check_alpha, check_prompt, is_whole_number
-from .images import ImageInput
+from .images import FailedImage, ImageInput, describe
 
 
 @dataclass
@@ -73,30 +73,39 @@ def _similarity_moments(
     loc, images: Sequence[ImageInput], text: Tensor, batch_size: int, group: str
 ) -> tuple[Tensor, Tensor, int]:
     """The mean and the (unbiased) variance over the images of each phrase's similarity, and
-    how many images were used."""
-    prepared, failed = loc.prepare(images if isinstance(images, Tensor) else list(images))
-    if not prepared:
-        why = "; ".join(f"{f.source}: {f.message}" for f in failed) or "no images given"
-        raise ImageLoadError(f"no usable image among {group}: {why}", failed)
-    for f in failed:  # reported, as finer_cam reports them; the group's mean is of the rest
-        warnings.warn(f"skipped image {f.source}: {f.message}", stacklevel=3)
+    how many images were used. Files are read a few batches at a time, so a group of thousands
+    of specimens never sits in memory whole."""
+    sources: Tensor | list[ImageInput] = images if isinstance(images, Tensor) else list(images)
+    step = len(sources) if isinstance(sources, Tensor) else 4 * batch_size
     # sums of the similarities less a shift (the first batch's mean), so the variance is not the
     # small difference of two large sums (float32, as on any device)
     shift: Tensor | None = None
     total = text.new_zeros(text.shape[0])
     squares = torch.zeros_like(total)
-    by_shape: dict[tuple[int, ...], list[Tensor]] = {}
-    for p in prepared:
-        by_shape.setdefault(tuple(p.pixels.shape), []).append(p.pixels)
-    for pixels in by_shape.values():
-        for start in range(0, len(pixels), batch_size):
-            out = loc.image_tokens(torch.stack(pixels[start : start + batch_size]), method="raw")
-            sims = F.normalize(out.global_embedding, dim=-1) @ text.T
-            shift = sims.mean(0) if shift is None else shift
-            total += (sims - shift).sum(0)
-            squares += (sims - shift).square().sum(0)
-    n = len(prepared)
-    assert shift is not None  # at least one image was prepared
+    n, failed = 0, []
+    for start in range(0, len(sources), max(step, 1)):
+        chunk = sources[start : start + step]
+        prepared, broken = loc.prepare(chunk)
+        for f in broken:  # named by their place in the whole group, not in this chunk
+            at = f.index + start
+            failed.append(f if not start else FailedImage(at, describe(chunk[f.index], at), f.message))
+        by_shape: dict[tuple[int, ...], list[Tensor]] = {}
+        for p in prepared:
+            by_shape.setdefault(tuple(p.pixels.shape), []).append(p.pixels)
+        for pixels in by_shape.values():
+            for first in range(0, len(pixels), batch_size):
+                out = loc.image_tokens(torch.stack(pixels[first : first + batch_size]), method="raw")
+                sims = F.normalize(out.global_embedding, dim=-1) @ text.T
+                shift = sims.mean(0) if shift is None else shift
+                total += (sims - shift).sum(0)
+                squares += (sims - shift).square().sum(0)
+        n += len(prepared)
+    if not n:
+        why = "; ".join(f"{f.source}: {f.message}" for f in failed) or "no images given"
+        raise ImageLoadError(f"no usable image among {group}: {why}", failed)
+    for f in failed:  # reported, as finer_cam reports them; the group's mean is of the rest
+        warnings.warn(f"skipped image {f.source}: {f.message}", stacklevel=3)
+    assert shift is not None  # at least one image was used
     mean = shift + total / n
     nan = torch.full_like(mean, float("nan"))  # one image: no variance
     variance = (squares - total.square() / n).clamp_min(0) / (n - 1) if n > 1 else nan

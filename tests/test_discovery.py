@@ -131,3 +131,27 @@ def test_groups_may_be_preprocessed_tensors_and_broken_images_are_reported(tiny_
             tiny_localizer, target, [[*group, tmp_path / "missing.png"]], vocab, neighbours=0
         )
     torch.testing.assert_close(with_broken.scores, as_images.scores, atol=1e-5, rtol=0)
+
+
+def test_a_large_group_is_read_a_few_batches_at_a_time(tiny_localizer, monkeypatch):
+    """Files are prepared four batches at a time (thousands of specimens never sit in memory
+    whole): the ranking is that of the group prepared at once, and a broken image past the first
+    chunk is named by its place in the whole group."""
+    vocab = ["red wing", "blue wing", "long beak"]
+    target = [picture(s) for s in range(10, 17)]  # 7 images: chunks of 4 at batch_size=1
+    group = [picture(20), picture(21)]
+    broken = np.full((64, 80, 3), np.nan, np.float32)
+    prepared = []
+    prepare = tiny_localizer.prepare
+    monkeypatch.setattr(
+        tiny_localizer, "prepare", lambda images: prepared.append(len(images)) or prepare(images)
+    )
+    with pytest.warns(UserWarning, match="skipped image <ndarray #6>: the image holds NaN"):
+        streamed = mf.rank_traits(
+            tiny_localizer, [*target[:6], broken, target[6]], [group], vocab, batch_size=1
+        )
+    assert prepared == [4, 4, 2] and streamed.counts == [7, 2]
+    whole = mf.rank_traits(tiny_localizer, target, [group], vocab, batch_size=64)
+    assert streamed.traits == whole.traits
+    torch.testing.assert_close(streamed.scores, whole.scores, atol=1e-5, rtol=0)
+    torch.testing.assert_close(streamed.margin_errors, whole.margin_errors, atol=1e-5, rtol=1e-4)
