@@ -37,7 +37,7 @@ from torch import Tensor
 
 from .errors import ImageLoadError, PromptError
 from .finer import check_alpha, check_prompt, is_whole_number
-from .images import FailedImage, ImageInput, describe
+from .images import ImageInput
 
 
 @dataclass
@@ -75,20 +75,14 @@ def _similarity_moments(
     """The mean and the (unbiased) variance over the images of each phrase's similarity, and
     how many images were used. Files are read a few batches at a time, so a group of thousands
     of specimens never sits in memory whole."""
-    sources: Tensor | list[ImageInput] = images if isinstance(images, Tensor) else list(images)
-    step = len(sources) if isinstance(sources, Tensor) else 4 * batch_size
     # sums of the similarities less a shift (the first batch's mean), so the variance is not the
     # small difference of two large sums (float32, as on any device)
     shift: Tensor | None = None
     total = text.new_zeros(text.shape[0])
     squares = torch.zeros_like(total)
     n, failed = 0, []
-    for start in range(0, len(sources), max(step, 1)):
-        chunk = sources[start : start + step]
-        prepared, broken = loc.prepare(chunk)
-        for f in broken:  # named by their place in the whole group, not in this chunk
-            at = f.index + start
-            failed.append(f if not start else FailedImage(at, describe(chunk[f.index], at), f.message))
+    for prepared, broken in loc.prepare_in_chunks(images, 4 * batch_size):
+        failed += broken
         by_shape: dict[tuple[int, ...], list[Tensor]] = {}
         for p in prepared:
             by_shape.setdefault(tuple(p.pixels.shape), []).append(p.pixels)

@@ -13,8 +13,8 @@ whole image and is resized back to the image's own size.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Union
 
@@ -355,3 +355,30 @@ def prepare_images(
             continue
         prepared.append(PreparedImage(i, name, pixels, (height, width)))
     return prepared, failed
+
+
+def prepare_in_chunks(
+    images: ImageInput | Sequence[ImageInput], chunk: int, **prep
+) -> Iterator[tuple[list[PreparedImage], list[FailedImage]]]:
+    """:func:`prepare_images` over ``chunk`` files or arrays at a time (a tensor, or one image,
+    at once), each image keeping its index and name in the whole input: a list of thousands of
+    files is read as it is used, never held in memory prepared. ``prep``: as for
+    :func:`prepare_images`."""
+    if isinstance(images, (Tensor, str, Path, Image.Image, np.ndarray)):
+        yield prepare_images(images, **prep)
+        return
+    sources = list(images)
+    for start in range(0, len(sources), chunk):
+        prepared, failed = prepare_images(sources[start : start + chunk], **prep)
+        if start:  # indices and "<ndarray #i>" names count from the whole input
+            prepared = [
+                replace(p, index=p.index + start, source=_name(sources, p.index + start)) for p in prepared
+            ]
+            failed = [
+                FailedImage(f.index + start, _name(sources, f.index + start), f.message) for f in failed
+            ]
+        yield prepared, failed
+
+
+def _name(sources: Sequence[object], index: int) -> str:
+    return describe(sources[index], index)

@@ -35,7 +35,14 @@ from .finer import (
     to_heatmap,
 )
 from .gem import TowerOutput, run_tower
-from .images import FailedImage, ImageInput, PreparedImage, check_pixel_batch, prepare_images
+from .images import (
+    FailedImage,
+    ImageInput,
+    PreparedImage,
+    check_pixel_batch,
+    prepare_images,
+    prepare_in_chunks,
+)
 from .transfer import to_host
 
 DENSE_METHODS = ("gem", "raw")
@@ -376,6 +383,16 @@ class Localizer:
             std=cfg.std,
         )
 
+    def prepare_in_chunks(
+        self, images: ImageInput | Sequence[ImageInput], chunk: int, *, image_size: int | None = None
+    ) -> Iterator[tuple[list[PreparedImage], list[FailedImage]]]:
+        """:meth:`prepare`, ``chunk`` files at a time (:func:`mmfinercam.images.prepare_in_chunks`)."""
+        cfg = self.backend.image_config
+        short_side = min(cfg.size) if image_size is None else image_size
+        return prepare_in_chunks(
+            images, chunk, short_side=short_side, patch=self.patch_size, mean=cfg.mean, std=cfg.std
+        )
+
     @torch.inference_mode()
     def image_tokens(self, pixels: Tensor, *, method: str = "gem", depth: int | None = None) -> TowerOutput:
         """One image-tower pass over a preprocessed B×3×H×W batch; tokens in float32."""
@@ -493,40 +510,52 @@ class Localizer:
                 else target_text.new_zeros(0, target_text.shape[0])
             )
 
-        prepared, failed = self.prepare(images, image_size=image_size)
-        for f in failed:
-            warnings.warn(f"skipped image {f.source}: {f.message}", stacklevel=2)
-        if not prepared:
-            why = "; ".join(f"{f.source}: {f.message}" for f in failed) or "no images given"
-            raise ImageLoadError(f"no usable image: {why}", failed)
-
         gradient = method not in DENSE_METHODS
-        step = batch_size or (len(prepared) if isinstance(images, Tensor) else 16)
-        positions: list[int] = []  # where each group's rows sit in ``prepared``
-        outputs: list[dict[str, Tensor]] = []
-        whole = images if isinstance(images, Tensor) and not failed else None  # run as the batch it is
-        for members, pixels in _pixel_batches(prepared, step, whole):
+        from_vocabulary = vocabulary is not None
+
+        def explain(pixels: Tensor) -> dict[str, Tensor]:
+            """One batch's scores, weights, similarities and contrasts, copied to the host."""
             out = self.image_tokens(pixels, method="raw" if gradient else method, depth=depth)
             z = F.normalize(out.global_embedding, dim=-1)
-            pick = _pick_contrasts(z, target_text, candidate_text, vocabulary is not None, contrast_ranks)
+            pick = _pick_contrasts(z, target_text, candidate_text, from_vocabulary, contrast_ranks)
             if gradient:
                 parts = self._gradient_batch(pixels, target_text, candidate_text, pick, alpha, method)
             else:
                 parts = self._dense_batch(out, target_text, candidate_text, pick, alpha, weighting)
             if shifts > 1 or flip:
 
-                def run(view: Tensor, pick: dict[str, Tensor] = pick) -> dict[str, Tensor]:
+                def run(view: Tensor) -> dict[str, Tensor]:
                     if gradient:
                         return self._gradient_batch(view, target_text, candidate_text, pick, alpha, method)
                     tokens = self.image_tokens(view, method=method, depth=depth)
                     return self._dense_batch(tokens, target_text, candidate_text, pick, alpha, weighting)
 
                 keys = ("scores",) if gradient else ("scores", "target_scores")
-                patch = self.patch_size
-                parts.update(smoothing.smoothed_maps(run, pixels, patch, keys, shifts=shifts, flip=flip))
+                parts.update(
+                    smoothing.smoothed_maps(run, pixels, self.patch_size, keys, shifts=shifts, flip=flip)
+                )
             parts.update(pick)
-            outputs.append(dict(zip(parts, to_host(*parts.values()))))  # on the device until here
-            positions += members
+            return dict(zip(parts, to_host(*parts.values())))  # on the device until here
+
+        step = batch_size or (max(len(images), 1) if isinstance(images, Tensor) else 16)
+        used: list[tuple[int, str, tuple[int, int]]] = []  # (index, source, size) of each image run
+        failed: list[FailedImage] = []
+        positions: list[int] = []  # where each batch's rows sit in ``used``
+        outputs: list[dict[str, Tensor]] = []
+        # files are read ``step`` at a time as they are run, so thousands of paths are never held
+        # prepared at once; a tensor runs as the one batch it is
+        for prepared, broken in self.prepare_in_chunks(images, step, image_size=image_size):
+            failed += broken
+            whole = images if isinstance(images, Tensor) and not broken else None
+            for members, pixels in _pixel_batches(prepared, step, whole):
+                outputs.append(explain(pixels))
+                positions += [len(used) + m for m in members]
+            used += [(p.index, p.source, p.original_size) for p in prepared]
+        for f in failed:
+            warnings.warn(f"skipped image {f.source}: {f.message}", stacklevel=2)
+        if not used:
+            why = "; ".join(f"{f.source}: {f.message}" for f in failed) or "no images given"
+            raise ImageLoadError(f"no usable image: {why}", failed)
 
         def rows(key: str) -> Tensor | list[Tensor]:
             """One output for every prepared image, in input order (stacked if sizes agree)."""
@@ -544,9 +573,9 @@ class Localizer:
             method=method,
             target_similarity=rows("target_similarity"),
             contrast_similarity=rows("contrast_similarity"),
-            sources=[item.source for item in prepared],
-            indices=[item.index for item in prepared],
-            image_sizes=[item.original_size for item in prepared],
+            sources=[source for _, source, _ in used],
+            indices=[index for index, _, _ in used],
+            image_sizes=[size for _, _, size in used],
             failed=failed,
             target_scores=None if gradient else rows("target_scores"),
         )

@@ -141,11 +141,11 @@ def test_a_large_group_is_read_a_few_batches_at_a_time(tiny_localizer, monkeypat
     target = [picture(s) for s in range(10, 17)]  # 7 images: chunks of 4 at batch_size=1
     group = [picture(20), picture(21)]
     broken = np.full((64, 80, 3), np.nan, np.float32)
+    from mmfinercam import images
+
     prepared = []
-    prepare = tiny_localizer.prepare
-    monkeypatch.setattr(
-        tiny_localizer, "prepare", lambda images: prepared.append(len(images)) or prepare(images)
-    )
+    prepare = images.prepare_images
+    monkeypatch.setattr(images, "prepare_images", lambda c, **kw: prepared.append(len(c)) or prepare(c, **kw))
     with pytest.warns(UserWarning, match="skipped image <ndarray #6>: the image holds NaN"):
         streamed = mf.rank_traits(
             tiny_localizer, [*target[:6], broken, target[6]], [group], vocab, batch_size=1

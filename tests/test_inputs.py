@@ -334,6 +334,29 @@ def test_low_level_calls_keep_a_non_finite_image_to_its_own_rows(tiny_localizer,
     torch.testing.assert_close(probs[kept], tiny_localizer.zero_shot(x[kept], ["a bird", "a fish"]))
 
 
+def test_a_long_list_is_read_a_batch_at_a_time(tiny_localizer, sample_images, monkeypatch):
+    """Files and arrays are prepared ``batch_size`` at a time as they run (thousands of paths
+    are never held prepared at once); results, indices and the names of broken images count
+    from the whole list, and equal one call over everything."""
+    from mmfinercam import images
+
+    chunks = []
+    prepare = images.prepare_images
+    monkeypatch.setattr(images, "prepare_images", lambda c, **kw: chunks.append(len(c)) or prepare(c, **kw))
+    broken = np.full((64, 80, 3), np.nan, np.float32)
+    listed = [sample_images[0], sample_images[1], sample_images[2], broken, sample_images[0]]
+    with pytest.warns(UserWarning, match="skipped image <ndarray #3>: the image holds NaN"):
+        res = tiny_localizer.finer_cam(listed, "a bird", ["a fish", "a cat"], batch_size=2)
+    assert chunks == [2, 2, 1] and res.indices == [0, 1, 2, 4]
+    assert [(f.index, f.source) for f in res.failed] == [(3, "<ndarray #3>")]
+    assert res.sources == ["<ndarray #0>", "<ndarray #1>", "<ndarray #2>", "<ndarray #4>"]
+    monkeypatch.setattr(images, "prepare_images", prepare)
+    alone = tiny_localizer.finer_cam([listed[i] for i in res.indices], "a bird", ["a fish", "a cat"])
+    for got, want in zip(res.scores, alone.scores):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert res.image_sizes == alone.image_sizes
+
+
 def test_tensors_in_a_list_are_preprocessed_images(tiny_localizer):
     """A 3×H×W tensor among other images is one preprocessed image: the row of a batch, cropped
     to whole patches and not resized, with its own size as given."""
