@@ -95,6 +95,7 @@ class FinerCAMResult:
     target_scores: Tensor | list[Tensor] | None = None  #: B×h×w plain target map (alpha = 0)
     views: int = 1  #: how many shifted/mirrored views each map averages (see ``shifts``, ``flip``)
     _heatmaps: Tensor | list[Tensor] | None = field(default=None, repr=False, compare=False)
+    _last_heatmap: tuple[int, Tensor] | None = field(default=None, repr=False, compare=False)
 
     @property
     def heatmaps(self) -> Tensor | list[Tensor]:
@@ -108,11 +109,14 @@ class FinerCAMResult:
 
     def heatmap(self, i: int) -> Tensor:
         """Image ``i``'s heatmap alone (H×W), equal to ``heatmaps[i]``: a loop over a batch of
-        large scans then holds one full-size map at a time, not the whole batch's."""
+        large scans then holds one full-size map at a time, not the whole batch's. The last one
+        made is kept, so ``summary(i)`` and then ``heatmap(i)`` make it once."""
         if self._heatmaps is not None:
             return self._heatmaps[i]
-        make = cam_heatmap if self.method in CAM_METHODS else to_heatmap
-        return make(self.scores[i][None], self.image_sizes[i])[0]
+        if self._last_heatmap is None or self._last_heatmap[0] != i:
+            make = cam_heatmap if self.method in CAM_METHODS else to_heatmap
+            self._last_heatmap = (i, make(self.scores[i][None], self.image_sizes[i])[0])
+        return self._last_heatmap[1]
 
     def __len__(self) -> int:
         return len(self.indices)

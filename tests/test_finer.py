@@ -237,6 +237,9 @@ def test_one_heatmap_at_a_time_is_that_of_the_whole_batch(tiny_localizer, sample
     for i, heat in enumerate(res.heatmaps):
         assert torch.equal(alone[i], heat)
     assert res.heatmap(1) is res.heatmaps[1]  # once made for all, taken from them
+    again = tiny_localizer.finer_cam(sample_images, "a bird", ["a fish", "a cat"], method=method)
+    again.summary(2)
+    assert again.heatmap(2) is again.heatmap(2) and again._heatmaps is None  # the last one kept
 
 
 def test_non_square_images_keep_orientation(synthetic):
