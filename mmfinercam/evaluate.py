@@ -27,12 +27,16 @@ from .cams import CAM_METHODS
 from .errors import ImageLoadError, MMFinerCAMError
 from .images import FailedImage, mask_size_error, read_image, upright
 from .localizer import FinerCAMResult, Localizer
+from .viz import display_copy
 
 
 @dataclass
 class EvalItem:
-    image: Image.Image
-    mask: np.ndarray  #: H×W bool, the part that separates target from contrasts
+    """An image, the mask of its separating part, its target and contrasts. Image and mask may
+    be files, read when used: a folder of hundreds of photographs is not held decoded."""
+
+    image: Image.Image | Path
+    mask: np.ndarray | Path  #: H×W bool (or a mask file), the part that separates target from contrasts
     target: str
     contrast: list[str]
     object_mask: np.ndarray | None = None  #: H×W bool, the whole object (optional)
@@ -141,11 +145,12 @@ def folder_items(folder: str | Path) -> tuple[list[EvalItem], list[str], list[Fa
             raise MMFinerCAMError(f"{where} needs {', '.join(keys)}")
         target, contrast = _entry_prompts(row, where)
         try:
-            image, mask = _entry_image_and_mask(folder, row)
+            _entry_image_and_mask(folder, row)  # read once to check, then only when used
         except ImageLoadError as err:
             skipped.append(FailedImage(i, str(row["image"]), str(err)))
             warnings.warn(f"{where} left out: {err}", stacklevel=2)
             continue
+        image, mask = folder / str(row["image"]), folder / str(row["mask"])
         items.append(EvalItem(image, mask, target, contrast, source=str(row["image"])))
         for name in [target, *contrast]:
             names.setdefault(name, None)
@@ -170,17 +175,21 @@ def _entry_prompts(row: dict, where: str) -> tuple[str, list[str]]:
     return target, list(contrast)
 
 
+def _read_mask(path: Path) -> np.ndarray:
+    """A part mask file as H×W bool (non-zero pixels), turned as its EXIF says, as images are."""
+    if not path.is_file():
+        raise ImageLoadError(f"mask file not found: {path}")
+    try:
+        with Image.open(path) as m:
+            return np.asarray(upright(m).convert("L")) > 0
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise ImageLoadError(f"cannot read mask {path}: {err}") from err
+
+
 def _entry_image_and_mask(folder: Path, row: dict) -> tuple[Image.Image, np.ndarray]:
     """An entry's RGB image and bool part mask, or :class:`ImageLoadError` saying why not."""
     image = read_image(folder / str(row["image"]))
-    mask_path = folder / str(row["mask"])
-    if not mask_path.is_file():
-        raise ImageLoadError(f"mask file not found: {mask_path}")
-    try:
-        with Image.open(mask_path) as m:
-            mask = np.asarray(upright(m).convert("L")) > 0  # turned as its image is
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise ImageLoadError(f"cannot read mask {mask_path}: {err}") from err
+    mask = _read_mask(folder / str(row["mask"]))
     if mask.shape != (image.height, image.width):
         raise mask_size_error(row["mask"], mask.shape, (image.height, image.width))
     if not mask.any():
@@ -336,7 +345,8 @@ class _SizeGroup:
         return maps
 
 
-def _resize_mask(mask: np.ndarray, size) -> torch.Tensor:
+def _resize_mask(mask: np.ndarray | Path, size) -> torch.Tensor:
+    mask = _read_mask(mask) if isinstance(mask, Path) else mask
     t = torch.from_numpy(np.asarray(mask, dtype=bool))
     if tuple(t.shape) == tuple(size):
         return t
@@ -413,15 +423,17 @@ def write_report(
             n, len(methods) + 1, figsize=(1.9 * (len(methods) + 1), 1.9 * n), squeeze=False
         )
         for r in range(n):
-            axes[r, 0].imshow(items[r].image)
-            axes[r, 0].contour(items[r].mask, levels=[0.5], colors="white", linewidths=0.8)
+            image = display_copy(read_image(items[r].image))
+            mask = _resize_mask(items[r].mask, (image.height, image.width)).numpy()
+            axes[r, 0].imshow(image)
+            axes[r, 0].contour(mask, levels=[0.5], colors="white", linewidths=0.8)
             axes[r, 0].set_title(items[r].target, fontsize=7)
-            extent = (-0.5, items[r].image.width - 0.5, items[r].image.height - 0.5, -0.5)
+            extent = (-0.5, image.width - 0.5, image.height - 0.5, -0.5)
             for col, name in enumerate(methods, start=1):
-                axes[r, col].imshow(items[r].image)  # the map, at the prepared size, over all of it
+                axes[r, col].imshow(image)  # the map, at the prepared size, over all of it
                 heat = maps[name][r].numpy()
                 axes[r, col].imshow(heat, cmap="jet", alpha=0.5, vmin=0, vmax=1, extent=extent)
-                axes[r, col].contour(items[r].mask, levels=[0.5], colors="white", linewidths=0.8)
+                axes[r, col].contour(mask, levels=[0.5], colors="white", linewidths=0.8)
                 if r == 0:
                     axes[r, col].set_title(name, fontsize=7)
         for ax in axes.flat:

@@ -52,7 +52,7 @@ def test_a_folder_of_several_sizes_scores_each_image_at_its_own(tmp_path, testbe
     (tmp_path / "set" / "annotations.json").write_text(json.dumps(rows))
     items, names, skipped = folder_items(tmp_path / "set")
     assert len(items) == 6 and skipped == []
-    assert {it.image.size for it in items} == {(96, 96), *STRETCH.values()}
+    assert {Image.open(it.image).size for it in items} == {(96, 96), *STRETCH.values()}  # read when used
     methods = [MethodSpec("plain GEM", "gem", 0.0), MethodSpec("Finer GEM (a=1)", "gem", 1.0)]
     scores, maps = evaluate(testbed, items, names, methods, auc_steps=2, keep_maps=4, progress=False)
     square = [i for i in range(6) if i not in STRETCH]
