@@ -194,6 +194,26 @@ def test_csv_rows_with_their_own_targets_and_masks(tmp_path, collection_dir, tes
     assert r["mask_energy"] == pytest.approx(float((up * mask).sum() / up.sum()), abs=2e-3)
 
 
+def test_a_large_mask_is_kept_bounded_for_its_energy(tmp_path, collection_dir, testbed, monkeypatch):
+    """Past MASK_SIDE pixels a side a mask is kept as covered fractions at that size (a batch of
+    48-megapixel masks held gigabytes): each energy stays within a hundredth of the full-size one."""
+    from mmfinercam import batch
+
+    collection = read_collection(collection_dir / "list.csv")
+    energies = []
+    for side, out in [(batch.MASK_SIDE, tmp_path / "full"), (40, tmp_path / "bounded")]:
+        monkeypatch.setattr(batch, "MASK_SIDE", side)  # the testbed's masks are 96 px a side
+        BatchRunner(_job(out, prompt_sets=[]), collection, localizer=testbed).run(workers=0, progress=False)
+        energies.append({r["key"]: r["mask_energy"] for r in iter_results(out) if r["status"] == "ok"})
+    assert energies[0].keys() == energies[1].keys() and len(energies[0]) == N_IMAGES - 1
+    for key, full in energies[0].items():
+        assert energies[1][key] == pytest.approx(full, abs=0.01), key
+    assert any(energies[1][k] != energies[0][k] for k in energies[0])  # the bounded path did run
+    reduced = batch._mask_for_energy(np.eye(96, dtype=bool))
+    assert tuple(reduced.shape) == (40, 40) and reduced.is_floating_point()
+    assert float(reduced.sum()) == pytest.approx(96 * (40 / 96) ** 2, rel=0.05)  # the area, rescaled
+
+
 def test_parquet_list_and_vocabulary_contrasts(tmp_path, collection_dir, testbed):
     import pyarrow as pa
 
