@@ -112,6 +112,12 @@ def _add_localize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=_POSITIVE, default=8)
     p.add_argument("--out", "-o", default="mmfinercam-out", help="output folder")
     p.add_argument("--no-overlay", action="store_true", help="skip the PNG overlays (faster)")
+    p.add_argument(
+        "--no-heatmap",
+        action="store_true",
+        help="skip the full-size .npy heatmaps (4 bytes a pixel: 192 MB for a 48-megapixel scan); "
+        "the patch-grid .scores.npy make them with mmfinercam.finer.to_heatmap",
+    )
 
 
 def _load(args: argparse.Namespace):
@@ -189,9 +195,11 @@ def localize(args: argparse.Namespace) -> int:
                 model=loc.info.name, pretrained=loc.info.pretrained, random_weights=loc.info.random_weights
             )
             heat = res.heatmap(i).numpy()  # one full-size map at a time
-            np.save(out / f"{stem}.npy", heat.astype(np.float32))
             np.save(out / f"{stem}.scores.npy", res.scores[i].numpy().astype(np.float32))
-            files = {"heatmap": f"{stem}.npy", "scores": f"{stem}.scores.npy", "summary": f"{stem}.json"}
+            files = {"scores": f"{stem}.scores.npy", "summary": f"{stem}.json"}
+            if not args.no_heatmap:
+                np.save(out / f"{stem}.npy", heat.astype(np.float32))
+                files["heatmap"] = f"{stem}.npy"
             if not args.no_overlay:
                 title = describe_contrast(res.target, res.contrast[i], res.alpha)
                 if summary["best_match"] != res.target:  # the picture says so without its JSON

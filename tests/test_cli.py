@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from mmfinercam.cli import main
@@ -84,6 +85,25 @@ def test_localize_counts_images_the_model_matches_better_to_a_contrast(tmp_path,
         "Alder finch vs Birch finch (alpha=1)",
         "Birch finch vs Alder finch (alpha=1)\n(the model matches the image better to Alder finch)",
     ]
+
+
+def test_localize_can_leave_out_the_full_size_heatmap(tmp_path, capsys):
+    """``--no-heatmap`` writes no full-size .npy (192 MB for a 48-megapixel scan); the patch-grid
+    scores it keeps make exactly the map that would have been written."""
+    from mmfinercam.finer import to_heatmap
+    from mmfinercam.testbed.model import shipped_samples
+
+    path = next(e["path"] for e in shipped_samples() if e["target"] == "Alder finch")
+    argv = ["localize", str(path), "--target", "Alder finch", "--contrast", "Birch finch"]
+    argv += ["--model", "testbed", "--device", "cpu", "--no-overlay", "--out"]
+    assert main([*argv, str(tmp_path / "all")]) == 0
+    assert main([*argv, str(tmp_path / "lean"), "--no-heatmap"]) == 0
+    capsys.readouterr()
+    lean = json.loads((tmp_path / "lean" / "alder_finch.json").read_text())
+    assert "heatmap" not in lean["files"] and not (tmp_path / "lean" / "alder_finch.npy").exists()
+    scores = torch.from_numpy(np.load(tmp_path / "lean" / "alder_finch.scores.npy"))
+    written = np.load(tmp_path / "all" / "alder_finch.npy")
+    np.testing.assert_allclose(to_heatmap(scores[None], written.shape)[0].numpy(), written, atol=1e-6)
 
 
 def test_folder_input_vocabulary_and_broken_image(tiny_model_dir, images, tmp_path, capsys):
