@@ -486,10 +486,10 @@ class Localizer:
         more passes, for maps that depend less on where the patch grid falls. Contrasts and
         weights come from the image as given.
 
-        A tensor of images runs as the one batch it is; files and arrays run ``batch_size``
-        (default 16) at a time. Broken images do not stop the batch: they are listed in
-        ``result.failed``; if no image can be used, :class:`~mmfinercam.errors.ImageLoadError`
-        is raised.
+        A tensor of images runs as the one batch it is; files and arrays are read and run
+        ``batch_size`` (default 16) at a time, so a long list of paths is never held prepared.
+        Broken images do not stop the batch: they are listed in ``result.failed``; if no image
+        can be used, :class:`~mmfinercam.errors.ImageLoadError` is raised.
         """
         if method not in DENSE_METHODS and method not in CAM_METHODS:
             raise ValueError(f"method must be one of {DENSE_METHODS + tuple(CAM_METHODS)}, got {method!r}")
