@@ -145,7 +145,7 @@ def folder_items(folder: str | Path) -> tuple[list[EvalItem], list[str], list[Fa
             raise MMFinerCAMError(f"{where} needs {', '.join(keys)}")
         target, contrast = _entry_prompts(row, where)
         try:
-            _entry_image_and_mask(folder, row)  # read once to check, then only when used
+            _check_entry_files(folder, row)  # read once to check, then only when used
         except ImageLoadError as err:
             skipped.append(FailedImage(i, str(row["image"]), str(err)))
             warnings.warn(f"{where} left out: {err}", stacklevel=2)
@@ -186,15 +186,14 @@ def _read_mask(path: Path) -> np.ndarray:
         raise ImageLoadError(f"cannot read mask {path}: {err}") from err
 
 
-def _entry_image_and_mask(folder: Path, row: dict) -> tuple[Image.Image, np.ndarray]:
-    """An entry's RGB image and bool part mask, or :class:`ImageLoadError` saying why not."""
+def _check_entry_files(folder: Path, row: dict) -> None:
+    """That an entry's image and part mask can be used, or :class:`ImageLoadError` saying why."""
     image = read_image(folder / str(row["image"]))
     mask = _read_mask(folder / str(row["mask"]))
     if mask.shape != (image.height, image.width):
         raise mask_size_error(row["mask"], mask.shape, (image.height, image.width))
     if not mask.any():
         raise ImageLoadError(f"mask {row['mask']} marks no pixel (every metric would score it as a miss)")
-    return image, mask
 
 
 Runner = Callable[[Localizer, torch.Tensor, str, list[str], MethodSpec], FinerCAMResult]
