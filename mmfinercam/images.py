@@ -103,12 +103,17 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def read_image(source: ImageInput) -> Image.Image:
-    """Open a path, PIL image or array as an RGB PIL image; raise :class:`ImageLoadError`."""
-    return _read(source)[0]
+def read_image(source: ImageInput, *, long_side: int | None = None) -> Image.Image:
+    """Open a path, PIL image or array as an RGB PIL image; raise :class:`ImageLoadError`.
+
+    With ``long_side`` (for drawing), a larger image comes back halved, quartered ... (a JPEG
+    decoded smaller) while its longer side stays at least ``long_side``."""
+    return _read(source, long_side=long_side)[0]
 
 
-def _read(source: ImageInput, short_side: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
+def _read(
+    source: ImageInput, short_side: int | None = None, *, long_side: int | None = None
+) -> tuple[Image.Image, tuple[int, int]]:
     """The RGB image and its own (height, width), upright.
 
     With ``short_side``, an image whose shorter side is ten or more times it comes back halved,
@@ -127,7 +132,7 @@ def _read(source: ImageInput, short_side: int | None = None) -> tuple[Image.Imag
         try:
             with Image.open(path) as im:
                 full = (im.height, im.width)
-                factor = _reduction(full, short_side)
+                factor = _reduction(full, short_side, long_side)
                 if factor > 1 and im.format == "JPEG":
                     im.draft(None, (im.width // factor, im.height // factor))
                 im.load()
@@ -154,7 +159,7 @@ def _read(source: ImageInput, short_side: int | None = None) -> tuple[Image.Imag
     if turned is not image and turned.size != image.size:  # a quarter turn: the sides swap
         full = full[::-1]
     image = to_rgb(turned)
-    factor = _reduction((image.height, image.width), short_side)
+    factor = _reduction((image.height, image.width), short_side, long_side)
     return (image.reduce(factor) if factor > 1 else image), full
 
 
@@ -162,13 +167,19 @@ def _read(source: ImageInput, short_side: int | None = None) -> tuple[Image.Imag
 REDUCE_MARGIN = 5
 
 
-def _reduction(size: tuple[int, int], short_side: int | None) -> int:
+def _reduction(size: tuple[int, int], short_side: int | None, long_side: int | None = None) -> int:
     """The largest power of two that keeps the shorter side at least ``REDUCE_MARGIN`` times
-    ``short_side`` (1: no reduction)."""
-    if short_side is None:
+    ``short_side`` and the longer side at least ``long_side`` (1: no reduction, or neither
+    given)."""
+    if short_side is None and long_side is None:
         return 1
+
+    def keeps(factor: int) -> bool:
+        short_ok = short_side is None or min(size) >= factor * REDUCE_MARGIN * short_side
+        return short_ok and (long_side is None or max(size) >= factor * long_side)
+
     factor = 1
-    while min(size) >= 2 * factor * REDUCE_MARGIN * short_side:
+    while keeps(2 * factor):
         factor *= 2
     return factor
 

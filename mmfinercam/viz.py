@@ -97,7 +97,7 @@ def overlay(
     """
     import matplotlib.pyplot as plt
 
-    rgb = display_copy(read_image(image))
+    rgb = display_copy(read_image(image, long_side=DISPLAY_SIDE))
     heat = _heat_at(heatmap, rgb)
     if ax is None:
         aspect = rgb.width / max(rgb.height, 1)
@@ -127,7 +127,7 @@ def compare(
     """The image beside each labelled map (e.g. plain map vs Finer-CAM); returns the Figure."""
     import matplotlib.pyplot as plt
 
-    rgb = display_copy(read_image(image))
+    rgb = display_copy(read_image(image, long_side=DISPLAY_SIDE))
     fig, axes = plt.subplots(1, len(maps) + 1, figsize=(3.2 * (len(maps) + 1), 3.5))
     axes[0].imshow(rgb)
     axes[0].set_title("image", fontsize=9)

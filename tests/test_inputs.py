@@ -108,6 +108,17 @@ def test_folders_list_their_images_not_hidden_files(tmp_path):
     ]
 
 
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_an_image_read_for_drawing_keeps_its_longer_side(tmp_path, suffix):
+    """``read_image(..., long_side=n)`` halves a large image while its longer side stays >= n
+    (a JPEG decoded smaller), so a figure never decodes more than about twice what it shows."""
+    path = tmp_path / f"scan{suffix}"
+    _natural_image(1500, 2000, seed=2).save(path)
+    assert read_image(path, long_side=300).size == (500, 375)  # a quarter: 2000 / 8 < 300
+    assert read_image(path, long_side=2000).size == (2000, 1500)
+    assert read_image(path).size == (2000, 1500)
+
+
 def test_bad_images_are_clear_errors(tmp_path):
     with pytest.raises(mf.ImageLoadError, match="not found"):
         read_image(tmp_path / "nope.jpg")
