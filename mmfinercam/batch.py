@@ -629,10 +629,11 @@ class BatchRunner(BatchOutput):
         sets = [self._sets_of(r) for r in rows]
         target = torch.tensor([[self.prompt_index[p.target] for p in ss] for ss in sets], device=z.device)
         contrast, valid = self._contrasts(sets, target, global_sim)  # B×S×D
+        contrast_sim = global_sim.gather(1, contrast.flatten(1)).view(contrast.shape)
         scores, _, weights = dense_finer_maps(
             patches,
             self.text[torch.cat([target[..., None], contrast], dim=-1)],  # B×S×(1+D)×E
-            global_sim.gather(1, contrast.flatten(1)).view(contrast.shape),
+            contrast_sim,
             out.grid,
             alpha=job.alpha,
             logit_scale=loc.backend.logit_scale,
@@ -640,7 +641,9 @@ class BatchRunner(BatchOutput):
             valid=valid,
         )
         top = global_sim.topk(min(job.top_k, global_sim.shape[1]), dim=1)
-        records = self._records(group, rows, sets, scores, global_sim, target, contrast, valid, weights, top)
+        records = self._records(
+            group, rows, sets, scores, global_sim, target, contrast, contrast_sim, valid, weights, top
+        )
         return list(scores.float().cpu()), records
 
     def _contrasts(self, sets: list[list[PromptSet]], target: Tensor, global_sim: Tensor):
@@ -674,22 +677,37 @@ class BatchRunner(BatchOutput):
                 valid[rows, j, : len(ranks)] = True
         return index, valid
 
-    def _records(self, group, rows, sets, scores, global_sim, target, contrast, valid, weights, top):
+    def _records(
+        self, group, rows, sets, scores, global_sim, target, contrast, contrast_sim, valid, weights, top
+    ):
         """One JSON-ready record per image and prompt set (tensors copied to the host once)."""
         b, s = target.shape
         gh, gw = scores.shape[-2:]
         peak_val, peak = scores.flatten(2).max(dim=-1)
-        peak_val, peak, score_mean, target_sim, contrast, valid, weights, top_index, top_values = to_host(
+        host = to_host(
             peak_val,
             peak,
             scores.mean(dim=(-2, -1)),
             global_sim.gather(1, target),
             contrast,
+            contrast_sim,
             valid,
             weights,
             top.indices,
             top.values,
         )
+        (
+            peak_val,
+            peak,
+            score_mean,
+            target_sim,
+            contrast,
+            contrast_sim,
+            valid,
+            weights,
+            top_index,
+            top_values,
+        ) = host
         masks_energy = self._mask_energy(group, scores)
         out = []
         for i, (it, row) in enumerate(zip(group, rows)):
@@ -699,6 +717,10 @@ class BatchRunner(BatchOutput):
             for j, ps in enumerate(sets[i]):
                 cy, cx = divmod(int(peak[i, j]), gw)
                 used = valid[i, j].nonzero().flatten().tolist()
+                names = [self.prompts[int(contrast[i, j, k])] for k in used]
+                sims = [float(contrast_sim[i, j, k]) for k in used]
+                # the prompt the model matches the whole image to best (the target on a tie)
+                best = max(range(len(sims) + 1), key=[float(target_sim[i, j]), *sims].__getitem__)
                 recs.append(
                     {
                         "key": row.key,
@@ -707,7 +729,7 @@ class BatchRunner(BatchOutput):
                         "error": None,
                         "prompt_set": ps.name,
                         "target": ps.target,
-                        "contrast": [self.prompts[int(contrast[i, j, k])] for k in used],
+                        "contrast": names,
                         "weights": [float(weights[i, j, k]) for k in used],
                         "image_height": int(h),
                         "image_width": int(w),
@@ -719,6 +741,8 @@ class BatchRunner(BatchOutput):
                         "peak_score": float(peak_val[i, j]),
                         "score_mean": float(score_mean[i, j]),
                         "target_similarity": float(target_sim[i, j]),
+                        "contrast_similarity": sims,
+                        "best_match": [ps.target, *names][best],
                         "mask_energy": None if masks_energy is None else masks_energy[i][j],
                         "top_prompts": top_prompts,
                         "top_similarities": [float(v) for v in top_values[i]],
@@ -820,6 +844,8 @@ def _schema():
             ("peak_score", pa.float64()),
             ("score_mean", pa.float64()),
             ("target_similarity", pa.float64()),
+            ("contrast_similarity", pa.list_(pa.float64())),
+            ("best_match", pa.string()),
             ("mask_energy", pa.float64()),
             ("top_prompts", pa.list_(pa.string())),
             ("top_similarities", pa.list_(pa.float64())),

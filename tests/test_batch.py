@@ -181,6 +181,11 @@ def test_csv_rows_with_their_own_targets_and_masks(tmp_path, collection_dir, tes
         sp = truth[r["key"]].species
         assert r["target"] == sp.name and r["contrast"] == [x.name for x in mf.testbed.siblings(sp)]
         assert 0.0 <= r["mask_energy"] <= 1.0
+        # the prompt the model matches the image to best, of the target and the row's contrasts
+        sims = [r["target_similarity"], *r["contrast_similarity"]]
+        assert len(sims) == 1 + len(r["contrast"])
+        assert r["best_match"] == [r["target"], *r["contrast"]][int(np.argmax(sims))]
+    assert sum(r["best_match"] == r["target"] for r in rows) >= len(rows) - 1  # the trained model sees them
     # the mask energy is the share of the positive upsampled map inside the mask
     r = rows[0]
     heat = load_map(tmp_path, r).astype(np.float32)
