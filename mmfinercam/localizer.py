@@ -551,7 +551,7 @@ class Localizer:
         for prepared, broken in self.prepare_in_chunks(images, step, image_size=image_size):
             failed += broken
             whole = images if isinstance(images, Tensor) and not broken else None
-            for members, pixels in _pixel_batches(prepared, step, whole):
+            for members, pixels in _pixel_batches(prepared, step, whole) if prepared else ():
                 outputs.append(explain(pixels))
                 positions += [len(used) + m for m in members]
             used += [(p.index, p.source, p.original_size) for p in prepared]

@@ -183,6 +183,9 @@ def test_batch_with_broken_image_keeps_the_rest(tiny_localizer, sample_images, t
 def test_all_images_broken_raises(tiny_localizer, tmp_path):
     with pytest.warns(UserWarning), pytest.raises(mf.ImageLoadError, match="no usable image"):
         tiny_localizer.finer_cam(tmp_path / "missing.png", "a bird")
+    for nothing in ([], torch.zeros(0, 3, 64, 64)):  # an empty list or batch: no images given
+        with pytest.raises(mf.ImageLoadError, match="no usable image: no images given"):
+            tiny_localizer.finer_cam(nothing, "a bird", ["a fish"])
 
 
 @pytest.mark.parametrize("prompt", ["", "   ", "\n"])
