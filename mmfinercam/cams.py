@@ -137,7 +137,22 @@ def model_logits(output: object) -> Tensor:
     return output
 
 
-def _as_maps(value: Tensor, reshape: TokenGrid | None, image_size: tuple[int, int]) -> Tensor:
+class ChannelsLast:
+    """Maps a layer outputs as B×h×w×C (timm's Swin stages), laid out as B×C×h×w."""
+
+    def __call__(self, maps: Tensor, image_size: tuple[int, int]) -> Tensor:
+        if maps.dim() != 4:
+            raise MMFinerCAMError(f"a channels-last layer outputs B×h×w×C maps; got {tuple(maps.shape)}")
+        return maps.permute(0, 3, 1, 2)
+
+
+#: how a CAM layer's output becomes B×C×h×w maps: tokens on their grid, or channels moved first
+Reshape = TokenGrid | ChannelsLast
+
+
+def _as_maps(value: Tensor, reshape: Reshape | None, image_size: tuple[int, int]) -> Tensor:
+    if isinstance(reshape, ChannelsLast):
+        return reshape(value, image_size)
     if value.dim() == 4:
         return value
     if value.dim() == 3:
@@ -201,7 +216,7 @@ class BaseCAM:
         self,
         model: nn.Module,
         target_layers: Sequence[nn.Module] = (),
-        reshape: TokenGrid | None = None,
+        reshape: Reshape | None = None,
         capture: Callable[[Tensor], tuple[Tensor, list[Tensor]]] | None = None,
     ):
         self.model = model.eval()
@@ -384,13 +399,15 @@ def clip_cam(backend, method: str = "gradcam") -> Callable[..., CAMOutput]:
 
 
 # -- classifiers ------------------------------------------------------------------------------
-def find_target_layer(model: nn.Module) -> tuple[nn.Module, TokenGrid | None]:
+def find_target_layer(model: nn.Module) -> tuple[nn.Module, Reshape | None]:
     """The usual CAM layer of common timm / torchvision architectures, and how to reshape it.
 
     ViTs (timm ``blocks``, DINOv2): the last block's ``norm1``; torchvision ViTs: the last
     encoder layer's ``ln_1``; transformers ViT classifiers (ViT, DeiT, DINOv2, BEiT): the last
     layer's first norm, its prefix tokens counted from the patch grid; ResNets: ``layer4[-1]``;
-    ConvNeXt / timm stage models: the last stage; VGG / DenseNet / MobileNet: ``features[-1]``.
+    ConvNeXt / timm stage models: the last stage; other timm models (EfficientNet, RegNet,
+    Swin, MobileNetV3 ...): the last stage their ``feature_info`` names, Swin's laid out
+    channels first; VGG / DenseNet / MobileNet: ``features[-1]``.
     Anything else: pass ``target_layer`` (a module or its name).
     """
     blocks = getattr(model, "blocks", None)
@@ -409,9 +426,21 @@ def find_target_layer(model: nn.Module) -> tuple[nn.Module, TokenGrid | None]:
         layer = getattr(model, name, None)
         if isinstance(layer, nn.Module):
             return (layer[-1] if isinstance(layer, nn.Sequential) and len(layer) else layer), None
+    timm_stage = _timm_last_stage(model)
+    if timm_stage is not None:
+        return timm_stage, ChannelsLast() if getattr(model, "output_fmt", "NCHW") == "NHWC" else None
     raise MMFinerCAMError(
         f"no known CAM layer for {type(model).__name__}; pass target_layer=<module> explicitly"
     )
+
+
+def _timm_last_stage(model: nn.Module) -> nn.Module | None:
+    """A timm model's last feature stage, as its own ``feature_info`` names it (EfficientNet's
+    ``blocks.6``, RegNet's ``s4``, Swin's ``layers.3``, MobileNetV3, MaxViT ...)."""
+    info = getattr(model, "feature_info", None)
+    if not isinstance(info, list) or not info or not isinstance(info[-1], dict) or "module" not in info[-1]:
+        return None
+    return dict(model.named_modules()).get(str(info[-1]["module"]))
 
 
 def _hugging_face_vit_layer(model: nn.Module) -> nn.Module | None:
@@ -469,7 +498,7 @@ class ClassifierFinerCAM:
         model: nn.Module,
         target_layer: nn.Module | str | Sequence[nn.Module | str] | None = None,
         method: str = "gradcam",
-        reshape: TokenGrid | None = None,
+        reshape: Reshape | None = None,
     ):
         if target_layer is None:
             layer, auto_reshape = find_target_layer(model)
@@ -552,6 +581,7 @@ def _per_image(classes: object, b: int, *, per_image: int, what: str, device: to
 __all__ = [
     "BaseCAM",
     "CAM_METHODS",
+    "ChannelsLast",
     "ClassifierCAMResult",
     "ClassifierFinerCAM",
     "GradCAM",

@@ -280,3 +280,34 @@ def test_model_outputs_are_read_as_logits():
         model_logits(torch.zeros(2, 5, 3))
     with pytest.raises(mf.MMFinerCAMError, match="got str"):
         model_logits("logits")
+
+
+@pytest.mark.parametrize(
+    "name, size",
+    [
+        ("efficientnet_b0", 96),
+        ("regnety_002", 96),
+        ("mobilenetv3_small_100", 96),
+        ("swin_tiny_patch4_window7_224", 224),
+    ],
+)
+def test_timm_models_by_their_feature_info(name, size):
+    """timm models without ``layer4``/``stages``/``features`` are explained at the last stage
+    their own ``feature_info`` names; Swin's channels-last maps are laid out channels first.
+    The maps equal grad-cam's at that layer (with the permute Swin needs there)."""
+    from mmfinercam.cams import ChannelsLast, find_target_layer
+
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=6).eval()
+    layer, reshape = find_target_layer(model)
+    assert layer is dict(model.named_modules())[model.feature_info[-1]["module"]]
+    assert isinstance(reshape, ChannelsLast) == name.startswith("swin")
+
+    def channels_first(t):
+        return t.permute(0, 3, 1, 2)
+
+    x = _images(n=2, size=size, seed=7)
+    ref = pgc.FinerCAM(model, [layer], reshape_transform=channels_first if reshape else None)(x, alpha=1.0)
+    ours = ClassifierFinerCAM(model)(x, alpha=1.0)
+    assert ours.layer_maps[0].shape == ((2, 7, 7) if reshape else (2, 3, 3))
+    assert (ours.heatmaps - torch.from_numpy(ref)).abs().max() <= 1e-5
