@@ -406,8 +406,9 @@ def find_target_layer(model: nn.Module) -> tuple[nn.Module, Reshape | None]:
     encoder layer's ``ln_1``; transformers ViT classifiers (ViT, DeiT, DINOv2, BEiT): the last
     layer's first norm, its prefix tokens counted from the patch grid; ResNets: ``layer4[-1]``;
     ConvNeXt / timm stage models: the last stage; other timm models (EfficientNet, RegNet,
-    Swin, MobileNetV3 ...): the last stage their ``feature_info`` names, Swin's laid out
-    channels first; VGG / DenseNet / MobileNet: ``features[-1]``.
+    Swin, MobileNetV3 ...): the last stage their ``feature_info`` names; VGG / DenseNet /
+    MobileNet / torchvision Swin: ``features[-1]``. Swin's channels-last maps (timm's and
+    torchvision's) are laid out channels first.
     Anything else: pass ``target_layer`` (a module or its name).
     """
     blocks = getattr(model, "blocks", None)
@@ -425,7 +426,11 @@ def find_target_layer(model: nn.Module) -> tuple[nn.Module, Reshape | None]:
     for name in ("layer4", "stages", "features"):
         layer = getattr(model, name, None)
         if isinstance(layer, nn.Module):
-            return (layer[-1] if isinstance(layer, nn.Sequential) and len(layer) else layer), None
+            layer = layer[-1] if isinstance(layer, nn.Sequential) and len(layer) else layer
+            # torchvision's Swin keeps its stages channels last and permutes only before pooling
+            kind = type(model)
+            swin = kind.__module__.startswith("torchvision") and kind.__name__ == "SwinTransformer"
+            return layer, ChannelsLast() if swin else None
     timm_stage = _timm_last_stage(model)
     if timm_stage is not None:
         return timm_stage, ChannelsLast() if getattr(model, "output_fmt", "NCHW") == "NHWC" else None

@@ -213,16 +213,25 @@ def test_an_image_with_nan_is_reported_and_the_rest_explained(resnet):
         cam(torch.full((2, 3, 32, 32), float("inf")))
 
 
-@pytest.mark.parametrize("name", ["resnet18", "vgg11", "mobilenet_v3_small", "vit_b_16"])
+@pytest.mark.parametrize("name", ["resnet18", "vgg11", "mobilenet_v3_small", "vit_b_16", "swin_t"])
 def test_target_layer_found_for_torchvision(name):
+    """The layer is found, and the maps equal grad-cam's there (with the reshape grad-cam needs:
+    ViT's tokens on their grid, Swin's channels-last maps permuted, which ours does itself)."""
     import torchvision
+
+    from mmfinercam.cams import find_target_layer
 
     torch.manual_seed(0)
     kwargs = {"image_size": 64} if name == "vit_b_16" else {}
     model = getattr(torchvision.models, name)(weights=None, num_classes=5, **kwargs).eval()
-    res = ClassifierFinerCAM(model)(_images(n=2, size=64), alpha=1.0)
+    x = _images(n=2, size=64)
+    res = ClassifierFinerCAM(model)(x, alpha=1.0)
     assert res.heatmaps.shape == (2, 64, 64) and res.references.shape == (2, 3)
-    assert torch.isfinite(res.heatmaps).all()
+    layer, _ = find_target_layer(model)
+    reshapes = {"vit_b_16": lambda t: _vit_reshape(t, 4, 4), "swin_t": lambda t: t.permute(0, 3, 1, 2)}
+    reshape = reshapes.get(name)
+    ref = pgc.FinerCAM(model, [layer], reshape_transform=reshape)(x, alpha=1.0)
+    assert (res.heatmaps - torch.from_numpy(ref)).abs().max() <= 1e-5
 
 
 HF_CLASSIFIERS = {  # name: (config, model, prefix tokens before the patches)
