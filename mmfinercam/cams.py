@@ -407,7 +407,8 @@ def find_target_layer(model: nn.Module) -> tuple[nn.Module, Reshape | None]:
     layer's first norm, its prefix tokens counted from the patch grid; ResNets: ``layer4[-1]``;
     ConvNeXt / timm stage models: the last stage; other timm models (EfficientNet, RegNet,
     Swin, MobileNetV3 ...): the last stage their ``feature_info`` names; VGG / DenseNet /
-    MobileNet / torchvision Swin: ``features[-1]``. Swin's channels-last maps (timm's and
+    MobileNet / torchvision Swin: ``features[-1]``; torchvision RegNet, ShuffleNet, MaxViT:
+    ``trunk_output``, ``conv5``, ``blocks[-1]``. Swin's channels-last maps (timm's and
     torchvision's) are laid out channels first.
     Anything else: pass ``target_layer`` (a module or its name).
     """
@@ -423,7 +424,7 @@ def find_target_layer(model: nn.Module) -> tuple[nn.Module, Reshape | None]:
     hf_layer = _hugging_face_vit_layer(model)
     if hf_layer is not None:
         return hf_layer, TokenGrid(num_prefix=None, patch=int(model.config.patch_size))
-    for name in ("layer4", "stages", "features"):
+    for name in ("layer4", "stages", "features", "trunk_output", "conv5"):
         layer = getattr(model, name, None)
         if isinstance(layer, nn.Module):
             layer = layer[-1] if isinstance(layer, nn.Sequential) and len(layer) else layer
@@ -434,6 +435,8 @@ def find_target_layer(model: nn.Module) -> tuple[nn.Module, Reshape | None]:
     timm_stage = _timm_last_stage(model)
     if timm_stage is not None:
         return timm_stage, ChannelsLast() if getattr(model, "output_fmt", "NCHW") == "NHWC" else None
+    if isinstance(blocks, (nn.Sequential, nn.ModuleList)) and len(blocks):  # torchvision's MaxViT
+        return blocks[-1], None
     raise MMFinerCAMError(
         f"no known CAM layer for {type(model).__name__}; pass target_layer=<module> explicitly"
     )

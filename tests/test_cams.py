@@ -213,7 +213,11 @@ def test_an_image_with_nan_is_reported_and_the_rest_explained(resnet):
         cam(torch.full((2, 3, 32, 32), float("inf")))
 
 
-@pytest.mark.parametrize("name", ["resnet18", "vgg11", "mobilenet_v3_small", "vit_b_16", "swin_t"])
+TORCHVISION_MODELS = ["resnet18", "vgg11", "mobilenet_v3_small", "vit_b_16", "swin_t", "regnet_y_400mf"]
+TORCHVISION_MODELS += ["shufflenet_v2_x0_5"]
+
+
+@pytest.mark.parametrize("name", TORCHVISION_MODELS)
 def test_target_layer_found_for_torchvision(name):
     """The layer is found, and the maps equal grad-cam's there (with the reshape grad-cam needs:
     ViT's tokens on their grid, Swin's channels-last maps permuted, which ours does itself)."""
