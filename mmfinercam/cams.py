@@ -428,18 +428,23 @@ def find_target_layer(model: nn.Module) -> tuple[nn.Module, Reshape | None]:
         layer = getattr(model, name, None)
         if isinstance(layer, nn.Module):
             layer = layer[-1] if isinstance(layer, nn.Sequential) and len(layer) else layer
-            # torchvision's Swin keeps its stages channels last and permutes only before pooling
-            kind = type(model)
-            swin = kind.__module__.startswith("torchvision") and kind.__name__ == "SwinTransformer"
-            return layer, ChannelsLast() if swin else None
+            return layer, ChannelsLast() if channels_last(model) else None
     timm_stage = _timm_last_stage(model)
     if timm_stage is not None:
-        return timm_stage, ChannelsLast() if getattr(model, "output_fmt", "NCHW") == "NHWC" else None
+        return timm_stage, ChannelsLast() if channels_last(model) else None
     if isinstance(blocks, (nn.Sequential, nn.ModuleList)) and len(blocks):  # torchvision's MaxViT
         return blocks[-1], None
     raise MMFinerCAMError(
         f"no known CAM layer for {type(model).__name__}; pass target_layer=<module> explicitly"
     )
+
+
+def channels_last(model: nn.Module) -> bool:
+    """Whether the model's feature maps are B×h×w×C: timm models that say so (``output_fmt``,
+    Swin) and torchvision's Swin, which permutes only before pooling."""
+    kind = type(model)
+    torchvision_swin = kind.__module__.startswith("torchvision") and kind.__name__ == "SwinTransformer"
+    return torchvision_swin or getattr(model, "output_fmt", "NCHW") == "NHWC"
 
 
 def _timm_last_stage(model: nn.Module) -> nn.Module | None:
@@ -515,6 +520,8 @@ class ClassifierFinerCAM:
         else:
             seq = target_layer if isinstance(target_layer, (list, tuple)) else [target_layer]
             layers = [_resolve_layer(model, layer) for layer in seq]
+            if reshape is None and channels_last(model):  # its maps are B×h×w×C at any layer
+                reshape = ChannelsLast()
         self.model = model.eval()
         self.cam = cam_class(method)(model, layers, reshape)
 
@@ -591,6 +598,7 @@ __all__ = [
     "CAM_METHODS",
     "ChannelsLast",
     "ClassifierCAMResult",
+    "channels_last",
     "ClassifierFinerCAM",
     "GradCAM",
     "GradCAMPlusPlus",

@@ -324,3 +324,9 @@ def test_timm_models_by_their_feature_info(name, size):
     ours = ClassifierFinerCAM(model)(x, alpha=1.0)
     assert ours.layer_maps[0].shape == ((2, 7, 7) if reshape else (2, 3, 3))
     assert (ours.heatmaps - torch.from_numpy(ref)).abs().max() <= 1e-5
+    if reshape:  # a layer the user names inside a channels-last model is laid out the same way
+        inner = model.layers[2]
+        ref = pgc.FinerCAM(model, [inner], reshape_transform=channels_first)(x, alpha=1.0)
+        ours = ClassifierFinerCAM(model, target_layer="layers.2")(x, alpha=1.0)
+        assert ours.layer_maps[0].shape == (2, 14, 14)
+        assert (ours.heatmaps - torch.from_numpy(ref)).abs().max() <= 1e-5
