@@ -508,6 +508,69 @@ def app_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def traits(args: argparse.Namespace) -> int:
+    """Rank a vocabulary by how well each trait separates the target's images from every
+    contrast group's (:func:`mmfinercam.rank_traits`), with each margin's standard error."""
+    import csv
+
+    from .discovery import rank_traits
+
+    check_alpha(args.alpha)
+    target = _expand_images(args.images)
+    groups = [_expand_images([g]) for g in args.contrast_images]
+    for name, images in [(", ".join(args.images), target), *zip(args.contrast_images, groups)]:
+        if not images:
+            raise MMFinerCAMError(
+                f"no images in {name} (folders are searched for {', '.join(sorted(IMAGE_SUFFIXES))})"
+            )
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    loc = _load(args)
+    with warnings.catch_warnings(record=True) as skipped:
+        warnings.simplefilter("always", UserWarning)
+        ranking = rank_traits(
+            loc,
+            target,
+            groups,
+            args.vocabulary,
+            neighbours=args.neighbours,
+            alpha=args.alpha,
+            batch_size=args.batch_size,
+        )
+    for w in skipped:
+        print(f"mmfinercam: {w.message}", file=sys.stderr)
+    z = ranking.smallest_margin_z()
+    smallest = ranking.margins.amin(dim=0)
+    which = ranking.margins.argmin(dim=0)
+    errors = ranking.margin_errors.gather(0, which[None])[0]
+    counts = ranking.counts
+    sizes = ", ".join(f"{Path(g).name or g} {n}" for g, n in zip(args.contrast_images, counts[1:]))
+    print(f"{len(ranking.traits)} traits; images: target {counts[0]}; contrast groups: {sizes}")
+    print(f"{'rank':>4}  {'score':>8}  {'margin':>8}  {'± se':>7}  {'z':>6}  trait")
+    for r in range(min(args.top, len(ranking.traits))):
+        print(
+            f"{r + 1:>4}  {float(ranking.scores[r]):>8.4f}  {float(smallest[r]):>8.4f}  "
+            f"{float(errors[r]):>7.4f}  {float(z[r]):>6.1f}  {ranking.traits[r]}"
+        )
+    print("margin: the smallest over the contrast groups; z under 2: these images cannot tell it from none")
+    if args.out:
+        with open(args.out, "w", newline="") as f:
+            out = csv.writer(f)
+            names = [Path(g).name or g for g in args.contrast_images]
+            groups_header = [x for g in names for x in (f"margin {g}", f"se {g}")]
+            out.writerow(["rank", "trait", "score", "smallest margin", "its se", "z", *groups_header])
+            for r, trait in enumerate(ranking.traits):
+                per_group = [
+                    f"{float(v):.6f}"
+                    for g in range(len(groups))
+                    for v in (ranking.margins[g, r], ranking.margin_errors[g, r])
+                ]
+                row = [r + 1, trait, f"{float(ranking.scores[r]):.6f}", f"{float(smallest[r]):.6f}"]
+                out.writerow([*row, f"{float(errors[r]):.6f}", f"{float(z[r]):.3f}", *per_group])
+        print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mmfinercam",
@@ -595,6 +658,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", default=None, help="models offered (default: those present)")
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload accepted")
     p.set_defaults(func=app_cmd)
+    p = sub.add_parser("traits", help="rank a vocabulary's traits by how they separate a species")
+    p.add_argument("images", nargs="+", help="the target species' images (files or folders)")
+    p.add_argument(
+        "--contrast-images",
+        nargs="+",
+        required=True,
+        metavar="GROUP",
+        help="one folder (or file) a similar species to separate from",
+    )
+    p.add_argument("--vocabulary", required=True, help="trait phrases: a file or shipped vocabulary name")
+    p.add_argument(
+        "--neighbours", type=_NON_NEGATIVE, default=6, help="nearest phrases whose share is taken off"
+    )
+    p.add_argument("--alpha", type=float, default=1.0, help="how much of the neighbours' share (0 = none)")
+    p.add_argument("--top", type=_POSITIVE, default=20, help="traits to print")
+    p.add_argument("--batch-size", type=_POSITIVE, default=32)
+    p.add_argument("--out", "-o", default=None, help="CSV of every trait, with each group's margin and se")
+    _add_model_args(p)
+    p.set_defaults(func=traits)
     p = sub.add_parser("models", help="list the model backends")
     p.set_defaults(func=models)
     return parser

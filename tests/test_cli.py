@@ -290,3 +290,37 @@ def test_bench_on_cuda_without_a_gpu_is_one_line(monkeypatch, tmp_path, capsys):
     assert main(["bench", "--model", "tiny", "--device", "cuda", "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "sees no CUDA GPU" in err[0]
+
+
+def test_traits_ranks_the_vocabulary_from_folders(tmp_path, capsys):
+    """``mmfinercam traits``: the target's folder against one folder a sibling; the known
+    differing trait of the testbed species ranks first, with its margin's error and z, and the
+    CSV holds every trait with each group's margin."""
+    import csv
+
+    from mmfinercam.prompts import load as load_vocabulary
+    from mmfinercam.testbed.generator import held_out
+    from mmfinercam.testbed.species import SPECIES
+
+    pool = held_out(24 * 8, start=4000)
+    for name in ["Alder finch", "Birch finch", "Cedar finch"]:
+        (tmp_path / name).mkdir()
+        for i, s in enumerate([s for s in pool if s.species.name == name][:6]):
+            s.image.save(tmp_path / name / f"{i}.png")
+    truth = next(sp for sp in SPECIES if sp.name == "Alder finch").traits()["wing"]
+    out = tmp_path / "traits.csv"
+    argv = ["traits", str(tmp_path / "Alder finch"), "--contrast-images"]
+    argv += [str(tmp_path / "Birch finch"), str(tmp_path / "Cedar finch")]
+    argv += ["--vocabulary", "testbed-traits", "--top", "3", "--device", "cpu", "--out", str(out)]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "images: target 6; contrast groups: Birch finch 6, Cedar finch 6" in text
+    assert text.splitlines()[2].split()[-2:] == truth.split()  # rank 1 is the known trait
+    rows = list(csv.DictReader(open(out)))
+    assert len(rows) == len(load_vocabulary("testbed-traits")) and rows[0]["trait"] == truth
+    assert float(rows[0]["z"]) > 2 and set(rows[0]) >= {"margin Birch finch", "se Cedar finch"}
+    smallest = min(float(rows[0]["margin Birch finch"]), float(rows[0]["margin Cedar finch"]))
+    assert float(rows[0]["smallest margin"]) == pytest.approx(smallest, abs=1e-6)
+    (tmp_path / "empty").mkdir()
+    assert main([*argv[:3], str(tmp_path / "empty"), "--vocabulary", "testbed-traits"]) == 2
+    assert "no images in" in capsys.readouterr().err
