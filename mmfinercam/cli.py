@@ -539,10 +539,8 @@ def traits(args: argparse.Namespace) -> int:
         )
     for w in skipped:
         print(f"mmfinercam: {w.message}", file=sys.stderr)
-    z = ranking.smallest_margin_z()
-    smallest = ranking.margins.amin(dim=0)
-    which = ranking.margins.argmin(dim=0)
-    errors = ranking.margin_errors.gather(0, which[None])[0]
+    smallest, errors = ranking.smallest_margin()
+    z = smallest / errors
     counts = ranking.counts
     sizes = ", ".join(f"{Path(g).name or g} {n}" for g, n in zip(args.contrast_images, counts[1:]))
     print(f"{len(ranking.traits)} traits; images: target {counts[0]}; contrast groups: {sizes}")

@@ -53,13 +53,19 @@ class TraitRanking:
     margin_errors: Tensor | None = None
     counts: list[int] | None = None  #: images used: the target's, then each contrast group's
 
-    def smallest_margin_z(self) -> Tensor:
-        """V: each trait's smallest margin over its standard error (how many errors above no
-        separation; under 2, the data cannot tell the trait from none), in ``traits`` order."""
+    def smallest_margin(self) -> tuple[Tensor, Tensor]:
+        """V and V: each trait's smallest margin over the groups and that margin's standard
+        error, in ``traits`` order."""
         if self.margin_errors is None:
             raise ValueError("this ranking was made without standard errors")
         g = self.margins.argmin(dim=0, keepdim=True)
-        return (self.margins.gather(0, g) / self.margin_errors.gather(0, g))[0]
+        return self.margins.gather(0, g)[0], self.margin_errors.gather(0, g)[0]
+
+    def smallest_margin_z(self) -> Tensor:
+        """V: each trait's smallest margin over its standard error (how many errors above no
+        separation; under 2, the data cannot tell the trait from none), in ``traits`` order."""
+        margin, error = self.smallest_margin()
+        return margin / error
 
     def rank_of(self, trait: str) -> int:
         """1-based rank of ``trait``."""
