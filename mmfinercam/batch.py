@@ -48,6 +48,7 @@ from .cams import CAM_METHODS
 from .errors import ImageLoadError, MMFinerCAMError, PromptError
 from .finer import (
     WEIGHTINGS,
+    best_match,
     check_alpha,
     check_contrast_ranks,
     check_contrasts,
@@ -719,8 +720,6 @@ class BatchRunner(BatchOutput):
                 used = valid[i, j].nonzero().flatten().tolist()
                 names = [self.prompts[int(contrast[i, j, k])] for k in used]
                 sims = [float(contrast_sim[i, j, k]) for k in used]
-                # the prompt the model matches the whole image to best (the target on a tie)
-                best = max(range(len(sims) + 1), key=[float(target_sim[i, j]), *sims].__getitem__)
                 recs.append(
                     {
                         "key": row.key,
@@ -742,7 +741,7 @@ class BatchRunner(BatchOutput):
                         "score_mean": float(score_mean[i, j]),
                         "target_similarity": float(target_sim[i, j]),
                         "contrast_similarity": sims,
-                        "best_match": [ps.target, *names][best],
+                        "best_match": best_match([ps.target, *names], [float(target_sim[i, j]), *sims]),
                         "mask_energy": None if masks_energy is None else masks_energy[i][j],
                         "top_prompts": top_prompts,
                         "top_similarities": [float(v) for v in top_values[i]],

@@ -140,6 +140,12 @@ def to_heatmap(scores: Tensor, size: tuple[int, int]) -> Tensor:
     return up.sub_(lo).div_((hi - lo).clamp_min(1e-12))
 
 
+def best_match(names: Sequence[str], similarities: Sequence[float]) -> str:
+    """Of the target (``names[0]``) and its contrasts, the one the model matches the whole image
+    to best by global similarity; the first, the target, on a tie."""
+    return names[max(range(len(names)), key=lambda i: similarities[i])]
+
+
 def rank_contrasts(target_similarity: Tensor, vocabulary_similarity: Tensor, ranks: Sequence[int]) -> Tensor:
     """Indices (B×len(ranks)) of vocabulary entries closest to the target, per image.
 

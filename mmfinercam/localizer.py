@@ -24,6 +24,7 @@ from .backends.base import ModelInfo
 from .cams import CAM_METHODS, cam_heatmap, clip_cam, finer_score
 from .errors import ImageLoadError, PromptError
 from .finer import (
+    best_match,
     check_alpha,
     check_contrast_ranks,
     check_contrasts,
@@ -125,9 +126,8 @@ class FinerCAMResult:
         """Of the target and image ``i``'s contrasts, the prompt the model matches the whole image
         to best (global cosine; the target on a tie). When it is a contrast, the map still shows
         where the image leans towards the target, but the model does not see the target here."""
-        names = [self.target, *self.contrast[i]]
-        sims = torch.cat([self.target_similarity[i].reshape(1), self.contrast_similarity[i].reshape(-1)])
-        return names[int(torch.argmax(sims))]  # argmax takes the first maximum: the target on a tie
+        sims = [float(self.target_similarity[i]), *map(float, self.contrast_similarity[i].reshape(-1))]
+        return best_match([self.target, *self.contrast[i]], sims)
 
     def summary(self, i: int) -> dict[str, Any]:
         """JSON-ready numbers for result ``i``: where the map peaks, contrasts, weights."""

@@ -396,3 +396,11 @@ def test_tensor_batch_is_sliced_in_chunks_in_order(tiny_localizer):
     chunked = tiny_localizer.finer_cam(x, "a red wing", ["a blue wing"], batch_size=2)
     assert whole.scores.shape == (5, 4, 4) and whole.indices == [0, 1, 2, 3, 4]
     torch.testing.assert_close(chunked.scores, whole.scores, atol=1e-5, rtol=1e-5)
+
+
+def test_best_match_is_the_most_similar_prompt_and_the_target_on_a_tie():
+    from mmfinercam.finer import best_match
+
+    assert best_match(["target", "a", "b"], [0.2, 0.3, 0.25]) == "a"
+    assert best_match(["target", "a"], [0.3, 0.3]) == "target"
+    assert best_match(["target"], [0.1]) == "target"
