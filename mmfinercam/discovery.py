@@ -37,7 +37,7 @@ from torch import Tensor
 
 from .errors import ImageLoadError, PromptError
 from .finer import check_alpha, check_prompt, is_whole_number
-from .images import ImageInput
+from .images import ImageInput, pixel_batches
 
 
 @dataclass
@@ -89,16 +89,12 @@ def _similarity_moments(
     n, failed = 0, []
     for prepared, broken in loc.prepare_in_chunks(images, 4 * batch_size):
         failed += broken
-        by_shape: dict[tuple[int, ...], list[Tensor]] = {}
-        for p in prepared:
-            by_shape.setdefault(tuple(p.pixels.shape), []).append(p.pixels)
-        for pixels in by_shape.values():
-            for first in range(0, len(pixels), batch_size):
-                out = loc.image_tokens(torch.stack(pixels[first : first + batch_size]), method="raw")
-                sims = F.normalize(out.global_embedding, dim=-1) @ text.T
-                shift = sims.mean(0) if shift is None else shift
-                total += (sims - shift).sum(0)
-                squares += (sims - shift).square().sum(0)
+        for _, pixels in pixel_batches(prepared, batch_size):
+            out = loc.image_tokens(pixels, method="raw")
+            sims = F.normalize(out.global_embedding, dim=-1) @ text.T
+            shift = sims.mean(0) if shift is None else shift
+            total += (sims - shift).sum(0)
+            squares += (sims - shift).square().sum(0)
         n += len(prepared)
     if not n:
         why = "; ".join(f"{f.source}: {f.message}" for f in failed) or "no images given"

@@ -13,6 +13,7 @@ whole image and is resized back to the image's own size.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -366,6 +367,28 @@ def prepare_images(
             continue
         prepared.append(PreparedImage(i, name, pixels, (height, width)))
     return prepared, failed
+
+
+def pixel_batches(
+    prepared: list[PreparedImage], step: int, tensor: Tensor | None = None
+) -> Iterator[tuple[list[int], Tensor]]:
+    """Batches of at most ``step`` same-sized images: (their positions in ``prepared``, B×3×H×W).
+
+    Images given as one tensor are sliced from it; files and arrays are grouped by size. No
+    images, no batches."""
+    if tensor is not None and prepared:  # one size already, cropped as ``prepared`` is; no per-image copy
+        h, w = prepared[0].pixels.shape[-2:]
+        batch = check_pixel_batch(tensor, (h, w))[..., :h, :w]
+        for start in range(0, len(prepared), step):
+            yield list(range(start, min(start + step, len(prepared)))), batch[start : start + step]
+        return
+    for start in range(0, len(prepared), step):
+        stop = min(start + step, len(prepared))
+        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for i in range(start, stop):
+            groups[tuple(prepared[i].pixels.shape)].append(i)
+        for members in groups.values():
+            yield members, torch.stack([prepared[i].pixels for i in members])
 
 
 def prepare_in_chunks(

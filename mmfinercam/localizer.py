@@ -41,6 +41,7 @@ from .images import (
     ImageInput,
     PreparedImage,
     check_pixel_batch,
+    pixel_batches,
     prepare_images,
     prepare_in_chunks,
 )
@@ -170,27 +171,6 @@ def _stack_if_uniform(items: list[Tensor]) -> Tensor | list[Tensor]:
     if items and all(t.shape == items[0].shape for t in items):
         return torch.stack(items)
     return items
-
-
-def _pixel_batches(
-    prepared: list[PreparedImage], step: int, tensor: Tensor | None = None
-) -> Iterator[tuple[list[int], Tensor]]:
-    """Batches of at most ``step`` same-sized images: (their positions in ``prepared``, B×3×H×W).
-
-    Images given as one tensor are sliced from it; files and arrays are grouped by size."""
-    if tensor is not None:  # one size already, cropped as ``prepared`` is; no per-image copy
-        h, w = prepared[0].pixels.shape[-2:]
-        batch = check_pixel_batch(tensor, (h, w))[..., :h, :w]
-        for start in range(0, len(prepared), step):
-            yield list(range(start, min(start + step, len(prepared)))), batch[start : start + step]
-        return
-    for start in range(0, len(prepared), step):
-        stop = min(start + step, len(prepared))
-        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
-        for i in range(start, stop):
-            groups[tuple(prepared[i].pixels.shape)].append(i)
-        for members in groups.values():
-            yield members, torch.stack([prepared[i].pixels for i in members])
 
 
 def _in_order(chunks: list[Tensor], positions: list[int]) -> Tensor | list[Tensor]:
@@ -551,7 +531,7 @@ class Localizer:
         for prepared, broken in self.prepare_in_chunks(images, step, image_size=image_size):
             failed += broken
             whole = images if isinstance(images, Tensor) and not broken else None
-            for members, pixels in _pixel_batches(prepared, step, whole) if prepared else ():
+            for members, pixels in pixel_batches(prepared, step, whole):
                 outputs.append(explain(pixels))
                 positions += [len(used) + m for m in members]
             used += [(p.index, p.source, p.original_size) for p in prepared]
