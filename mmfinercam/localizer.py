@@ -105,9 +105,14 @@ class FinerCAMResult:
         min-max normalized. Made on first use, so a run that keeps only the patch-grid scores
         (trait discovery over many images) never pays for full-size maps."""
         if self._heatmaps is None:
-            make = cam_heatmap if self.method in CAM_METHODS else to_heatmap
-            self._heatmaps = _stack_if_uniform(_heatmaps_at_sizes(list(self.scores), self.image_sizes, make))
+            maps = _heatmaps_at_sizes(list(self.scores), self.image_sizes, self._make_heatmaps)
+            self._heatmaps = _stack_if_uniform(maps)
         return self._heatmaps
+
+    @property
+    def _make_heatmaps(self) -> Callable[[Tensor, tuple[int, int]], Tensor]:
+        """How this method's scores become heatmaps: a gradient CAM's scaling, or the dense one."""
+        return cam_heatmap if self.method in CAM_METHODS else to_heatmap
 
     def heatmap(self, i: int) -> Tensor:
         """Image ``i``'s heatmap alone (H×W), equal to ``heatmaps[i]``: a loop over a batch of
@@ -116,8 +121,7 @@ class FinerCAMResult:
         if self._heatmaps is not None:
             return self._heatmaps[i]
         if self._last_heatmap is None or self._last_heatmap[0] != i:
-            make = cam_heatmap if self.method in CAM_METHODS else to_heatmap
-            self._last_heatmap = (i, make(self.scores[i][None], self.image_sizes[i])[0])
+            self._last_heatmap = (i, self._make_heatmaps(self.scores[i][None], self.image_sizes[i])[0])
         return self._last_heatmap[1]
 
     def __len__(self) -> int:
