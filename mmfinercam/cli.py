@@ -28,8 +28,9 @@ from .images import IMAGE_SUFFIXES, image_files
 DEFAULT_MODEL = "testbed"
 
 
-def _expand_images(items: Sequence[str]) -> list[str]:
-    """Folders expand to the image files inside them (sorted); other paths pass through."""
+def _expand_images(items: Sequence[str], where: str = "given") -> list[str]:
+    """Folders expand to the image files inside them (sorted); other paths pass through. None
+    at all is an error, ``"no images {where}"``."""
     out: list[str] = []
     for item in items:
         path = Path(item)
@@ -37,6 +38,9 @@ def _expand_images(items: Sequence[str]) -> list[str]:
             out += [str(p) for p in image_files(path)]
         else:
             out.append(item)
+    if not out:
+        suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise MMFinerCAMError(f"no images {where} (folders are searched for {suffixes})")
     return out
 
 
@@ -152,10 +156,6 @@ def localize(args: argparse.Namespace) -> int:
 
     check_alpha(args.alpha)  # before any model is loaded
     images = _expand_images(args.image)
-    if not images:
-        raise MMFinerCAMError(
-            "no images given (folders are searched for " + ", ".join(sorted(IMAGE_SUFFIXES)) + ")"
-        )
     out = _output_folder(args.out)
     loc = _load_cached(args)
     stems = _output_stems(images)
@@ -516,13 +516,8 @@ def traits(args: argparse.Namespace) -> int:
     from .discovery import rank_traits
 
     check_alpha(args.alpha)
-    target = _expand_images(args.images)
-    groups = [_expand_images([g]) for g in args.contrast_images]
-    for name, images in [(", ".join(args.images), target), *zip(args.contrast_images, groups)]:
-        if not images:
-            raise MMFinerCAMError(
-                f"no images in {name} (folders are searched for {', '.join(sorted(IMAGE_SUFFIXES))})"
-            )
+    target = _expand_images(args.images, f"in {', '.join(args.images)}")
+    groups = [_expand_images([g], f"in {g}") for g in args.contrast_images]
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     loc = _load(args)
