@@ -329,6 +329,7 @@ def test_traits_ranks_the_vocabulary_from_folders(tmp_path, capsys):
 def test_localize_on_a_folder_without_images_is_one_line(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "._a.jpg").write_bytes(b"\x00")  # hidden: not an image
-    assert main(["localize", str(tmp_path / "empty"), "--target", "a bird", "--out", str(tmp_path / "o")]) == 2
+    argv = ["localize", str(tmp_path / "empty"), "--target", "a bird", "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no images given (folders are searched for .bmp" in err[0]
