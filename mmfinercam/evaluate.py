@@ -27,7 +27,7 @@ from .cams import CAM_METHODS
 from .errors import ImageLoadError, MMFinerCAMError
 from .images import FailedImage, mask_size_error, read_image, upright
 from .localizer import FinerCAMResult, Localizer
-from .viz import display_copy
+from .viz import read_for_display
 
 
 @dataclass
@@ -422,7 +422,7 @@ def write_report(
             n, len(methods) + 1, figsize=(1.9 * (len(methods) + 1), 1.9 * n), squeeze=False
         )
         for r in range(n):
-            image = display_copy(read_image(items[r].image))
+            image = read_for_display(items[r].image)
             mask = _resize_mask(items[r].mask, (image.height, image.width)).numpy()
             axes[r, 0].imshow(image)
             axes[r, 0].contour(mask, levels=[0.5], colors="white", linewidths=0.8)

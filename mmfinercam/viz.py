@@ -16,8 +16,6 @@ def _heat_at(heatmap: Tensor | np.ndarray, rgb) -> np.ndarray:
 
     Only values in [0, 1] are drawn: a colour scale from 0 to 1 would silently clip raw scores
     (a few hundredths either side of 0) to a picture of almost nothing, and NaN to nothing."""
-    from PIL import Image
-
     if isinstance(heatmap, Tensor):
         heatmap = heatmap.detach().float().cpu().numpy()
     heat = np.asarray(heatmap, dtype=np.float32)
@@ -49,6 +47,12 @@ def display_copy(rgb: Image.Image) -> Image.Image:
     shown = rgb.copy()
     shown.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE), reducing_gap=3.0)
     return shown
+
+
+def read_for_display(image: ImageInput) -> Image.Image:
+    """``image`` as RGB at display size: decoded smaller where it can be, then
+    :func:`display_copy`."""
+    return display_copy(read_image(image, long_side=DISPLAY_SIDE))
 
 
 def describe_contrast(target: str | None, contrast: Sequence[str] | None, alpha: float | None) -> str:
@@ -97,7 +101,7 @@ def overlay(
     """
     import matplotlib.pyplot as plt
 
-    rgb = display_copy(read_image(image, long_side=DISPLAY_SIDE))
+    rgb = read_for_display(image)
     heat = _heat_at(heatmap, rgb)
     if ax is None:
         aspect = rgb.width / max(rgb.height, 1)
@@ -127,7 +131,7 @@ def compare(
     """The image beside each labelled map (e.g. plain map vs Finer-CAM); returns the Figure."""
     import matplotlib.pyplot as plt
 
-    rgb = display_copy(read_image(image, long_side=DISPLAY_SIDE))
+    rgb = read_for_display(image)
     fig, axes = plt.subplots(1, len(maps) + 1, figsize=(3.2 * (len(maps) + 1), 3.5))
     axes[0].imshow(rgb)
     axes[0].set_title("image", fontsize=9)
