@@ -1,12 +1,14 @@
 """Where the dense path's time goes on a GPU, stage by stage, against bare ``encode_image``.
 
-    python benchmarks/profile_gpu.py [--dtype bf16] [--batches 4 64] [--table]
+    python benchmarks/profile_gpu.py [--model ViT-B-16] [--dtype bf16] [--batches 4 64] [--table]
 
 Times (median of 20 interleaved rounds, synchronized) the floor, our tower without GEM
 ("raw"), with GEM (with the fused self-self attention kernel, and without it), and the whole
 ``finer_cam`` call at K=100, each also with PyTorch's residual adds and norms instead of the
-fused ones, so a gap can be put on the stage that makes it; with ``--table``, the profiler's
-top kernels for the whole call.
+fused ones (and PyTorch's QuickGELU, for a tower that has it), so a gap can be put on the stage
+that makes it. "fused at any size" runs the elementwise kernels below their size floor
+(``KernelSwitch.min_elements``): the pair with and without them places that floor. With
+``--table``, the profiler's top kernels for the whole call.
 """
 
 import argparse
@@ -16,9 +18,19 @@ import open_clip
 import torch
 
 import mmfinercam as mf
-from mmfinercam import add_norm
+from mmfinercam import add_norm, quick_gelu
 from mmfinercam.bench import measure_rounds, prompts, synchronize, without
 from mmfinercam.gem import fused_attention
+
+
+def at_any_size(call):
+    """``call`` with the elementwise fused kernels run whatever the tensors' size."""
+
+    def run():
+        with add_norm.fused(True, min_elements=0), quick_gelu.fused(True, min_elements=0):
+            return call()
+
+    return run
 
 
 @torch.inference_mode()
@@ -30,14 +42,19 @@ def stage_times(model, loc, x, text) -> dict[str, float]:
         "tower gem, PyTorch self-self": without(fused_attention, lambda: loc.image_tokens(x)),
         "finer_cam K=100": lambda: loc.finer_cam(x, text[0], text[1:]),
     }
+    for name in ("tower raw", "finer_cam K=100"):
+        stages[f"{name}, fused at any size"] = at_any_size(stages[name])
     for name in ("tower raw", "tower gem", "finer_cam K=100"):
         stages[f"{name}, PyTorch add+norm"] = without(add_norm.fused, stages[name])
+    if any(quick_gelu.is_quick_gelu(m) for m in model.modules()):
+        stages["finer_cam K=100, PyTorch QuickGELU"] = without(quick_gelu.fused, stages["finer_cam K=100"])
     got = measure_rounds(stages, x.device, repeats=20, warmup=3)
     return {name: statistics.median(samples) * 1000 for name, (samples, _) in got.items()}
 
 
 def main():
     parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="ViT-B-16")
     parser.add_argument("--dtype", default="bf16")
     parser.add_argument("--batches", type=int, nargs="+", default=[4, 64])
     parser.add_argument("--table", action="store_true")
@@ -45,8 +62,8 @@ def main():
     args = parser.parse_args()
     dtype = mf.backends.parse_dtype(args.dtype)
     torch.manual_seed(0)
-    model = open_clip.create_model("ViT-B-16", pretrained=None).to(args.device, dtype).eval()
-    loc = mf.Localizer.from_open_clip(model, open_clip.get_tokenizer("ViT-B-16"), name="ViT-B-16")
+    model = open_clip.create_model(args.model, pretrained=None).to(args.device, dtype).eval()
+    loc = mf.Localizer.from_open_clip(model, open_clip.get_tokenizer(args.model), name=args.model)
     text = prompts(100)
     loc.encode_text(text, loc.templates)
     for b in args.batches:
@@ -54,7 +71,7 @@ def main():
         times = stage_times(model, loc, x, text)
         floor = times["encode_image"]
         summary = ", ".join(f"{k} {v:.2f} ms ({floor / v:.2f}x)" for k, v in times.items())
-        print(f"b={b} {args.dtype}: {summary}")
+        print(f"b={b} {args.model} {args.dtype}: {summary}")
         if args.table:
             from torch.profiler import ProfilerActivity, profile
 

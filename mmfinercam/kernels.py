@@ -59,24 +59,36 @@ _LAUNCH_OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg")  # Triton's
 
 class KernelSwitch:
     """A fused kernel's switch: on by default; ``with switch(False):`` runs the PyTorch path
-    instead within the block, to compare the two. ``switch.enabled`` is its state."""
+    instead within the block, to compare the two. ``switch.enabled`` is its state.
 
-    def __init__(self) -> None:
+    ``min_elements`` keeps the kernel off for tensors smaller than that: on a small batch a
+    GPU waits on the host's launches, and a Triton launch costs the host more than PyTorch's
+    own kernels do, so there the fused pass is the slower one (RESULTS §3).
+    ``with switch(True, min_elements=0):`` runs it at any size, for timing."""
+
+    def __init__(self, min_elements: int = 0) -> None:
         self.enabled = True
+        self.min_elements = min_elements
 
     @contextmanager
-    def __call__(self, enabled: bool) -> Iterator[None]:
-        saved, self.enabled = self.enabled, enabled
+    def __call__(self, enabled: bool, *, min_elements: int | None = None) -> Iterator[None]:
+        saved = self.enabled, self.min_elements
+        self.enabled = enabled
+        if min_elements is not None:
+            self.min_elements = min_elements
         try:
             yield
         finally:
-            self.enabled = saved
+            self.enabled, self.min_elements = saved
 
     def allows(self, x: Tensor, *others: Tensor | None) -> bool:
         """Whether an elementwise fused kernel may run on ``x`` (and ``others``): switched on,
-        on a GPU or under Triton's interpreter, no gradient to carry through any of them, and
-        not while ``torch.compile`` traces (inductor fuses elementwise work itself)."""
+        on a GPU (``x`` at least ``min_elements`` large) or under Triton's interpreter, no
+        gradient to carry through any of them, and not while ``torch.compile`` traces (inductor
+        fuses elementwise work itself)."""
         if not self.enabled or torch.compiler.is_compiling() or not available(x):
+            return False
+        if x.is_cuda and x.numel() < self.min_elements:  # the interpreter's tests run any size
             return False
         tensors = [t for t in (x, *others) if t is not None]
         return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))

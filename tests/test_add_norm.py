@@ -174,6 +174,18 @@ def test_plain_layer_norms_are_recognized_and_nothing_else():
         assert add_norm.layer_norm_params(norm) is None, norm
 
 
+def test_switch_and_size_floor_are_restored_after_the_block():
+    switch = add_norm.fused
+    assert switch.enabled and switch.min_elements > 0  # the floor of a small batch on a GPU
+    floor = switch.min_elements
+    with switch(False):
+        assert not switch.enabled and switch.min_elements == floor
+        with switch(True, min_elements=0):
+            assert switch.enabled and switch.min_elements == 0
+        assert not switch.enabled and switch.min_elements == floor
+    assert switch.enabled and switch.min_elements == floor
+
+
 def test_cpu_and_autograd_keep_pytorchs_two_passes():
     norm = nn.LayerNorm(8)
     x, y = torch.randn(3, 8), torch.randn(3, 8)

@@ -162,6 +162,24 @@ def test_fused_add_norm_is_pytorchs_two_passes(device, dtype):
         torch.testing.assert_close(norms, ref_norms)  # within one rounding step
 
 
+def test_fused_add_norm_waits_for_a_batch_large_enough(device):
+    """Below ``fused.min_elements`` the host's launches bound the call, and PyTorch's cost less:
+    a ViT-B/16 at batch 4 keeps the two passes, at batch 64 takes the kernel; the floor can be
+    lifted for timing, and both paths give the same numbers."""
+    norm = torch.nn.LayerNorm(768).to(device, torch.bfloat16)
+    small = torch.randn(4, 197, 768, device=device, dtype=torch.bfloat16)
+    large = torch.randn(64, 197, 768, device=device, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        assert not add_norm.takes_kernel(small, small, norm)
+        assert add_norm.takes_kernel(large, large, norm)
+        plain = add_norm.add_norm(small, small, norm)
+        with add_norm.fused(True, min_elements=0):
+            assert add_norm.takes_kernel(small, small, norm)
+            fused = add_norm.add_norm(small, small, norm)
+    assert torch.equal(fused[0], plain[0])
+    torch.testing.assert_close(fused[1], plain[1])
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_fused_quick_gelu_is_the_modules_three_passes(device, dtype):
     """ViT-B/16's MLP activations at batch 64: each step rounded as PyTorch rounds it, and the
