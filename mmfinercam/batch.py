@@ -57,7 +57,7 @@ from .finer import (
     dense_finer_maps,
     rank_contrasts,
 )
-from .images import IMAGE_SUFFIXES, check_image_size, image_files, mask_size_error, prepare_images, read_image
+from .images import IMAGE_SUFFIXES, check_image_size, image_files, mask_size_error, prepare_images, read_mask
 from .localizer import DENSE_METHODS
 from .metrics import energy_pointing_game
 from .transfer import to_host
@@ -359,7 +359,7 @@ class _ImageRows(torch.utils.data.Dataset):
         item["pixels"], item["size"] = prepared[0].pixels, prepared[0].original_size
         if row.mask is not None:
             try:
-                mask = np.asarray(read_image(row.mask).convert("L")) > 127
+                mask = read_mask(row.mask)
                 if mask.shape != tuple(item["size"]):
                     raise mask_size_error(row.mask, mask.shape, item["size"])
                 item["mask"] = _mask_for_energy(mask)

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from . import metrics as M
 from .cams import CAM_METHODS
 from .errors import ImageLoadError, MMFinerCAMError
-from .images import FailedImage, mask_size_error, read_image, upright
+from .images import FailedImage, mask_size_error, read_image, read_mask
 from .localizer import FinerCAMResult, Localizer
 from .viz import read_for_display
 
@@ -118,7 +118,8 @@ def testbed_items(n: int, start: int = 0) -> tuple[list[EvalItem], list[str]]:
 def folder_items(folder: str | Path) -> tuple[list[EvalItem], list[str], list[FailedImage]]:
     """Items from ``folder/annotations.json``: a list of {image, mask, target, contrast}.
 
-    Paths are relative to the folder; masks are images whose non-zero pixels mark the part.
+    Paths are relative to the folder; masks are read by :func:`~mmfinercam.images.read_mask`
+    (non-zero pixels of a grey or label mask, painted pixels of a transparent layer).
     Class names for re-scoring are every target and contrast mentioned. An entry whose image or
     mask cannot be used (missing, unreadable, of another size, or a mask marking nothing) is
     left out with a warning and returned third, as a batch reports a broken image; a listing
@@ -175,21 +176,10 @@ def _entry_prompts(row: dict, where: str) -> tuple[str, list[str]]:
     return target, list(contrast)
 
 
-def _read_mask(path: Path) -> np.ndarray:
-    """A part mask file as H×W bool (non-zero pixels), turned as its EXIF says, as images are."""
-    if not path.is_file():
-        raise ImageLoadError(f"mask file not found: {path}")
-    try:
-        with Image.open(path) as m:
-            return np.asarray(upright(m).convert("L")) > 0
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise ImageLoadError(f"cannot read mask {path}: {err}") from err
-
-
 def _check_entry_files(folder: Path, row: dict) -> None:
     """That an entry's image and part mask can be used, or :class:`ImageLoadError` saying why."""
     image = read_image(folder / str(row["image"]))
-    mask = _read_mask(folder / str(row["mask"]))
+    mask = read_mask(folder / str(row["mask"]))
     if mask.shape != (image.height, image.width):
         raise mask_size_error(row["mask"], mask.shape, (image.height, image.width))
     if not mask.any():
@@ -345,7 +335,7 @@ class _SizeGroup:
 
 
 def _resize_mask(mask: np.ndarray | Path, size) -> torch.Tensor:
-    mask = _read_mask(mask) if isinstance(mask, Path) else mask
+    mask = read_mask(mask) if isinstance(mask, Path) else mask
     t = torch.from_numpy(np.asarray(mask, dtype=bool))
     if tuple(t.shape) == tuple(size):
         return t

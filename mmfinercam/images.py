@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Union
@@ -125,26 +126,13 @@ def _read(
     of the direct resize (0.15 on average on a 1/f "natural" spectrum); at two or three times,
     as Pillow's ``reducing_gap`` would allow, they differed by 3 on average and 20 at most."""
     if isinstance(source, (str, Path)):
-        path = Path(source).expanduser()
-        if not path.exists():
-            raise ImageLoadError(f"image file not found: {path}")
-        if path.is_dir():
-            raise ImageLoadError(f"expected an image file, got a folder: {path}")
-        try:
-            with Image.open(path) as im:
-                full = (im.height, im.width)
-                factor = _reduction(full, short_side, long_side)
-                if factor > 1 and im.format == "JPEG":
-                    im.draft(None, (im.width // factor, im.height // factor))
-                im.load()
-                image = im.copy()
-        except Image.DecompressionBombError as err:  # not an OSError: it would escape a batch
-            raise ImageLoadError(
-                f"{path} has more pixels than Pillow opens by default ({err}); if you trust the "
-                "file, set PIL.Image.MAX_IMAGE_PIXELS = None (or a larger number) before reading it"
-            ) from err
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-            raise ImageLoadError(f"cannot read image {path}: {err}") from err
+        with _opened(Path(source).expanduser(), "image") as im:
+            full = (im.height, im.width)
+            factor = _reduction(full, short_side, long_side)
+            if factor > 1 and im.format == "JPEG":
+                im.draft(None, (im.width // factor, im.height // factor))
+            im.load()
+            image = im.copy()
     elif isinstance(source, Image.Image):
         image, full = source, (source.height, source.width)
     elif isinstance(source, np.ndarray):
@@ -162,6 +150,76 @@ def _read(
     image = to_rgb(turned)
     factor = _reduction((image.height, image.width), short_side, long_side)
     return (image.reduce(factor) if factor > 1 else image), full
+
+
+@contextmanager
+def _opened(path: Path, what: str) -> Iterator[Image.Image]:
+    """``Image.open(path)``, what can go wrong reading it as one :class:`ImageLoadError` that
+    names ``what`` the file is ("image", "mask")."""
+    if not path.exists():
+        raise ImageLoadError(f"{what} file not found: {path}")
+    if path.is_dir():
+        article = "an" if what[0] in "aeiou" else "a"
+        raise ImageLoadError(f"expected {article} {what} file, got a folder: {path}")
+    try:
+        with Image.open(path) as im:
+            yield im
+    except Image.DecompressionBombError as err:  # not an OSError: it would escape a batch
+        raise ImageLoadError(
+            f"{path} has more pixels than Pillow opens by default ({err}); if you trust the "
+            "file, set PIL.Image.MAX_IMAGE_PIXELS = None (or a larger number) before reading it"
+        ) from err
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ImageLoadError(f"cannot read {what} {path}: {err}") from err
+
+
+def read_mask(source: str | Path | Image.Image | np.ndarray) -> np.ndarray:
+    """A part mask as an H×W bool array, upright as its EXIF says (as images are read, so it
+    stays aligned with its photo).
+
+    What counts as marked, so that the masks annotation tools write all read as drawn:
+
+    * a grey, 16-bit, float or label mask: every non-zero pixel (a label map marks its part
+      with 1; a palette image by its indices, index 0 the background);
+    * a mask with transparency in use: every pixel not fully transparent (strokes painted on a
+      transparent layer, whatever their colour);
+    * a JPEG: pixels brighter than mid-grey, as its compression leaves faint non-zero noise
+      around every edge;
+    * an array: non-zero (bool, or any number type)."""
+    if isinstance(source, np.ndarray):
+        if source.ndim == 3 and source.shape[-1] == 1:
+            source = source[..., 0]
+        if source.ndim != 2:
+            raise ImageLoadError(f"a mask array must be H×W; got shape {source.shape}")
+        return np.asarray(source) != 0
+    if isinstance(source, Image.Image):
+        return _marked(upright(source), lossy=source.format == "JPEG")
+    if not isinstance(source, (str, Path)):
+        kind = type(source).__name__
+        raise ImageLoadError(f"unsupported mask type {kind}; pass a path, PIL image or array")
+    with _opened(Path(source).expanduser(), "mask") as m:
+        m.load()
+        return _marked(upright(m), lossy=m.format == "JPEG")
+
+
+#: PIL modes whose pixels are a mask's values as they are (grey, 16/32-bit, float, bilevel,
+#: palette indices)
+_VALUE_MODES = frozenset({"1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F", "P"})
+
+
+def _marked(mask: Image.Image, *, lossy: bool) -> np.ndarray:
+    """The marked pixels of a mask image (:func:`read_mask`'s rules)."""
+    if mask.width == 0 or mask.height == 0:
+        raise ImageLoadError("the mask is empty (0 pixels)")
+    if "A" in mask.getbands() or "a" in mask.getbands() or "transparency" in mask.info:
+        alpha = np.asarray(mask.convert("RGBA").getchannel("A"))
+        if alpha.min() < 255:  # transparency in use: what is painted is the mask
+            return alpha > 0
+    if mask.mode in _VALUE_MODES:
+        values = np.asarray(mask)
+    else:  # colour: a pixel is as bright as its brightest channel (pure red marks as white does)
+        values = np.asarray(mask.convert("RGB")).max(axis=-1)
+    return values > 127 if lossy and values.dtype == np.uint8 else values != 0
 
 
 #: how many times the resize's shorter side a reduced image keeps (see ``_read``)

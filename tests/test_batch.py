@@ -199,6 +199,37 @@ def test_csv_rows_with_their_own_targets_and_masks(tmp_path, collection_dir, tes
     assert r["mask_energy"] == pytest.approx(float((up * mask).sum() / up.sum()), abs=2e-3)
 
 
+def test_label_map_and_transparent_layer_masks_give_the_white_masks_energies(
+    tmp_path, collection_dir, testbed
+):
+    """The masks written as label maps (the part 1) and as strokes on a transparent layer: the
+    same energies as the white masks (before, the first marked nothing, the second the rest of
+    the image)."""
+    lines = (collection_dir / "list.csv").read_text().splitlines()
+    rows = [lines[0]]
+    for i, line in enumerate(lines[1:]):
+        part = np.asarray(Image.open(collection_dir / f"mask{i}.png")) > 0
+        if i % 2:
+            mask = Image.fromarray(part.astype(np.uint8))
+        else:
+            black = np.zeros((*part.shape, 3), np.uint8)  # black strokes, painted where opaque
+            mask = Image.fromarray(np.dstack([black, part.astype(np.uint8) * 255]))
+        mask.save(tmp_path / f"mask{i}.png")
+        image = collection_dir / line.split(",")[0]
+        rows.append(",".join([str(image), *line.split(",")[1:]]))
+    (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
+    energies = []
+    for listing in (collection_dir / "list.csv", tmp_path / "list.csv"):
+        out = tmp_path / f"run{len(energies)}"
+        BatchRunner(_job(out, prompt_sets=[]), read_collection(listing), localizer=testbed).run(
+            workers=0, progress=False
+        )
+        ok = [r for r in iter_results(out) if r["status"] == "ok"]
+        energies.append({Path(r["key"]).name: r["mask_energy"] for r in ok})
+    assert energies[0] == energies[1] and len(energies[0]) == N_IMAGES - 1
+    assert all(0.0 < e < 1.0 for e in energies[0].values())
+
+
 def test_a_large_mask_is_kept_bounded_for_its_energy(tmp_path, collection_dir, testbed, monkeypatch):
     """Past MASK_SIDE pixels a side a mask is kept as covered fractions at that size (a batch of
     48-megapixel masks held gigabytes): each energy stays within a hundredth of the full-size one."""

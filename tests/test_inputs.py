@@ -9,7 +9,7 @@ from conftest import counted_calls
 from PIL import Image
 
 import mmfinercam as mf
-from mmfinercam.images import prepare_images, read_image, target_size, to_pixels
+from mmfinercam.images import prepare_images, read_image, read_mask, target_size, to_pixels
 
 
 def test_grayscale_rgba_palette_16bit_are_converted(tmp_path):
@@ -33,6 +33,64 @@ def test_grayscale_rgba_palette_16bit_are_converted(tmp_path):
     assert read_image(floats).getpixel((0, 0)) == (0, 128, 0)
     chw = np.zeros((3, 6, 9), np.uint8)
     assert read_image(chw).size == (9, 6)
+
+
+def _part() -> np.ndarray:
+    """A 24×32 part: a filled ellipse, so that a lossy file has curved edges to blur."""
+    yy, xx = np.mgrid[:24, :32]
+    return ((yy - 11) / 8.0) ** 2 + ((xx - 15) / 11.0) ** 2 <= 1
+
+
+def test_masks_are_read_as_annotation_tools_write_them(tmp_path):
+    """One part, written as the tools people annotate with write it: each reads as that part."""
+    part = _part()
+    u8 = part.astype(np.uint8)
+    written = {
+        "white.png": Image.fromarray(u8 * 255),
+        "label.png": Image.fromarray(u8),  # a label map: the part is 1
+        "label16.png": Image.fromarray(u8.astype(np.uint16) * 3),  # 16-bit labels
+        "bilevel.png": Image.fromarray(part),
+        "red.png": Image.fromarray(np.stack([u8 * 255, 0 * u8, 0 * u8], -1)),  # red on black
+        "opaque.png": Image.fromarray(np.stack([u8 * 255] * 3 + [np.full_like(u8, 255)], -1)),
+    }
+    # black strokes on a transparent layer (composited over white, as images are, they would be
+    # read inverted)
+    strokes = np.zeros((24, 32, 4), np.uint8)
+    strokes[..., 3] = u8 * 255
+    written["strokes.png"] = Image.fromarray(strokes)
+    palette = Image.fromarray(u8)
+    palette.putpalette([0, 0, 0, 128, 0, 0] + [0] * 762)  # now "P"; index 1 a dark red, 38 as grey
+    written["palette.png"] = palette
+    for name, image in written.items():
+        image.save(tmp_path / name)
+        assert np.array_equal(read_mask(tmp_path / name), part), name
+    assert np.array_equal(read_mask(written["label.png"]), part)  # a PIL image as it is
+    assert np.array_equal(read_mask(u8 * 7), part) and read_mask(part[..., None]).shape == part.shape
+    # a JPEG's compression noise around edges is not part of the mask: its pixels count past
+    # mid-grey (every non-zero pixel would take in a ring around the part)
+    Image.fromarray(u8 * 255).save(tmp_path / "lossy.jpg", quality=75)
+    assert (np.asarray(Image.open(tmp_path / "lossy.jpg")) != 0).sum() > part.sum()
+    assert (read_mask(tmp_path / "lossy.jpg") != part).mean() < 0.02
+
+
+def test_a_mask_turns_with_its_exif_and_bad_masks_are_one_line(tmp_path):
+    stored = Image.fromarray(_part().astype(np.uint8) * 255)  # 32 wide, 24 high
+    exif = stored.getexif()
+    exif[0x0112] = 6  # shown turned a quarter clockwise
+    stored.save(tmp_path / "turned.jpg", exif=exif, quality=95)
+    assert read_mask(tmp_path / "turned.jpg").shape == (32, 24)
+    (tmp_path / "garbage.png").write_bytes(b"not a png")
+    (tmp_path / "folder").mkdir()
+    for source, message in [
+        (tmp_path / "none.png", "mask file not found"),
+        (tmp_path / "folder", "expected a mask file, got a folder"),
+        (tmp_path / "garbage.png", "cannot read mask"),
+        (np.zeros((4, 4, 3)), "a mask array must be H×W"),
+        (Image.new("L", (0, 0)), "the mask is empty"),
+        (3, "unsupported mask type int"),
+    ]:
+        with pytest.raises(mf.ImageLoadError, match=message):
+            read_mask(source)
 
 
 def test_a_camera_orientation_is_applied_as_a_viewer_shows_it(tmp_path, tiny_localizer):
