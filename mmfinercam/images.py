@@ -113,6 +113,12 @@ def read_image(source: ImageInput, *, long_side: int | None = None) -> Image.Ima
     return _read(source, long_side=long_side)[0]
 
 
+def checked_size(source: ImageInput) -> tuple[int, int]:
+    """The (height, width) an image reads at, upright, after decoding it whole: a check that the
+    file can be used, at a fraction of a full read for a large JPEG (decoded at 1/8 scale)."""
+    return _read(source, short_side=1)[1]
+
+
 def _read(
     source: ImageInput, short_side: int | None = None, *, long_side: int | None = None
 ) -> tuple[Image.Image, tuple[int, int]]:

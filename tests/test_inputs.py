@@ -152,6 +152,28 @@ def test_a_large_photo_is_read_reduced_for_its_resize(tmp_path, suffix):
     assert torch.equal(kept.pixels, to_pixels(small, (48, 32), kw["mean"], kw["std"]))
 
 
+def test_an_image_is_checked_for_its_size_without_a_full_read(tmp_path):
+    """``checked_size`` gives the upright size a read gives, decoding a large JPEG at 1/8 scale;
+    a truncated file fails it as it fails a read."""
+    from PIL import JpegImagePlugin
+
+    from mmfinercam.images import checked_size
+
+    photo = _natural_image(480, 640, seed=2)
+    exif = photo.getexif()
+    exif[0x0112] = 6  # shown 480 wide, 640 high
+    path = tmp_path / "photo.jpg"
+    photo.save(path, exif=exif, quality=90)
+    with counted_calls(JpegImagePlugin.JpegImageFile, "draft") as drafts:
+        assert checked_size(path) == (640, 480) == read_image(path).size[::-1]
+    assert len(drafts) == 1
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    for check in (checked_size, read_image):
+        with pytest.raises(mf.ImageLoadError, match="cannot read image .*cut.jpg"):
+            check(cut)
+
+
 def test_folders_list_their_images_not_hidden_files(tmp_path):
     from mmfinercam.images import image_files
 
