@@ -785,11 +785,29 @@ def load_map(out: str | Path, record: dict[str, Any]) -> np.ndarray:
     return np.asarray(arr[int(record["map_index"]), int(record["set_index"])])
 
 
-def iter_results(out: str | Path) -> Iterator[dict[str, Any]]:
-    """Summary rows of a finished run, in input order."""
+def iter_results(out: str | Path, *, partial: bool = False) -> Iterator[dict[str, Any]]:
+    """Summary rows of a finished run, in input order. ``partial=True`` reads the chunks done so
+    far instead (of a run still going, or stopped), each in input order: a long run can be looked
+    at before it ends."""
     import pyarrow.parquet as pq
 
-    yield from pq.read_table(Path(out) / "summary.parquet").to_pylist()
+    out = Path(out)
+    chunks = sorted((out / "chunks").glob("chunk-*.parquet"))
+    if partial:
+        for chunk in chunks:
+            yield from pq.read_table(chunk).to_pylist()
+        return
+    summary = out / "summary.parquet"
+    if not summary.is_file():
+        if not out.is_dir():
+            raise MMFinerCAMError(f"no batch run in {out}: the folder does not exist")
+        if chunks:
+            raise MMFinerCAMError(
+                f"the run in {out} has not finished ({len(chunks)} chunk(s) done): run the same "
+                "command again to finish it, or read what is done with iter_results(out, partial=True)"
+            )
+        raise MMFinerCAMError(f"no batch run in {out}: {summary.name} not found")
+    yield from pq.read_table(summary).to_pylist()
 
 
 # writing ---------------------------------------------------------------------------------------

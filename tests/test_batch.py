@@ -145,6 +145,11 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(
         runner.run(workers=0, progress=False)
     assert not (tmp_path / "summary.parquet").exists()
     assert len(list((tmp_path / "chunks").glob("*.parquet"))) == 2
+    with pytest.raises(MMFinerCAMError, match=r"has not finished \(2 chunk\(s\) done\).*partial=True"):
+        list(iter_results(tmp_path))
+    so_far = list(iter_results(tmp_path, partial=True))  # the two chunks' rows, in input order
+    finished = list(iter_results(reference_run[0]))
+    assert so_far == finished[: len(so_far)] and 0 < len(so_far) < len(finished)
     resumed = BatchRunner(_job(tmp_path), collection, localizer=testbed)
     done = []
     resumed_original = resumed.process_chunk
@@ -152,6 +157,14 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(
     report = resumed.run(workers=0, progress=False)
     assert done == [2, 3] and report.chunks_skipped == 2  # each chunk computed exactly once
     assert _outputs(tmp_path) == _outputs(reference_run[0])
+
+
+def test_reading_results_where_no_run_is_says_so(tmp_path):
+    with pytest.raises(MMFinerCAMError, match="no batch run in .*: the folder does not exist"):
+        list(iter_results(tmp_path / "none"))
+    with pytest.raises(MMFinerCAMError, match="no batch run in .*: summary.parquet not found"):
+        list(iter_results(tmp_path))
+    assert list(iter_results(tmp_path, partial=True)) == []
 
 
 def test_a_different_run_in_the_same_folder_is_refused(reference_run, collection_dir, testbed):
