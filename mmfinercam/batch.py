@@ -12,7 +12,8 @@ The rows are cut into fixed chunks. Each chunk is read by a torch DataLoader (de
 preprocessing in worker processes), run through the image tower once per same-sized group for
 every prompt set, and written as ``maps/chunk-NNNNN-HxW.npy`` (float16 Finer-CAM scores on the
 patch grid, N×S×h×w) and then ``chunks/chunk-NNNNN.parquet`` (one row per image and prompt set,
-broken images with their error). The Parquet file is written last, atomically, and marks the
+broken images with their error; an image whose mask cannot be used is still explained, its rows
+carrying the mask's error and no mask energy). The Parquet file is written last, atomically, and marks the
 chunk done: a killed run resumes at the first chunk without one and every result is written
 exactly once. When all chunks are done, ``summary.parquet`` (all rows in input order),
 ``failed.csv`` and ``manifest.json`` are written.
@@ -347,6 +348,7 @@ class _ImageRows(torch.utils.data.Dataset):
         index = self.indices[i]
         row = self.collection.rows[index]
         item: dict[str, Any] = {"index": index, "pixels": None, "size": None, "mask": None, "error": None}
+        item["mask_error"] = None  # a mask that cannot be used: the image is still explained
         try:
             prepared, failed = prepare_images([self._image(row)], **self.prep)
         except Exception as err:  # noqa: BLE001 - a dataset row that cannot even be fetched
@@ -364,7 +366,7 @@ class _ImageRows(torch.utils.data.Dataset):
                     raise mask_size_error(row.mask, mask.shape, item["size"])
                 item["mask"] = _mask_for_energy(mask)
             except ImageLoadError as err:
-                item["error"] = f"mask: {err}"
+                item["mask_error"] = f"mask: {err}"
         return item
 
 
@@ -725,7 +727,7 @@ class BatchRunner(BatchOutput):
                         "key": row.key,
                         "source": self._source_name(row),
                         "status": "ok",
-                        "error": None,
+                        "error": it["mask_error"],  # the map stands; only its mask energy is missing
                         "prompt_set": ps.name,
                         "target": ps.target,
                         "contrast": names,
@@ -783,6 +785,16 @@ def load_map(out: str | Path, record: dict[str, Any]) -> np.ndarray:
     """The float16 score map (grid H×W) of one summary row."""
     arr = np.load(Path(out) / record["map_file"], mmap_mode="r")
     return np.asarray(arr[int(record["map_index"]), int(record["set_index"])])
+
+
+def unusable_masks(out: str | Path) -> list[tuple[str, str]]:
+    """(key, error) of each image of a finished run whose mask could not be used (missing,
+    unreadable, of another size): its map is in the run, its mask energy is not."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(Path(out) / "summary.parquet", columns=["key", "status", "error"])
+    seen = {r["key"]: r["error"] for r in table.to_pylist() if r["status"] == "ok" and r["error"]}
+    return list(seen.items())
 
 
 def iter_results(out: str | Path, *, partial: bool = False) -> Iterator[dict[str, Any]]:

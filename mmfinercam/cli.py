@@ -439,7 +439,15 @@ def models(args: argparse.Namespace) -> int:
 
 
 def batch_cmd(args: argparse.Namespace) -> int:
-    from .batch import BatchJob, PromptSet, load_prompt_sets, read_collection, run_distributed, run_with_ray
+    from .batch import (
+        BatchJob,
+        PromptSet,
+        load_prompt_sets,
+        read_collection,
+        run_distributed,
+        run_with_ray,
+        unusable_masks,
+    )
     from .finer import check_contrasts, check_prompt
 
     collection = read_collection(args.input)
@@ -493,6 +501,13 @@ def batch_cmd(args: argparse.Namespace) -> int:
     )
     if report.finished:
         print(f"all chunks done: {Path(args.out) / 'summary.parquet'}, failed.csv, manifest.json")
+        masks = unusable_masks(args.out)
+        if masks:
+            first = "; ".join(f"{key}: {error}" for key, error in masks[:3])
+            print(
+                f"{len(masks)} mask(s) could not be used, their images explained without a mask "
+                f"energy ({first}{'; ...' if len(masks) > 3 else ''}); the summary's error column has each"
+            )
     return 1 if report.failed else 0
 
 

@@ -15,7 +15,15 @@ import pytest
 from PIL import Image
 
 import mmfinercam as mf
-from mmfinercam.batch import BatchJob, BatchRunner, PromptSet, iter_results, load_map, read_collection
+from mmfinercam.batch import (
+    BatchJob,
+    BatchRunner,
+    PromptSet,
+    iter_results,
+    load_map,
+    read_collection,
+    unusable_masks,
+)
 from mmfinercam.cli import main
 from mmfinercam.errors import MMFinerCAMError
 from mmfinercam.testbed import held_out
@@ -212,35 +220,53 @@ def test_csv_rows_with_their_own_targets_and_masks(tmp_path, collection_dir, tes
     assert r["mask_energy"] == pytest.approx(float((up * mask).sum() / up.sum()), abs=2e-3)
 
 
-def test_label_map_and_transparent_layer_masks_give_the_white_masks_energies(
-    tmp_path, collection_dir, testbed
+def test_masks_as_label_maps_or_transparent_layers_and_unusable_masks(
+    tmp_path, collection_dir, testbed, capsys
 ):
-    """The masks written as label maps (the part 1) and as strokes on a transparent layer: the
-    same energies as the white masks (before, the first marked nothing, the second the rest of
-    the image)."""
+    """The masks written as label maps (the part 1) and as strokes on a transparent layer give the
+    white masks' energies (before, the first marked nothing, the second the rest of the image);
+    an image whose mask is missing or of another size is still explained, its map the same, its
+    row carrying the mask's error and no energy (before, the image failed)."""
     lines = (collection_dir / "list.csv").read_text().splitlines()
-    rows = [lines[0]]
+    rows, unusable = [lines[0]], {"bird2.png": "mask file not found", "bird5.png": "is 40×30 px"}
     for i, line in enumerate(lines[1:]):
         part = np.asarray(Image.open(collection_dir / f"mask{i}.png")) > 0
-        if i % 2:
+        if i == 5:
+            mask = Image.new("L", (40, 30), 255)
+        elif i % 2:
             mask = Image.fromarray(part.astype(np.uint8))
         else:
             black = np.zeros((*part.shape, 3), np.uint8)  # black strokes, painted where opaque
             mask = Image.fromarray(np.dstack([black, part.astype(np.uint8) * 255]))
-        mask.save(tmp_path / f"mask{i}.png")
+        if i != 2:
+            mask.save(tmp_path / f"mask{i}.png")
         image = collection_dir / line.split(",")[0]
         rows.append(",".join([str(image), *line.split(",")[1:]]))
     (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
-    energies = []
+    runs = []
     for listing in (collection_dir / "list.csv", tmp_path / "list.csv"):
-        out = tmp_path / f"run{len(energies)}"
+        out = tmp_path / f"run{len(runs)}"
         BatchRunner(_job(out, prompt_sets=[]), read_collection(listing), localizer=testbed).run(
             workers=0, progress=False
         )
-        ok = [r for r in iter_results(out) if r["status"] == "ok"]
-        energies.append({Path(r["key"]).name: r["mask_energy"] for r in ok})
-    assert energies[0] == energies[1] and len(energies[0]) == N_IMAGES - 1
-    assert all(0.0 < e < 1.0 for e in energies[0].values())
+        runs.append((out, {Path(r["key"]).name: r for r in iter_results(out) if r["status"] == "ok"}))
+    (white_out, white), (other_out, other) = runs
+    assert white.keys() == other.keys() and len(white) == N_IMAGES - 1  # bird3 is no image
+    for name, r in other.items():
+        if name in unusable:
+            assert r["mask_energy"] is None and unusable[name] in r["error"]
+            assert np.array_equal(load_map(other_out, r), load_map(white_out, white[name]))
+        else:
+            assert r["error"] is None and r["mask_energy"] == white[name]["mask_energy"]
+            assert 0.0 < r["mask_energy"] < 1.0
+    assert {Path(key).name for key, _ in unusable_masks(other_out)} == set(unusable)
+    assert unusable_masks(white_out) == []
+    capsys.readouterr()
+    listing, out = str(tmp_path / "list.csv"), str(tmp_path / "c")
+    code = main(["batch", listing, "--model", "testbed", "--quiet", "--out", out])
+    said = capsys.readouterr().out
+    assert code == 1 and "6 images done, 1 failed" in said  # bird3 is no image
+    assert "2 mask(s) could not be used" in said and "bird2.png: mask: mask file not found" in said
 
 
 def test_a_large_mask_is_kept_bounded_for_its_energy(tmp_path, collection_dir, testbed, monkeypatch):
