@@ -13,9 +13,9 @@ preprocessing in worker processes), run through the image tower once per same-si
 every prompt set, and written as ``maps/chunk-NNNNN-HxW.npy`` (float16 Finer-CAM scores on the
 patch grid, N×S×h×w) and then ``chunks/chunk-NNNNN.parquet`` (one row per image and prompt set,
 broken images with their error; an image whose mask cannot be used is still explained, its rows
-carrying the mask's error and no mask energy). The Parquet file is written last, atomically, and marks the
-chunk done: a killed run resumes at the first chunk without one and every result is written
-exactly once. When all chunks are done, ``summary.parquet`` (all rows in input order),
+carrying the mask's error and no mask energy). The Parquet file is written last, atomically,
+and marks the chunk done: a killed run resumes at the first chunk without one and every result
+is written exactly once. When all chunks are done, ``summary.parquet`` (all rows in input order),
 ``failed.csv`` and ``manifest.json`` are written.
 
 Shards: process ``rank`` of ``world`` takes chunks ``c % world == rank`` (from ``RANK`` and
