@@ -561,6 +561,13 @@ def traits(args: argparse.Namespace) -> int:
             f"{float(errors[r]):>7.4f}  {float(z[r]):>6.1f}  {ranking.traits[r]}"
         )
     print("margin: the smallest over the contrast groups; z under 2: these images cannot tell it from none")
+    # the score discounts what a trait shares with its neighbours; the margins' own evidence can
+    # point elsewhere, and a trait below the table may hold the most of it
+    strongest = torch.nan_to_num(z, nan=-torch.inf).argsort(descending=True)[:3].tolist()
+    hidden = [r for r in strongest if r >= args.top and float(z[r]) >= 2]
+    if hidden:
+        named = ", ".join(f"{ranking.traits[r]} z {float(z[r]):.1f} (rank {r + 1})" for r in hidden)
+        print(f"below the table, among the 3 largest z: {named}")
     if args.out:
         with open(args.out, "w", newline="") as f:
             out = csv.writer(f)

@@ -321,6 +321,17 @@ def test_traits_ranks_the_vocabulary_from_folders(tmp_path, capsys):
     assert float(rows[0]["z"]) > 2 and set(rows[0]) >= {"margin Birch finch", "se Cedar finch"}
     smallest = min(float(rows[0]["margin Birch finch"]), float(rows[0]["margin Cedar finch"]))
     assert float(rows[0]["smallest margin"]) == pytest.approx(smallest, abs=1e-6)
+    # the traits of the 3 largest z that rank below the table are named under it
+    by_z = sorted(rows, key=lambda r: -float(r["z"]))[:3]
+    for top in (3, 1):
+        if top == 1:
+            assert main([*argv[:-2], "--top", "1"]) == 0
+            text = capsys.readouterr().out
+        hidden = [r for r in by_z if int(r["rank"]) > top and float(r["z"]) >= 2]
+        named = [line for line in text.splitlines() if line.startswith("below the table")]
+        assert len(named) == (1 if hidden else 0) and (hidden or top == 3)  # at top 1, two at least
+        for r in hidden:
+            assert f"{r['trait']} z {float(r['z']):.1f} (rank {r['rank']})" in named[0]
     (tmp_path / "empty").mkdir()
     assert main([*argv[:3], str(tmp_path / "empty"), "--vocabulary", "testbed-traits"]) == 2
     assert "no images in" in capsys.readouterr().err
