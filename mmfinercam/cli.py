@@ -684,9 +684,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--vocabulary", required=True, help="trait phrases: a file or shipped vocabulary name")
     p.add_argument(
-        "--neighbours", type=_NON_NEGATIVE, default=6, help="nearest phrases whose share is taken off"
+        "--neighbours", type=_NON_NEGATIVE, default=1, help="nearest phrases whose share is taken off"
     )
-    p.add_argument("--alpha", type=float, default=1.0, help="how much of the neighbours' share (0 = none)")
+    p.add_argument("--alpha", type=float, default=0.25, help="how much of the neighbours' share (0 = none)")
     p.add_argument("--top", type=_POSITIVE, default=20, help="traits to print")
     p.add_argument("--batch-size", type=_POSITIVE, default=32)
     p.add_argument("--out", "-o", default=None, help="CSV of every trait, with each group's margin and se")

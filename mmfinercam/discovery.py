@@ -16,10 +16,15 @@ score is its margin minus ``alpha`` times the mean margin of its ``neighbours`` 
     score(t) = m(t) - alpha * mean_{t' in NN_k(t)} m(t')
 
 so "red head" loses what it owes to "red wing", and "red wing" keeps what no neighbour explains.
-``neighbours=0`` gives the plain margin. The defaults (k = 6, alpha = 1) were chosen for the
-shipped testbed model on two held-out testbed splits (start 4000 and 6000, 8 images a species;
-k in 0..6 × alpha in 0.25..1), where they put the known differing trait first for 15 of 24
-species on each (plain margin: 10) and in the top 3 for 18 and 20 (plain: 18 and 17).
+``neighbours=0`` gives the plain margin. The defaults (k = 1, alpha = 0.25: a quarter of the
+nearest phrase's margin) were chosen for the shipped testbed model by
+``scripts/select_trait_defaults.py`` on two held-out testbed splits (start 4000 and 6000, 8
+images a species; k in 0..6 × alpha in 0.25..1) and reported on two others (14000 and 16000):
+there they put the known differing trait first for 13 and 13 of the 24 species (plain margin: 10
+and 11) and in the top 3 for all 24 on both (plain: 23 and 22). The earlier default, k = 6 and
+alpha = 1, chosen for an earlier testbed model, gave 13 and 10 first and 22 in the top 3 on
+both: with larger shares, a trait whose neighbours favour the siblings (negative margins) is
+lifted by them, even when its own margin is noise.
 
 Each image costs one image-tower pass for the whole vocabulary. Where the top traits lie in the
 image is then shown with Finer-CAM (see notebooks/02_trait_discovery.ipynb).
@@ -127,8 +132,8 @@ def rank_traits(
     vocabulary: Sequence[str] | str,
     *,
     templates: Sequence[str] | None = None,
-    neighbours: int = 6,
-    alpha: float = 1.0,
+    neighbours: int = 1,
+    alpha: float = 0.25,
     batch_size: int = 32,
 ) -> TraitRanking:
     """Rank ``vocabulary`` (phrases, or a shipped vocabulary name / file) by how well each trait

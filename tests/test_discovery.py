@@ -75,11 +75,12 @@ def test_default_ranking_uses_the_neighbour_contrast(tiny_localizer):
     vocab = ["red wing", "blue wing", "long beak", "striped tail", "red head"]
     target, groups = [picture(1)], [[picture(3)], [picture(5)]]
     plain = mf.rank_traits(tiny_localizer, target, groups, vocab, neighbours=0)
-    ranked = mf.rank_traits(tiny_localizer, target, groups, vocab)  # k = 6 (here 4: all others), alpha = 1
+    ranked = mf.rank_traits(tiny_localizer, target, groups, vocab)  # k = 1, alpha = 0.25
     margin = plain.scores[[plain.traits.index(v) for v in vocab]]
     expected = contrast_with_neighbours(
-        margin, tiny_localizer.encode_text(vocab, tiny_localizer.templates), 6, 1.0
+        margin, tiny_localizer.encode_text(vocab, tiny_localizer.templates), 1, 0.25
     )
+    assert not torch.allclose(expected, margin)  # the default does take a share off
     assert ranked.traits == [vocab[i] for i in expected.argsort(descending=True)]
     torch.testing.assert_close(ranked.scores, expected.sort(descending=True).values, atol=1e-5, rtol=0)
 
