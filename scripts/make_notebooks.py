@@ -126,7 +126,12 @@ NB2 = [
         "ranking = mf.rank_traits(loc, images_of(target), [images_of(n) for n in family if n != target], vocab)\n"
         "ranking.table(8)",
     ),
-    ("md", "The testbed knows the truth: *Alder finch* differs from its siblings in the wing colour."),
+    (
+        "md",
+        "The testbed knows the truth: *Alder finch* differs from its siblings in the wing colour. "
+        "One species is an anecdote (this tiny text tower binds a colour to the wrong part, and "
+        "*red body* can edge out *red wing*); the check that counts is over every species, below.",
+    ),
     (
         "code",
         "truth = SPECIES[[s.name for s in SPECIES].index(target)].traits()['wing']\n"
@@ -147,7 +152,8 @@ NB2 = [
     ),
     (
         "md",
-        "One species is an anecdote. The same check for every species of the testbed (8 images each):",
+        "The same check for every species of the testbed (8 images each): the known trait should rank "
+        "first for most of them.",
     ),
     (
         "code",
@@ -158,6 +164,7 @@ NB2 = [
         "first = sum(r == 1 for r in ranks.values())\n"
         "print(f'known differing trait ranked first for {first} of {len(ranks)} species; '\n"
         "      f'in the top 3 for {sum(r <= 3 for r in ranks.values())}; mean rank {np.mean(list(ranks.values())):.2f} of {len(vocab)}')\n"
+        "assert first > len(ranks) / 2, 'the known differing trait should rank first for most species'\n"
         "ranks",
     ),
     (
