@@ -58,7 +58,7 @@ from .finer import (
     dense_finer_maps,
     rank_contrasts,
 )
-from .images import IMAGE_SUFFIXES, check_image_size, image_files, mask_size_error, prepare_images, read_mask
+from .images import IMAGE_SUFFIXES, check_image_size, image_files, prepare_images, read_mask
 from .localizer import DENSE_METHODS
 from .metrics import energy_pointing_game
 from .transfer import to_host
@@ -361,10 +361,7 @@ class _ImageRows(torch.utils.data.Dataset):
         item["pixels"], item["size"] = prepared[0].pixels, prepared[0].original_size
         if row.mask is not None:
             try:
-                mask = read_mask(row.mask)
-                if mask.shape != tuple(item["size"]):
-                    raise mask_size_error(row.mask, mask.shape, item["size"])
-                item["mask"] = _mask_for_energy(mask)
+                item["mask"] = _mask_for_energy(read_mask(row.mask, size=item["size"]))
             except ImageLoadError as err:
                 item["mask_error"] = f"mask: {err}"
         return item
@@ -804,22 +801,23 @@ def iter_results(out: str | Path, *, partial: bool = False) -> Iterator[dict[str
     import pyarrow.parquet as pq
 
     out = Path(out)
+    summary = out / "summary.parquet"
+    if not partial and summary.is_file():
+        yield from pq.read_table(summary).to_pylist()
+        return
     chunks = sorted((out / "chunks").glob("chunk-*.parquet"))
     if partial:
         for chunk in chunks:
             yield from pq.read_table(chunk).to_pylist()
         return
-    summary = out / "summary.parquet"
-    if not summary.is_file():
-        if not out.is_dir():
-            raise MMFinerCAMError(f"no batch run in {out}: the folder does not exist")
-        if chunks:
-            raise MMFinerCAMError(
-                f"the run in {out} has not finished ({len(chunks)} chunk(s) done): run the same "
-                "command again to finish it, or read what is done with iter_results(out, partial=True)"
-            )
-        raise MMFinerCAMError(f"no batch run in {out}: {summary.name} not found")
-    yield from pq.read_table(summary).to_pylist()
+    if not out.is_dir():
+        raise MMFinerCAMError(f"no batch run in {out}: the folder does not exist")
+    if chunks:
+        raise MMFinerCAMError(
+            f"the run in {out} has not finished ({len(chunks)} chunk(s) done): run the same "
+            "command again to finish it, or read what is done with iter_results(out, partial=True)"
+        )
+    raise MMFinerCAMError(f"no batch run in {out}: {summary.name} not found")
 
 
 # writing ---------------------------------------------------------------------------------------

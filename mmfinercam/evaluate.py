@@ -25,7 +25,7 @@ from PIL import Image
 from . import metrics as M
 from .cams import CAM_METHODS
 from .errors import ImageLoadError, MMFinerCAMError
-from .images import FailedImage, checked_size, mask_size_error, read_mask
+from .images import FailedImage, checked_size, read_mask
 from .localizer import FinerCAMResult, Localizer
 from .viz import read_for_display
 
@@ -179,9 +179,7 @@ def _entry_prompts(row: dict, where: str) -> tuple[str, list[str]]:
 def _check_entry_files(folder: Path, row: dict) -> None:
     """That an entry's image and part mask can be used, or :class:`ImageLoadError` saying why."""
     size = checked_size(folder / str(row["image"]))
-    mask = read_mask(folder / str(row["mask"]))
-    if mask.shape != size:
-        raise mask_size_error(row["mask"], mask.shape, size)
+    mask = read_mask(folder / str(row["mask"]), size=size, name=row["mask"])
     if not mask.any():
         raise ImageLoadError(f"mask {row['mask']} marks no pixel (every metric would score it as a miss)")
 

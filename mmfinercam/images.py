@@ -179,9 +179,15 @@ def _opened(path: Path, what: str) -> Iterator[Image.Image]:
         raise ImageLoadError(f"cannot read {what} {path}: {err}") from err
 
 
-def read_mask(source: str | Path | Image.Image | np.ndarray) -> np.ndarray:
+def read_mask(
+    source: str | Path | Image.Image | np.ndarray,
+    *,
+    size: tuple[int, int] | None = None,
+    name: str | None = None,
+) -> np.ndarray:
     """A part mask as an H×W bool array, upright as its EXIF says (as images are read, so it
-    stays aligned with its photo).
+    stays aligned with its photo). With ``size``, its image's (height, width): a mask of
+    another size is an :class:`ImageLoadError` naming it as ``name`` (default: the source).
 
     What counts as marked, so that the masks annotation tools write all read as drawn:
 
@@ -192,6 +198,13 @@ def read_mask(source: str | Path | Image.Image | np.ndarray) -> np.ndarray:
     * a JPEG: pixels brighter than mid-grey, as its compression leaves faint non-zero noise
       around every edge;
     * an array: non-zero (bool, or any number type)."""
+    mask = _read_mask(source)
+    if size is not None and mask.shape != tuple(size):
+        raise mask_size_error(str(source) if name is None else name, mask.shape, tuple(size))
+    return mask
+
+
+def _read_mask(source: str | Path | Image.Image | np.ndarray) -> np.ndarray:
     if isinstance(source, np.ndarray):
         if source.ndim == 3 and source.shape[-1] == 1:
             source = source[..., 0]

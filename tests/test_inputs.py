@@ -79,6 +79,9 @@ def test_a_mask_turns_with_its_exif_and_bad_masks_are_one_line(tmp_path):
     exif[0x0112] = 6  # shown turned a quarter clockwise
     stored.save(tmp_path / "turned.jpg", exif=exif, quality=95)
     assert read_mask(tmp_path / "turned.jpg").shape == (32, 24)
+    assert read_mask(tmp_path / "turned.jpg", size=(32, 24)).shape == (32, 24)
+    with pytest.raises(mf.ImageLoadError, match=r"mask wing.jpg is 24×32 px, its image 33×24$"):
+        read_mask(tmp_path / "turned.jpg", size=(24, 33), name="wing.jpg")
     (tmp_path / "garbage.png").write_bytes(b"not a png")
     (tmp_path / "folder").mkdir()
     for source, message in [
