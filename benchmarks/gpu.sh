@@ -9,7 +9,7 @@
 # graphs fp32 fp16. "target" is issue 7's GPU headline: bf16 at batch 256 (and 64, 512), 30 paired
 # rounds; "quickgelu" the same call for a tower with QuickGELU, as OpenAI's CLIP has.
 # Needs torch with CUDA and triton plus this project's dependencies; gem_torch in .gem-ref (see
-# mmfinercam/bench.py). Writes env.txt, kernel.txt, tests.txt, one JSON report per setting and
+# mmfinercam/apps/bench.py). Writes env.txt, kernel.txt, tests.txt, one JSON report per setting and
 # log.txt under OUT; `python benchmarks/report.py OUT/*.json` turns the reports into RESULTS.md
 # tables.
 set -u

@@ -18,16 +18,18 @@ import open_clip
 import torch
 
 import mmfinercam as mf
-from mmfinercam import add_norm, quick_gelu
-from mmfinercam.bench import measure_rounds, prompts, synchronize, without
-from mmfinercam.gem import fused_attention
+from mmfinercam._device import parse_dtype
+from mmfinercam.apps.bench import without
+from mmfinercam.apps.bench_peers import prompts
+from mmfinercam.apps.timing import measure_rounds, synchronize
+from mmfinercam.kernels import fused_add_norm, fused_attention, fused_quick_gelu, is_quick_gelu
 
 
 def at_any_size(call):
     """``call`` with the elementwise fused kernels run whatever the tensors' size."""
 
     def run():
-        with add_norm.fused(True, min_elements=0), quick_gelu.fused(True, min_elements=0):
+        with fused_add_norm(True, min_elements=0), fused_quick_gelu(True, min_elements=0):
             return call()
 
     return run
@@ -45,9 +47,9 @@ def stage_times(model, loc, x, text) -> dict[str, float]:
     for name in ("tower raw", "finer_cam K=100"):
         stages[f"{name}, fused at any size"] = at_any_size(stages[name])
     for name in ("tower raw", "tower gem", "finer_cam K=100"):
-        stages[f"{name}, PyTorch add+norm"] = without(add_norm.fused, stages[name])
-    if any(quick_gelu.is_quick_gelu(m) for m in model.modules()):
-        stages["finer_cam K=100, PyTorch QuickGELU"] = without(quick_gelu.fused, stages["finer_cam K=100"])
+        stages[f"{name}, PyTorch add+norm"] = without(fused_add_norm, stages[name])
+    if any(is_quick_gelu(m) for m in model.modules()):
+        stages["finer_cam K=100, PyTorch QuickGELU"] = without(fused_quick_gelu, stages["finer_cam K=100"])
     got = measure_rounds(stages, x.device, repeats=20, warmup=3)
     return {name: statistics.median(samples) * 1000 for name, (samples, _) in got.items()}
 
@@ -60,7 +62,7 @@ def main():
     parser.add_argument("--table", action="store_true")
     parser.add_argument("--device", default="cuda")
     args = parser.parse_args()
-    dtype = mf.backends.parse_dtype(args.dtype)
+    dtype = parse_dtype(args.dtype)
     torch.manual_seed(0)
     model = open_clip.create_model(args.model, pretrained=None).to(args.device, dtype).eval()
     loc = mf.Localizer.from_open_clip(model, open_clip.get_tokenizer(args.model), name=args.model)

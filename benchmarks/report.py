@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from mmfinercam.bench import to_markdown
+from mmfinercam.apps.timing import to_markdown
 
 for path in sys.argv[1:]:
     print(f"### {Path(path).stem}\n")

@@ -2,12 +2,12 @@
 
     python benchmarks/ss_kernel_gpu.py [--batch 256] [--configs]
 
-Checks ``mmfinercam.kernels`` against the PyTorch path of ``mmfinercam.gem`` (run in float64)
-on fresh random inputs of several shapes, then times one block's self-self attention of
+Checks ``mmfinercam.kernels.attention`` against the PyTorch path of ``mmfinercam.explain.gem``
+(run in float64) on fresh random inputs of several shapes, then times one block's self-self attention of
 ViT-B/16 (12 heads × 197 tokens × 64) both ways with ``triton.testing.do_bench`` (median).
 ``--configs`` also times other launch shapes (``blocks=``), to choose the default, and each
 launch of a call on its own. ``--against FILE`` times these kernels against another version of
-``kernels.py`` (e.g. ``git show HEAD~1:mmfinercam/kernels.py > /tmp/kernels_old.py``), the two
+``kernels/attention.py`` (e.g. ``git show HEAD~1:mmfinercam/kernels/attention.py > /tmp/old.py``), the two
 interleaved on the same inputs: the A/B to decide a kernel change by.
 """
 
@@ -21,7 +21,8 @@ from dataclasses import replace
 import torch
 import triton
 
-from mmfinercam import gem, kernels
+from mmfinercam.explain import gem
+from mmfinercam.kernels import attention as kernels
 
 
 def streams(b, heads, n, d, dtype, device):
@@ -74,7 +75,7 @@ def timing(device, batch, configs):
         return
     # each launch of a call on its own, and the final round held to 168 registers a thread:
     # 3 blocks a multiprocessor instead of 2, with no spills when compiled for sm_90 at 197
-    # tokens (174 registers otherwise; ``kernels.compile_ahead``); not the default until timed
+    # tokens (174 registers otherwise; ``mmfinercam.kernels.aot.compile_ahead``); not the default until timed
     launches = ran_launches(kernels, q, k, v, temp)
     final = launches[-1]
     variants = [("unit rows", launches[0]), ("round", launches[1]), ("final round", final)]
@@ -108,8 +109,8 @@ def ran_launches(module, q, k, v, temp):
 
 
 def load_kernels(path):
-    """Another version of ``mmfinercam/kernels.py``, imported beside the installed one."""
-    spec = importlib.util.spec_from_file_location("mmfinercam.kernels_against", path)
+    """Another version of ``mmfinercam/kernels/attention.py``, imported beside the installed one."""
+    spec = importlib.util.spec_from_file_location("mmfinercam.kernels.attention_against", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
@@ -142,7 +143,9 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch", type=int, nargs="+", default=[4, 64, 256])
     parser.add_argument("--configs", action="store_true")
-    parser.add_argument("--against", metavar="FILE", help="another version of kernels.py to time against")
+    parser.add_argument(
+        "--against", metavar="FILE", help="another version of kernels/attention.py to time against"
+    )
     args = parser.parse_args()
     device = torch.device("cuda")
     torch.manual_seed(0)

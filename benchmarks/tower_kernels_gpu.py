@@ -1,5 +1,5 @@
 """The fused kernels of the tower's unmodified parts on a GPU, against PyTorch: the residual add
-and LayerNorm (:mod:`mmfinercam.add_norm`) and QuickGELU (:mod:`mmfinercam.quick_gelu`).
+and LayerNorm (:mod:`mmfinercam.kernels.fused_norm`) and QuickGELU (:mod:`mmfinercam.kernels.quick_gelu`).
 
     python benchmarks/tower_kernels_gpu.py [--batch 64 256] [--width 768] [--shapes]
 
@@ -19,7 +19,8 @@ import torch.nn.functional as F
 import triton
 from open_clip.transformer import QuickGELU
 
-from mmfinercam import add_norm, quick_gelu
+from mmfinercam.kernels import fused_norm as add_norm
+from mmfinercam.kernels import quick_gelu
 
 
 def bandwidth(tensors: int, x: torch.Tensor, ms: float) -> str:

@@ -10,21 +10,17 @@ margin over the siblings:
 
 Phrases that share words share evidence: if the target has a red wing, "red head" also gains a
 margin from the red. Finer-CAM's own remedy, applied to the vocabulary, cancels it: a trait's
-score is its margin minus ``alpha`` times the mean margin of its ``neighbours`` nearest phrases
-(cosine of their text embeddings),
+score is its margin minus ``neighbour_share`` times the mean margin of its ``neighbours``
+nearest phrases (cosine of their text embeddings, chosen by the same rule as every contrast:
+:func:`~mmfinercam.explain.contrasts.closest_entries`),
 
-    score(t) = m(t) - alpha * mean_{t' in NN_k(t)} m(t')
+    score(t) = m(t) - share * mean_{t' in NN_k(t)} m(t')
 
 so "red head" loses what it owes to "red wing", and "red wing" keeps what no neighbour explains.
-``neighbours=0`` gives the plain margin. The defaults (k = 1, alpha = 0.25: a quarter of the
-nearest phrase's margin) were chosen for the shipped testbed model by
-``scripts/select_trait_defaults.py`` on two held-out testbed splits (start 4000 and 6000, 8
-images a species; k in 0..6 × alpha in 0.25..1) and reported on two others (14000 and 16000):
-there they put the known differing trait first for 13 and 13 of the 24 species (plain margin: 10
-and 11) and in the top 3 for all 24 on both (plain: 23 and 22). The earlier default, k = 6 and
-alpha = 1, chosen for an earlier testbed model, gave 13 and 10 first and 22 in the top 3 on
-both: with larger shares, a trait whose neighbours favour the siblings (negative margins) is
-lifted by them, even when its own margin is noise.
+``neighbours=0`` gives the plain margin. The defaults (k = 1, a share of 0.25) were chosen for
+the shipped testbed model by ``scripts/select_trait_defaults.py`` on held-out testbed splits
+and reported on two others (``benchmarks/RESULTS.md``). Larger shares lift a trait whose
+neighbours favour the siblings (negative margins), even when its own margin is noise.
 
 Each image costs one image-tower pass for the whole vocabulary. Where the top traits lie in the
 image is then shown with Finer-CAM (see notebooks/02_trait_discovery.ipynb).
@@ -35,53 +31,88 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import ImageLoadError, PromptError
-from .finer import check_alpha, check_prompt, is_whole_number
-from .images import ImageInput, pixel_batches
+from ._checks import check_prompt, check_whole, renamed_keywords
+from .errors import ConfigError, ImageLoadError, PromptError
+from .explain.contrasts import closest_entries
+from .images import ImageInput
+from .pixels import pixel_batches
+
+if TYPE_CHECKING:
+    from .localizer import Localizer
 
 
 @dataclass
 class TraitRanking:
-    """The vocabulary ranked, with each margin's standard error: with a few images a group, a
-    margin of a few hundredths can be noise, and the ranking alone would not say so."""
+    """The vocabulary ranked, with each margin's standard error.
 
-    traits: list[str]  #: the vocabulary, best-separating trait first
-    scores: Tensor  #: V, the smallest margin less the neighbours' share, in ``traits`` order
-    margins: Tensor  #: G×V, the margin over each contrast group, in ``traits`` order
-    #: G×V, each margin's standard error (Welch: the two groups' variances over their sizes;
-    #: NaN where a group has one image, which gives no variance)
-    margin_errors: Tensor | None = None
-    counts: list[int] | None = None  #: images used: the target's, then each contrast group's
+    With a few images a group, a margin of a few hundredths can be noise, and the ranking alone
+    would not say so.
+
+    Args:
+        traits: the vocabulary, best-separating trait first.
+        scores: V, the smallest margin less the neighbours' share, in ``traits`` order.
+        margins: G×V, the margin over each contrast group, in ``traits`` order.
+        margin_errors: G×V, each margin's standard error (Welch: the two groups' variances over
+            their sizes; NaN where a group has one image, which gives no variance).
+        counts: images used: the target's, then each contrast group's.
+    """
+
+    traits: list[str]
+    scores: Tensor
+    margins: Tensor
+    margin_errors: Tensor
+    counts: list[int]
 
     def smallest_margin(self) -> tuple[Tensor, Tensor]:
-        """V and V: each trait's smallest margin over the groups and that margin's standard
-        error, in ``traits`` order."""
-        if self.margin_errors is None:
-            raise ValueError("this ranking was made without standard errors")
+        """Each trait's smallest margin over the groups and that margin's standard error.
+
+        Returns:
+            V margins and V standard errors, in ``traits`` order.
+        """
         g = self.margins.argmin(dim=0, keepdim=True)
         return self.margins.gather(0, g)[0], self.margin_errors.gather(0, g)[0]
 
     def smallest_margin_z(self) -> Tensor:
-        """V: each trait's smallest margin over its standard error (how many errors above no
-        separation; under 2, the data cannot tell the trait from none), in ``traits`` order."""
+        """Each trait's smallest margin over its standard error.
+
+        Returns:
+            V: how many errors above no separation; under 2, the data cannot tell the trait
+            from none.
+        """
         margin, error = self.smallest_margin()
         return margin / error
 
     def rank_of(self, trait: str) -> int:
-        """1-based rank of ``trait``."""
+        """Where a trait ranks.
+
+        Args:
+            trait: one of :attr:`traits`.
+
+        Returns:
+            Its 1-based rank.
+        """
         return self.traits.index(trait) + 1
 
     def table(self, k: int = 10) -> list[tuple[str, float]]:
+        """The top of the ranking.
+
+        Args:
+            k: how many traits.
+
+        Returns:
+            (trait, score) of the first ``k``.
+        """
         return [(t, round(float(s), 4)) for t, s in zip(self.traits[:k], self.scores[:k])]
 
 
 def _similarity_moments(
-    loc, images: Sequence[ImageInput], text: Tensor, batch_size: int, group: str
+    loc: Localizer, images: Sequence[ImageInput], text: Tensor, batch_size: int, group: str
 ) -> tuple[Tensor, Tensor, int]:
     """The mean and the (unbiased) variance over the images of each phrase's similarity, and
     how many images were used. Files are read a few batches at a time, so a group of thousands
@@ -113,43 +144,67 @@ def _similarity_moments(
     return mean, variance, n
 
 
-def contrast_with_neighbours(margin: Tensor, text: Tensor, neighbours: int, alpha: float) -> Tensor:
-    """``margin`` (V) less ``alpha`` times the mean margin of each phrase's ``neighbours`` nearest
-    other phrases by cosine of their (normalized) embeddings ``text`` (V×E)."""
+def contrast_with_neighbours(margin: Tensor, text: Tensor, neighbours: int, share: float) -> Tensor:
+    """Each phrase's margin less a share of the mean margin of its nearest other phrases.
+
+    Args:
+        margin: V margins.
+        text: V×E normalized text embeddings of the phrases.
+        neighbours: how many nearest phrases (by cosine) to take.
+        share: how much of their mean margin to take off.
+
+    Returns:
+        V scores.
+    """
     k = min(neighbours, len(margin) - 1)
-    if k <= 0 or alpha == 0:
+    if k <= 0 or share == 0:
         return margin
-    similarity = text @ text.T
-    similarity.fill_diagonal_(float("-inf"))
-    nearest = similarity.topk(k, dim=1).indices  # V×k
-    return margin - alpha * margin[nearest].mean(dim=1)
+    similarity = text @ text.T  # a phrase's own cosine is 1: its closest entry
+    own = torch.eye(len(margin), dtype=torch.bool, device=margin.device)
+    nearest = closest_entries(similarity, similarity.diagonal(), range(1, k + 1), exclude=own)  # V×k
+    return margin - share * margin[nearest].mean(dim=1)
 
 
+@renamed_keywords(alpha="neighbour_share")
 def rank_traits(
-    loc,
+    loc: Localizer,
     target_images: Sequence[ImageInput],
     contrast_groups: Sequence[Sequence[ImageInput]],
     vocabulary: Sequence[str] | str,
     *,
     templates: Sequence[str] | None = None,
     neighbours: int = 1,
-    alpha: float = 0.25,
+    neighbour_share: float = 0.25,
     batch_size: int = 32,
 ) -> TraitRanking:
-    """Rank ``vocabulary`` (phrases, or a shipped vocabulary name / file) by how well each trait
-    separates ``target_images`` from every group of ``contrast_groups`` (one group a species).
+    """Rank a vocabulary by how well each trait separates a species from each similar one.
 
-    ``neighbours`` and ``alpha`` set how much of the margins of each trait's nearest phrases is
-    subtracted (module docstring); ``neighbours=0`` ranks by the smallest margin alone."""
+    Each image costs one image-tower pass for the whole vocabulary; files are read a few
+    batches at a time.
+
+    Args:
+        loc: the model.
+        target_images: the species' images (files, PIL images, arrays).
+        contrast_groups: one group of images a similar species to separate from.
+        vocabulary: trait phrases, or a shipped vocabulary's name or a file.
+        templates: prompt templates (default: the model's).
+        neighbours: how many nearest phrases' margins to discount (0: the plain margin).
+        neighbour_share: how much of their mean margin to take off (module docstring).
+        batch_size: images a pass.
+
+    Returns:
+        The ranking, best-separating trait first, with each margin's standard error.
+
+    Raises:
+        ConfigError: for unusable numbers.
+        PromptError: for an empty vocabulary or no contrast group.
+        ImageLoadError: when a group has no usable image.
+    """
     from . import prompts
 
-    alpha = check_alpha(alpha)
-    whole = is_whole_number(neighbours) and is_whole_number(batch_size)
-    if not whole or neighbours < 0 or batch_size < 1:
-        raise ValueError(
-            f"neighbours must be whole and >= 0, batch_size whole and >= 1; "
-            f"got {neighbours!r} and {batch_size!r}"
-        )
+    share = check_neighbour_share(neighbour_share)
+    neighbours = check_whole(neighbours, "neighbours", least=0)
+    batch_size = check_whole(batch_size, "batch_size")
     if isinstance(vocabulary, str):
         entries = prompts.load(vocabulary)
     else:
@@ -168,7 +223,7 @@ def rank_traits(
     ]
     margins = target[None] - torch.stack([mean for mean, _, _ in groups])
     errors = torch.stack([(target_var / n_target + var / n).sqrt() for _, var, n in groups])
-    scores = contrast_with_neighbours(margins.amin(dim=0), text, neighbours, alpha)
+    scores = contrast_with_neighbours(margins.amin(dim=0), text, neighbours, share)
     order = scores.argsort(descending=True, stable=True)
     return TraitRanking(
         [entries[i] for i in order],
@@ -177,3 +232,26 @@ def rank_traits(
         errors[:, order].cpu(),
         [n_target, *(n for _, _, n in groups)],
     )
+
+
+def check_neighbour_share(share: object) -> float:
+    """The neighbours' share: a number from 0 to 1.
+
+    Beyond 1 a trait would lose more than its neighbours' whole margin.
+
+    Args:
+        share: the value given.
+
+    Returns:
+        It as a float.
+
+    Raises:
+        ConfigError: when it is not a number from 0 to 1.
+    """
+    try:
+        value = float(share)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0 <= value <= 1:  # NaN fails too
+        raise ConfigError(f"neighbour_share must be a number from 0 to 1, got {share!r}")
+    return value

@@ -11,6 +11,14 @@ class MMFinerCAMError(Exception):
     """Base class of every error mmfinercam raises on purpose."""
 
 
+class ConfigError(MMFinerCAMError, ValueError):
+    """A setting is unusable: an alpha, a method name, a depth, a device, a size, a count.
+
+    Raised where the setting is given (:class:`~mmfinercam.options.FinerOptions`, a loader, a
+    command's options), before any model runs, so the math below never checks it again.
+    """
+
+
 class WeightsNotFoundError(MMFinerCAMError, FileNotFoundError):
     """Model weights could not be found locally and could not be downloaded."""
 
@@ -19,9 +27,14 @@ class ImageLoadError(MMFinerCAMError, ValueError):
     """An image could not be read, or is unusable (e.g. smaller than one patch).
 
     When a whole batch is unusable, ``failed`` lists each image and why.
+
+    Args:
+        message: the one-line reason.
+        failed: the images of a batch that could not be used
+            (:class:`~mmfinercam.pixels.FailedImage`).
     """
 
-    def __init__(self, message: str, failed: list | None = None):
+    def __init__(self, message: str, failed: list | None = None) -> None:
         super().__init__(message)
         self.failed = failed or []
 

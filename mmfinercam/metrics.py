@@ -54,9 +54,19 @@ def _check_classes(classes: Tensor, probs: Tensor, what: str) -> Tensor:
 
 
 def top_fraction_mask(maps: Tensor, fraction: float) -> Tensor:
-    """B×H×W bool: the ``fraction`` of pixels with the highest values in each map.
+    """The ``fraction`` of pixels with the highest values in each map.
 
     Exactly ``round(fraction * H * W)`` pixels per map (ties broken by position).
+
+    Args:
+        maps: B×H×W maps.
+        fraction: a share from 0 to 1.
+
+    Returns:
+        B×H×W bool.
+
+    Raises:
+        ValueError: for a fraction outside [0, 1], or maps that are not B×H×W and finite.
     """
     _check_maps(maps)
     if not 0.0 <= fraction <= 1.0:
@@ -72,7 +82,16 @@ def top_fraction_mask(maps: Tensor, fraction: float) -> Tensor:
 
 
 def apply_mask(images: Tensor, mask: Tensor, fill: float | Tensor = 0.0) -> Tensor:
-    """Replace the pixels where ``mask`` (B×H×W) is True by ``fill``."""
+    """Images with the pixels under a mask replaced.
+
+    Args:
+        images: B×C×H×W preprocessed images.
+        mask: B×H×W bool.
+        fill: the value put there (0 is the dataset's mean colour once normalized).
+
+    Returns:
+        B×C×H×W.
+    """
     return torch.where(mask[:, None].to(images.device), torch.as_tensor(fill, dtype=images.dtype), images)
 
 
@@ -86,10 +105,23 @@ def relative_confidence_drop(
     fill: float = 0.0,
     probs_before: Tensor | None = None,
 ) -> Tensor:
-    """Finer-CAM's RD for each image (B): ``(p_c - p*_c) - (p_d - p*_d)``.
+    """Finer-CAM's relative confidence drop for each image: ``(p_c - p*_c) - (p_d - p*_d)``.
 
-    ``target`` and ``contrast`` are B class indices (c and the most similar class d); ``*``
-    marks probabilities after masking the top ``fraction`` of the map's pixels.
+    ``*`` marks probabilities after masking the top ``fraction`` of the map's pixels: a map that
+    found what separates c from d costs the target more than the similar class.
+
+    Args:
+        predict: images -> B×K class probabilities.
+        images: B×C×H×W preprocessed images.
+        maps: B×H×W maps at the images' size.
+        target: B target classes (c).
+        contrast: B most similar classes (d).
+        fraction: the share of pixels masked.
+        fill: the value masked pixels get.
+        probs_before: ``predict(images)`` where already at hand.
+
+    Returns:
+        B drops; higher is better.
     """
     _check_maps(maps, images=images)
     before = predict(images) if probs_before is None else probs_before
@@ -134,7 +166,19 @@ def _auc(curve: Tensor) -> Tensor:
 def deletion_auc(
     predict: Predictor, images: Tensor, maps: Tensor, target: Tensor, steps: int = 16, fill: float = 0.0
 ) -> Tensor:
-    """RISE deletion: remove pixels most-important first; lower area = better map (B)."""
+    """RISE deletion: remove pixels most-important first; the area under the target's probability.
+
+    Args:
+        predict: images -> B×K class probabilities.
+        images: B×C×H×W preprocessed images.
+        maps: B×H×W maps at the images' size.
+        target: B target classes.
+        steps: how many fractions are scored.
+        fill: the value removed pixels get.
+
+    Returns:
+        B areas; lower is better.
+    """
     return _auc(_order_curve(predict, images, torch.full_like(images, fill), maps, target, steps))
 
 
@@ -146,12 +190,35 @@ def insertion_auc(
     steps: int = 16,
     blur_sigma: float = 5.0,
 ) -> Tensor:
-    """RISE insertion: reveal pixels most-important first on a blurred copy; higher = better (B)."""
+    """RISE insertion: reveal pixels most-important first on a blurred copy; the area under the curve.
+
+    Args:
+        predict: images -> B×K class probabilities.
+        images: B×C×H×W preprocessed images.
+        maps: B×H×W maps at the images' size.
+        target: B target classes.
+        steps: how many fractions are scored.
+        blur_sigma: the blurred copy's Gaussian sigma in pixels.
+
+    Returns:
+        B areas; higher is better.
+    """
     return _auc(_order_curve(predict, gaussian_blur(images, blur_sigma), images, maps, target, steps))
 
 
 def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur with reflect padding (the RISE insertion baseline)."""
+    """Separable Gaussian blur with reflect padding (the RISE insertion baseline).
+
+    Args:
+        images: B×C×H×W.
+        sigma: the standard deviation in pixels.
+
+    Returns:
+        B×C×H×W.
+
+    Raises:
+        ValueError: for a sigma that is not positive.
+    """
     if not sigma > 0:
         raise ValueError(f"sigma must be > 0, got {sigma}")
     radius = max(1, int(3 * sigma))
@@ -168,10 +235,21 @@ def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
 
 
 def pointing_game(maps: Tensor, masks: Tensor, tolerance: int = 0) -> Tensor:
-    """B bools: whether each map's maximum lies on its mask (within ``tolerance`` pixels).
+    """Whether each map's maximum lies on its mask (Zhang et al. 2016).
 
     Ties go to the first maximum in row-major order. An all-equal map points nowhere and counts
     as a miss.
+
+    Args:
+        maps: B×H×W maps.
+        masks: B×H×W bool.
+        tolerance: how many pixels away from the mask still count.
+
+    Returns:
+        B bools.
+
+    Raises:
+        ValueError: for a negative tolerance, or maps and masks that do not match.
     """
     _check_maps(maps, masks)
     if tolerance < 0:
@@ -189,7 +267,15 @@ def pointing_game(maps: Tensor, masks: Tensor, tolerance: int = 0) -> Tensor:
 
 
 def energy_pointing_game(maps: Tensor, masks: Tensor) -> Tensor:
-    """B floats: the share of each (non-negative) map's total mass that lies on the mask."""
+    """The share of each (non-negative) map's total mass that lies on its mask (Score-CAM).
+
+    Args:
+        maps: B×H×W non-negative maps.
+        masks: B×H×W bool (or covered fractions).
+
+    Returns:
+        B floats in [0, 1].
+    """
     _check_maps(maps, masks)
     maps = maps.clamp_min(0).float()
     total = maps.flatten(1).sum(dim=1)
@@ -198,7 +284,16 @@ def energy_pointing_game(maps: Tensor, masks: Tensor) -> Tensor:
 
 
 def mask_iou(maps: Tensor, masks: Tensor, threshold: float = 0.5) -> Tensor:
-    """B floats: IoU between ``maps >= threshold`` and the mask (0 when both are empty)."""
+    """IoU between each thresholded map and its mask.
+
+    Args:
+        maps: B×H×W maps in [0, 1].
+        masks: B×H×W bool.
+        threshold: the map value from which a pixel counts.
+
+    Returns:
+        B floats (0 when both are empty).
+    """
     _check_maps(maps, masks)
     pred = maps >= threshold
     gt = masks.bool()

@@ -59,7 +59,15 @@ def _init_tensor(name: str, shape: torch.Size, gen: torch.Generator) -> torch.Te
 
 
 def deterministic_state_dict(model: nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A full state dict for ``model`` whose values depend only on names, shapes and ``seed``."""
+    """A full state dict whose values depend only on names, shapes and a seed.
+
+    Args:
+        model: the model whose state dict's names and shapes are used.
+        seed: the seed.
+
+    Returns:
+        Name -> tensor.
+    """
     out = {}
     for name, value in model.state_dict().items():
         if not value.is_floating_point():
@@ -71,7 +79,15 @@ def deterministic_state_dict(model: nn.Module, seed: int = 0) -> dict[str, torch
 
 
 def deterministic_image(size: int | tuple[int, int], seed: int = 0) -> torch.Tensor:
-    """A reproducible 1×3×H×W input with smooth structure (not white noise)."""
+    """A reproducible input with smooth structure (not white noise).
+
+    Args:
+        size: the side, or (height, width).
+        seed: the seed.
+
+    Returns:
+        1×3×H×W.
+    """
     h, w = (size, size) if isinstance(size, int) else size
     gen = torch.Generator().manual_seed(seed)
     coarse = torch.randn(1, 3, max(h // 16, 2), max(w // 16, 2), generator=gen)
@@ -81,7 +97,15 @@ def deterministic_image(size: int | tuple[int, int], seed: int = 0) -> torch.Ten
 
 
 def build_tiny_open_clip(seed: int = 0, config: dict[str, Any] | None = None) -> nn.Module:
-    """The tiny open_clip CLIP of :data:`TINY_VIT_CONFIG` with deterministic weights."""
+    """A tiny open_clip CLIP with deterministic weights.
+
+    Args:
+        seed: the weights' seed.
+        config: the model config (default :data:`TINY_VIT_CONFIG`).
+
+    Returns:
+        The model in eval mode.
+    """
     from open_clip.model import CLIP
 
     model = CLIP(**(config or TINY_VIT_CONFIG))
@@ -89,11 +113,20 @@ def build_tiny_open_clip(seed: int = 0, config: dict[str, Any] | None = None) ->
     return model.eval()
 
 
-def open_clip_to_transformers(model: nn.Module) -> nn.Module:
+def open_clip_to_transformers(model: Any) -> nn.Module:
     """A transformers ``CLIPModel`` holding the same weights as an open_clip ViT CLIP.
 
-    Supports the plain open_clip layout (GELU, pre-norm blocks, CLS pooling, projections);
-    used by the parity tests between the two backends.
+    Supports the plain open_clip layout (GELU or QuickGELU, pre-norm blocks, CLS pooling,
+    projections); used by the parity tests between the two backends.
+
+    Args:
+        model: the open_clip model.
+
+    Returns:
+        The transformers model in eval mode.
+
+    Raises:
+        ValueError: when the weights do not map completely.
     """
     from transformers import CLIPConfig, CLIPModel
 

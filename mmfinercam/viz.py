@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -11,7 +12,7 @@ from torch import Tensor
 from .images import ImageInput, read_image
 
 
-def _heat_at(heatmap: Tensor | np.ndarray, rgb) -> np.ndarray:
+def _heat_at(heatmap: Tensor | np.ndarray, rgb: Image.Image) -> np.ndarray:
     """``heatmap`` as a float32 array at the image's size (resized bilinearly where it differs).
 
     Only values in [0, 1] are drawn: a colour scale from 0 to 1 would silently clip raw scores
@@ -41,7 +42,14 @@ DISPLAY_SIDE = 2048
 
 
 def display_copy(rgb: Image.Image) -> Image.Image:
-    """``rgb`` made no larger than :data:`DISPLAY_SIDE` on its longer side (a copy), else itself."""
+    """An image made no larger than :data:`DISPLAY_SIDE` on its longer side.
+
+    Args:
+        rgb: an RGB image.
+
+    Returns:
+        A smaller copy, or the image itself.
+    """
     if max(rgb.size) <= DISPLAY_SIDE:
         return rgb
     shown = rgb.copy()
@@ -50,13 +58,28 @@ def display_copy(rgb: Image.Image) -> Image.Image:
 
 
 def read_for_display(image: ImageInput) -> Image.Image:
-    """``image`` as RGB at display size: decoded smaller where it can be, then
-    :func:`display_copy`."""
+    """An image as RGB at display size: decoded smaller where it can be, then :func:`display_copy`.
+
+    Args:
+        image: a path, PIL image or array.
+
+    Returns:
+        The RGB image.
+    """
     return display_copy(read_image(image, long_side=DISPLAY_SIDE))
 
 
 def describe_contrast(target: str | None, contrast: Sequence[str] | None, alpha: float | None) -> str:
-    """``"Cape May warbler vs Magnolia warbler, ... (alpha=1.0)"``."""
+    """What a map contrasts, as a title: ``"Cape May warbler vs Magnolia warbler, ... (alpha=1)"``.
+
+    Args:
+        target: the target prompt.
+        contrast: the contrast prompts.
+        alpha: the contrast strength.
+
+    Returns:
+        The title.
+    """
     parts = []
     if target:
         parts.append(target)
@@ -67,9 +90,22 @@ def describe_contrast(target: str | None, contrast: Sequence[str] | None, alpha:
     return " ".join(parts)
 
 
-def blend(image: ImageInput, heatmap: Tensor | np.ndarray, *, cmap: str = "jet", opacity: float = 0.5):
-    """``heatmap`` (values in [0, 1]) coloured with ``cmap`` over ``image``: a PIL image at the
-    image's size, for apps and batch pictures where a matplotlib figure is too slow."""
+def blend(
+    image: ImageInput, heatmap: Tensor | np.ndarray, *, cmap: str = "jet", opacity: float = 0.5
+) -> Image.Image:
+    """A heatmap coloured over an image, as a PIL image at the image's size.
+
+    For apps and batch pictures, where a matplotlib figure is too slow.
+
+    Args:
+        image: a path, PIL image or array.
+        heatmap: H×W values in [0, 1].
+        cmap: a matplotlib colour map.
+        opacity: the heatmap's share of each pixel.
+
+    Returns:
+        The blended RGB image.
+    """
     from matplotlib import colormaps
     from PIL import Image
 
@@ -90,14 +126,28 @@ def overlay(
     cmap: str = "jet",
     opacity: float = 0.5,
     colorbar: bool = True,
-    ax=None,
-):
-    """Draw ``heatmap`` over ``image``; returns the matplotlib Figure.
+    ax: Any = None,
+) -> Any:
+    """Draw a heatmap over an image, with a colour bar and a title that says what was contrasted.
 
-    The heatmap holds values in [0, 1] (a result's ``heatmaps``; anything else is refused) and
-    is resized to the image if their sizes differ. An image over :data:`DISPLAY_SIDE` pixels is
-    drawn at that size, which no figure shows the difference of. The title defaults to the
-    target, the contrasts and alpha, so a saved picture says what it shows.
+    The heatmap holds values in [0, 1] (a result's ``heatmaps``; anything else is refused) and is
+    resized to the image if their sizes differ. An image over :data:`DISPLAY_SIDE` pixels is drawn
+    at that size, which no figure shows the difference of.
+
+    Args:
+        image: a path, PIL image or array.
+        heatmap: H×W values in [0, 1].
+        target: the target, for the default title.
+        contrast: the contrasts, for the default title.
+        alpha: the contrast strength, for the default title.
+        title: the title (default: target, contrasts and alpha).
+        cmap: a matplotlib colour map.
+        opacity: the heatmap's opacity.
+        colorbar: draw a colour bar.
+        ax: draw into this matplotlib axes.
+
+    Returns:
+        The matplotlib figure.
     """
     import matplotlib.pyplot as plt
 
@@ -127,8 +177,19 @@ def compare(
     title: str | None = None,
     cmap: str = "jet",
     opacity: float = 0.5,
-):
-    """The image beside each labelled map (e.g. plain map vs Finer-CAM); returns the Figure."""
+) -> Any:
+    """The image beside each labelled map (the plain map beside Finer-CAM, say).
+
+    Args:
+        image: a path, PIL image or array.
+        maps: (label, H×W heatmap in [0, 1]) of each panel.
+        title: the figure's title.
+        cmap: a matplotlib colour map.
+        opacity: the heatmaps' opacity.
+
+    Returns:
+        The matplotlib figure.
+    """
     import matplotlib.pyplot as plt
 
     rgb = read_for_display(image)

@@ -21,8 +21,8 @@ OUT = ROOT / "notebooks"
 
 SWITCH = """**Other models.** Everything below runs on the shipped testbed model. With weights on disk,
 swap the first line for `mf.load("bioclip")` (BioCLIP, `hf-hub:imageomics/bioclip`),
-`mf.load("bioclip-2")`, `mf.load("ViT-B-16", "openai")` or `mf.load("openai/clip-vit-base-patch16")`
-(transformers); `mmfinercam models` lists what is present."""
+`mf.load("bioclip-2")`, `mf.load("ViT-B-16", "openai")` or
+`mf.load("transformers:openai/clip-vit-base-patch16")`; `mmfinercam models` lists what is present."""
 
 NB1 = [
     (
@@ -118,7 +118,7 @@ NB2 = [
         "itself. Then it applies Finer-CAM's own idea to the vocabulary: phrases that share words share "
         "evidence (a red wing also lends *red head* a margin), so each trait loses a share of the "
         "margin of its nearest phrase (by text embedding; by default a quarter of it, "
-        "`neighbours=1, alpha=0.25`), and what it shares with that phrase cancels "
+        "`neighbours=1, neighbour_share=0.25`), and what it shares with that phrase cancels "
         "(`neighbours=0` turns this off). One image-tower pass per image scores the whole vocabulary.",
     ),
     (
@@ -207,7 +207,7 @@ NB3 = [
     ),
     (
         "code",
-        "import mmfinercam as mf\nfrom mmfinercam.evaluate import default_methods, evaluate, testbed_items, write_report\n"
+        "import mmfinercam as mf\nfrom mmfinercam.apps.eval_report import write_report\nfrom mmfinercam.apps.evaluate import default_methods, evaluate, testbed_items\n"
         "loc = mf.load('testbed', device='cpu')\nitems, names = testbed_items(48, start=2000)\n"
         "methods = default_methods(alphas=(0.6, 1.0), cams=('gradcam', 'layercam'))\n[m.name for m in methods]",
     ),

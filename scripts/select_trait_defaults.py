@@ -1,13 +1,13 @@
-"""Choose ``rank_traits``' defaults (neighbours k, alpha) for the shipped testbed model.
+"""Choose ``rank_traits``' defaults (neighbours k, neighbour share) for the shipped testbed model.
 
     python scripts/select_trait_defaults.py            # about a minute on a 2-core CPU
 
 For each of the 24 testbed species, its 8 first images in a held-out pool of 192 against each
 sibling's 8, ranked over the ``testbed-traits`` vocabulary; the known differing trait's rank is
-read for every setting: k = 0 (the plain smallest margin) and k = 1..6 × alpha in 0.25..1.
+read for every setting: k = 0 (the plain smallest margin) and k = 1..6 × share in 0.25..1.
 Chosen on two splits (pools starting at held-out index 4000 and 6000) by the count ranked first,
 then the count in the top 3, then the mean rank; the chosen setting, the plain margin and the
-previous default (k = 6, alpha = 1) are then reported on two splits used for nothing else (14000
+previous default (k = 6, share 1) are then reported on two splits used for nothing else (14000
 and 16000). The margins are computed once a species (``neighbours=0``) and each setting applied
 to them with :func:`mmfinercam.discovery.contrast_with_neighbours`, as ``rank_traits`` does.
 """
@@ -42,9 +42,9 @@ def known_trait_ranks(loc, vocab: list[str], text: torch.Tensor, start: int) -> 
         margin = torch.empty(len(vocab))
         margin[[vocab.index(t) for t in plain.traits]] = plain.scores
         truth = vocab.index(sp.traits()[sp.varying_part])
-        for k, alpha in SETTINGS:
-            score = contrast_with_neighbours(margin, text, k, alpha)
-            ranks[(k, alpha)].append(int((score > score[truth]).sum()) + 1)
+        for k, share in SETTINGS:
+            score = contrast_with_neighbours(margin, text, k, share)
+            ranks[(k, share)].append(int((score > score[truth]).sum()) + 1)
     return ranks
 
 
@@ -74,7 +74,7 @@ def main() -> None:
     for name, setting in [("chosen", best), ("plain margin", (0, 0.0)), ("previous default", (6, 1.0))]:
         choose = " | ".join(shown(r[setting]) for r in chosen_on)
         report = " | ".join(shown(r[setting]) for r in reported)
-        print(f"{name:17s} k={setting[0]} alpha={setting[1]:.2f}  choose on {choose}  report on {report}")
+        print(f"{name:17s} k={setting[0]} share={setting[1]:.2f}  choose on {choose}  report on {report}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmfinercam.backends._ops import ModuleFn, call_module
 from mmfinercam.backends.base import Backend, ImageConfig, ModelInfo, VisionTower
 
 DIM = 8
@@ -32,14 +33,14 @@ class LinearPatchTower(VisionTower):
         self.num_prefix_tokens = 0
         self.blocks = []
 
-    def embed(self, pixels: Tensor) -> Tensor:
+    def embed(self, pixels: Tensor, apply: ModuleFn = call_module) -> Tensor:
         pooled = F.avg_pool2d(pixels, PATCH)  # B×3×h×w
         return self.mixing(pooled.flatten(2).transpose(1, 2))  # B×N×DIM
 
     def pool(self, x: Tensor) -> Tensor:
         return x.mean(dim=1)
 
-    def project_tokens(self, x: Tensor) -> Tensor:
+    def project_tokens(self, x: Tensor, apply: ModuleFn = call_module) -> Tensor:
         return x
 
 

@@ -15,7 +15,9 @@ import torch
 from conftest import counted_calls, rel_err, run_interpreted
 from torch import nn
 
-from mmfinercam import add_norm, gem, kernels
+from mmfinercam.explain.tower import dense_tokens
+from mmfinercam.kernels import aot
+from mmfinercam.kernels import fused_norm as add_norm
 
 pytest.importorskip("triton")
 
@@ -83,9 +85,9 @@ def interpreted_checks() -> dict:
             with torch.inference_mode():
                 with counted_calls(add_norm, "plan_add_layer_norm") as launches:
                     with counted_calls(torch.Tensor, "norm") as fused_norms:
-                        fused = gem.run_tower(tower, pixels, method=method)
+                        fused = dense_tokens(tower, pixels, method)
                 with add_norm.fused(False), counted_calls(torch.Tensor, "norm") as plain_norms:
-                    plain = gem.run_tower(tower, pixels, method=method)
+                    plain = dense_tokens(tower, pixels, method)
             key = f"tower {name} {method}"
             found[f"{key} launches"] = len(launches)
             found[f"{key} norm passes saved"] = len(plain_norms) - len(fused_norms)
@@ -151,8 +153,8 @@ def test_kernel_compiles_with_whole_vector_loads_and_no_spills(gpu, width, row_n
     weight = torch.empty(width, dtype=torch.bfloat16)
     plan = add_norm.plan_add_layer_norm(x, torch.empty_like(x), weight, weight, 1e-6, row_norms=row_norms)
     launch = plan[-1]
-    compiled = kernels.compile_ahead(launch, gpu)
-    assert kernels.resource_usage(compiled)["spilled"] == 0
+    compiled = aot.compile_ahead(launch, gpu)
+    assert aot.resource_usage(compiled)["spilled"] == 0
     ptx = compiled.asm["ptx"]
     assert set(re.findall(r"ld\.global\S*", ptx)) == {"ld.global.v4.b32"}, launch.meta
     stores = re.findall(r"st\.global\S*", ptx)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmfinercam.app import AppInputError, ModelCache, build_app, localize_for_app, sample_rows
+from mmfinercam.apps.web import AppInputError, ModelCache, build_app, localize_for_app, sample_rows
 from mmfinercam.cli import build_parser
 
 gradio = pytest.importorskip("gradio")

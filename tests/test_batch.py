@@ -60,8 +60,13 @@ def collection_dir(tmp_path_factory):
     return root
 
 
+FINER = {"alpha", "weighting", "method", "depth", "contrast_ranks", "short_side"}
+
+
 def _job(out, **kw):
-    base = dict(out=str(out), prompt_sets=SETS, model="testbed", chunk_size=2)
+    """A job on the testbed model; Finer-CAM settings given as keywords go into its options."""
+    options = mf.FinerOptions(**{k: kw.pop(k) for k in FINER & set(kw)})
+    base = dict(out=str(out), prompt_sets=SETS, model="testbed", chunk_size=2, options=options)
     return BatchJob(**(base | kw))
 
 
@@ -272,19 +277,19 @@ def test_masks_as_label_maps_or_transparent_layers_and_unusable_masks(
 def test_a_large_mask_is_kept_bounded_for_its_energy(tmp_path, collection_dir, testbed, monkeypatch):
     """Past MASK_SIDE pixels a side a mask is kept as covered fractions at that size (a batch of
     48-megapixel masks held gigabytes): each energy stays within a hundredth of the full-size one."""
-    from mmfinercam import batch
+    from mmfinercam import masks
 
     collection = read_collection(collection_dir / "list.csv")
     energies = []
-    for side, out in [(batch.MASK_SIDE, tmp_path / "full"), (40, tmp_path / "bounded")]:
-        monkeypatch.setattr(batch, "MASK_SIDE", side)  # the testbed's masks are 96 px a side
+    for side, out in [(masks.MASK_SIDE, tmp_path / "full"), (40, tmp_path / "bounded")]:
+        monkeypatch.setattr(masks, "MASK_SIDE", side)  # the testbed's masks are 96 px a side
         BatchRunner(_job(out, prompt_sets=[]), collection, localizer=testbed).run(workers=0, progress=False)
         energies.append({r["key"]: r["mask_energy"] for r in iter_results(out) if r["status"] == "ok"})
     assert energies[0].keys() == energies[1].keys() and len(energies[0]) == N_IMAGES - 1
     for key, full in energies[0].items():
         assert energies[1][key] == pytest.approx(full, abs=0.01), key
     assert any(energies[1][k] != energies[0][k] for k in energies[0])  # the bounded path did run
-    reduced = batch._mask_for_energy(np.eye(96, dtype=bool))
+    reduced = masks.mask_for_energy(np.eye(96, dtype=bool))
     assert tuple(reduced.shape) == (40, 40) and reduced.is_floating_point()
     assert float(reduced.sum()) == pytest.approx(96 * (40 / 96) ** 2, rel=0.05)  # the area, rescaled
 
@@ -311,8 +316,8 @@ def test_contrast_ranks_outside_the_vocabulary_are_refused_first(tmp_path, colle
     cases = [((24, 25), "there are 23 vocabulary entries"), ((3, 3), "distinct"), ((), "distinct")]
     for ranks, message in cases:
         sets = [PromptSet("t", "Alder finch")]
-        job = _job(tmp_path, prompt_sets=sets, vocabulary="testbed-species", contrast_ranks=ranks)
         with pytest.raises(mf.PromptError, match=message):
+            job = _job(tmp_path, prompt_sets=sets, vocabulary="testbed-species", contrast_ranks=ranks)
             BatchRunner(job, read_collection(collection_dir / "images"), localizer=testbed)
     assert not (tmp_path / "chunks").exists()
 
@@ -468,9 +473,9 @@ def test_a_sigkilled_process_resumes_to_the_same_output(tmp_path, reference_run,
 
 def test_an_image_size_under_a_patch_is_refused_before_any_image(tmp_path, collection_dir, testbed):
     """It used to make every image fail, one by one, and call the run done."""
-    with pytest.raises(MMFinerCAMError, match="image_size must be whole pixels, at least one 8×8 patch; got"):
+    with pytest.raises(MMFinerCAMError, match="short_side must be whole pixels, at least one 8×8 patch; got"):
         BatchRunner(
-            _job(tmp_path / "o", image_size=3), read_collection(collection_dir / "images"), localizer=testbed
+            _job(tmp_path / "o", short_side=3), read_collection(collection_dir / "images"), localizer=testbed
         )
     assert not (tmp_path / "o").exists()
 
@@ -494,16 +499,18 @@ def test_bad_job_settings_and_prompt_set_files_are_one_line(tmp_path, collection
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0]
     with pytest.raises(ValueError, match="alpha must be a finite number"):
-        BatchJob(out=str(tmp_path / "o"), alpha=float("nan"))
+        _job(tmp_path / "o", alpha=float("nan"))
     for bad, message in [
         (dict(method="magic"), "unknown method 'magic'"),
         (dict(method="gradcam"), "needs a backward pass"),
         (dict(weighting="max"), "weighting must be one of"),
-        (dict(depth=1), "depth must be a whole number >= 2"),
-        (dict(depth=3.5), "depth must be a whole number >= 2"),
+        (dict(depth=1), "depth must be between 2"),
+        (dict(depth=3.5), "depth must be between 2"),
     ]:
         with pytest.raises(MMFinerCAMError, match=message):
-            BatchJob(out=str(tmp_path / "o"), **bad)
+            _job(tmp_path / "o", **bad)
+    with pytest.raises(MMFinerCAMError, match="one view an image"):
+        BatchJob(out=str(tmp_path / "o"), options=mf.FinerOptions(shifts=2))
     assert not (tmp_path / "o").exists()
 
 

@@ -78,7 +78,7 @@ def test_rounds_interleave_and_ratios_pair_round_by_round():
     median of each round's own ratio, so a drift that slows both sides alike cancels."""
     import torch
 
-    from mmfinercam.bench import Timing, measure_rounds, paired_ratio
+    from mmfinercam.apps.timing import Timing, measure_rounds, paired_ratio
 
     calls = []
     fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import mmfinercam as mf
-from mmfinercam.cams import (
+from mmfinercam.explain.cams import (
     ClassifierFinerCAM,
     GradCAM,
     finer_target,
@@ -64,7 +64,7 @@ def test_plain_gradcam_equals_pytorch_grad_cam(request, arch):
     else:
         layer, reshape = model.blocks[-1].norm1, _vit_reshape
     ref = pgc.GradCAM(model, [layer], reshape_transform=reshape)(x, targets=None)
-    from mmfinercam.cams import find_target_layer
+    from mmfinercam.explain.cams import find_target_layer
 
     found, grid = find_target_layer(model)
     assert found is layer
@@ -223,7 +223,7 @@ def test_target_layer_found_for_torchvision(name):
     ViT's tokens on their grid, Swin's channels-last maps permuted, which ours does itself)."""
     import torchvision
 
-    from mmfinercam.cams import find_target_layer
+    from mmfinercam.explain.cams import find_target_layer
 
     torch.manual_seed(0)
     kwargs = {"image_size": 64} if name == "vit_b_16" else {}
@@ -255,7 +255,7 @@ def test_transformers_classifiers_need_no_wrapper(name):
     config_name, model_name, prefix = HF_CLASSIFIERS[name]
     if not hasattr(transformers, model_name):
         pytest.skip(f"this transformers has no {model_name}")
-    from mmfinercam.cams import find_target_layer
+    from mmfinercam.explain.cams import find_target_layer
 
     config = getattr(transformers, config_name)(
         image_size=64, patch_size=16, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
@@ -284,7 +284,7 @@ def test_transformers_classifiers_need_no_wrapper(name):
 
 
 def test_model_outputs_are_read_as_logits():
-    from mmfinercam.cams import model_logits
+    from mmfinercam.explain.cams import model_logits
 
     y = torch.randn(2, 5)
     for wrapped in (y, {"logits": y, "loss": None}, (y, torch.zeros(1)), [y]):
@@ -308,7 +308,7 @@ def test_timm_models_by_their_feature_info(name, size):
     """timm models without ``layer4``/``stages``/``features`` are explained at the last stage
     their own ``feature_info`` names; Swin's channels-last maps are laid out channels first.
     The maps equal grad-cam's at that layer (with the permute Swin needs there)."""
-    from mmfinercam.cams import ChannelsLast, find_target_layer
+    from mmfinercam.explain.cams import ChannelsLast, find_target_layer
 
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False, num_classes=6).eval()

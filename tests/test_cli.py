@@ -56,7 +56,8 @@ def test_localize_writes_overlay_map_and_json(tiny_model_dir, images, tmp_path, 
         assert summary["alpha"] == 0.8 and abs(sum(summary["weights"]) - 1) < 1e-5
         assert summary["random_weights"] is False
         scores = np.load(out / f"img{i}.scores.npy")
-        assert list(scores.shape) == summary["grid_size"]
+        assert list(scores.shape) == [summary["grid_height"], summary["grid_width"]]
+        assert summary["map_file"] == f"img{i}.scores.npy" and summary["files"]["overlay"] == f"img{i}.png"
         sims = [summary["target_similarity"], *summary["contrast_similarity"]]
         assert summary["best_match"] == ["a bird", "a fish", "a cat"][int(np.argmax(sims))]
     assert "wrote 2 map(s)" in capsys.readouterr().out
@@ -90,7 +91,7 @@ def test_localize_counts_images_the_model_matches_better_to_a_contrast(tmp_path,
 def test_localize_can_leave_out_the_full_size_heatmap(tmp_path, capsys):
     """``--no-heatmap`` writes no full-size .npy (192 MB for a 48-megapixel scan); the patch-grid
     scores it keeps make exactly the map that would have been written."""
-    from mmfinercam.finer import to_heatmap
+    from mmfinercam.explain.finer import to_heatmap
     from mmfinercam.testbed.model import shipped_samples
 
     path = next(e["path"] for e in shipped_samples() if e["target"] == "Alder finch")
@@ -249,8 +250,8 @@ def test_eval_settings_and_folders_that_cannot_work_are_one_line(tmp_path, capsy
         assert main([*base, *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
+    from mmfinercam.apps.evaluate import folder_items
     from mmfinercam.errors import MMFinerCAMError
-    from mmfinercam.evaluate import folder_items
 
     (folder / "annotations.json").write_text('[{"image": "a.png", "target": "a bird"}]')
     with pytest.raises(MMFinerCAMError, match="entry #0 .* needs image, mask, target, contrast"):

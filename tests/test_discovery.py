@@ -61,9 +61,9 @@ def test_neighbours_share_is_subtracted_hand_case():
         torch.tensor([[1.0, 0.1, 0.0], [1.0, -0.1, 0.0], [0.0, 0.1, 1.0], [0.0, -0.1, 1.0]]), dim=1
     )
     margin = torch.tensor([1.0, 0.8, 0.1, -0.2])
-    out = contrast_with_neighbours(margin, text, neighbours=1, alpha=0.5)
+    out = contrast_with_neighbours(margin, text, neighbours=1, share=0.5)
     torch.testing.assert_close(out, torch.tensor([0.6, 0.3, 0.2, -0.25]))
-    torch.testing.assert_close(contrast_with_neighbours(margin, text, neighbours=0, alpha=0.5), margin)
+    torch.testing.assert_close(contrast_with_neighbours(margin, text, neighbours=0, share=0.5), margin)
     # with k = 3 every other phrase is a neighbour: the mean of the other three
     all_others = (margin.sum() - margin) / 3
     torch.testing.assert_close(contrast_with_neighbours(margin, text, 3, 1.0), margin - all_others)
@@ -75,7 +75,7 @@ def test_default_ranking_uses_the_neighbour_contrast(tiny_localizer):
     vocab = ["red wing", "blue wing", "long beak", "striped tail", "red head"]
     target, groups = [picture(1)], [[picture(3)], [picture(5)]]
     plain = mf.rank_traits(tiny_localizer, target, groups, vocab, neighbours=0)
-    ranked = mf.rank_traits(tiny_localizer, target, groups, vocab)  # k = 1, alpha = 0.25
+    ranked = mf.rank_traits(tiny_localizer, target, groups, vocab)  # k = 1, a share of 0.25
     margin = plain.scores[[plain.traits.index(v) for v in vocab]]
     expected = contrast_with_neighbours(
         margin, tiny_localizer.encode_text(vocab, tiny_localizer.templates), 1, 0.25
@@ -96,11 +96,12 @@ def test_needs_a_group_and_a_vocabulary(tiny_localizer):
 @pytest.mark.parametrize(
     "options, message",
     [
-        (dict(alpha=-1.0), "alpha"),
-        (dict(alpha=float("nan")), "alpha"),
+        (dict(neighbour_share=-1.0), "neighbour_share"),
+        (dict(neighbour_share=float("nan")), "neighbour_share"),
+        (dict(neighbour_share=1.5), "neighbour_share must be a number from 0 to 1"),
         (dict(neighbours=-1), "neighbours"),
         (dict(batch_size=0), "batch_size"),
-        (dict(neighbours=1.5), "neighbours must be whole"),
+        (dict(neighbours=1.5), "neighbours must be a whole number"),
     ],
 )
 def test_options_out_of_range_are_refused(tiny_localizer, options, message):
@@ -142,7 +143,7 @@ def test_a_large_group_is_read_a_few_batches_at_a_time(tiny_localizer, monkeypat
     target = [picture(s) for s in range(10, 17)]  # 7 images: chunks of 4 at batch_size=1
     group = [picture(20), picture(21)]
     broken = np.full((64, 80, 3), np.nan, np.float32)
-    from mmfinercam import images
+    from mmfinercam import pixels as images
 
     prepared = []
     prepare = images.prepare_images
@@ -184,3 +185,15 @@ def test_the_documented_defaults_hold_on_a_report_split():
     # rounding, so each count is allowed one
     assert (default == 1).sum() >= 12 and (default <= 3).sum() >= 23
     assert (default == 1).sum() > (plain == 1).sum()
+
+
+def test_the_old_name_of_the_neighbour_share_still_works_with_a_warning(tiny_localizer):
+    """``alpha`` is the contrast strength everywhere; trait ranking's share was called ``alpha``
+    too, and the old keyword keeps working for one release."""
+    image, groups, vocab = [picture(1)], [[picture(3)]], ["red wing", "blue wing", "long beak"]
+    with pytest.warns(DeprecationWarning, match=r"rank_traits\(alpha=...\) is now neighbour_share="):
+        old = mf.rank_traits(tiny_localizer, image, groups, vocab, alpha=0.5)
+    new = mf.rank_traits(tiny_localizer, image, groups, vocab, neighbour_share=0.5)
+    assert old.traits == new.traits and torch.equal(old.scores, new.scores)
+    with pytest.raises(mf.ConfigError, match="give neighbour_share= only"):
+        mf.rank_traits(tiny_localizer, image, groups, vocab, alpha=0.5, neighbour_share=0.5)

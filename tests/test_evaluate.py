@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 import mmfinercam as mf
+from mmfinercam.apps.evaluate import EvalItem, MethodSpec, evaluate, folder_items
 from mmfinercam.cli import main
 from mmfinercam.errors import MMFinerCAMError
-from mmfinercam.evaluate import EvalItem, MethodSpec, evaluate, folder_items
 from mmfinercam.testbed.generator import held_out
 from mmfinercam.testbed.species import siblings
 

@@ -8,13 +8,14 @@ import torch.nn.functional as F
 from synthetic_backend import SyntheticBackend, basis, bird_image
 
 import mmfinercam as mf
-from mmfinercam.finer import (
+from mmfinercam._checks import check_contrast_ranks
+from mmfinercam.explain.contrasts import closest_entries
+from mmfinercam.explain.finer import (
     contrast_mixture,
     contrast_weights,
-    dense_finer_maps,
+    finer_maps,
     finer_scores,
     mixed_finer_maps,
-    rank_contrasts,
     to_heatmap,
 )
 
@@ -92,8 +93,8 @@ def test_finer_scores_formula():
     w = torch.tensor([[0.25, 0.75], [0.5, 0.5]])
     expected = t - 0.8 * (w[:, 0, None, None] * c[:, 0] + w[:, 1, None, None] * c[:, 1])
     torch.testing.assert_close(finer_scores(t, c, w, 0.8), expected)
-    with pytest.raises(ValueError, match="alpha"):
-        finer_scores(t, c, w, -0.1)
+    with pytest.raises(mf.ConfigError, match="alpha"):  # checked once, where the settings are made
+        mf.FinerOptions(alpha=-0.1)
 
 
 def test_mixing_texts_equals_mixing_every_contrast_map():
@@ -108,21 +109,21 @@ def test_mixing_texts_equals_mixing_every_contrast_map():
     scores, target = mixed_finer_maps(patches, text[:, :, 0], contrast_mixture(text[:, :, 1:], w), grid, 0.7)
     torch.testing.assert_close(scores, expected, rtol=0, atol=1e-12)
     torch.testing.assert_close(target, every[:, 0].view(b, s, *grid), rtol=0, atol=1e-12)
-    # padded contrasts weigh nothing, and a set with none gives the plain target map
+    # the same from one text bank (every prompt once): padded contrasts weigh nothing, and a
+    # set with none gives the plain target map
+    bank = text.reshape(-1, e)  # P = b·s·(1+d) prompts
+    index = torch.arange(bank.shape[0]).view(b, s, 1 + d)
     sims = torch.randn(b, s, d, generator=gen, dtype=torch.float64)
     valid = torch.ones(b, s, d, dtype=torch.bool)
     valid[0, 1, 3:] = False
     valid[1, 2] = False
-    scores, target, weights = dense_finer_maps(
-        patches, text, sims, grid, alpha=1.0, logit_scale=10.0, valid=valid
-    )
+    weights = contrast_weights(sims, 10.0, "softmax", valid)
+    scores, target = finer_maps(patches, bank, index[..., 0], index[..., 1:], weights, grid, 1.0)
     assert (weights[~valid] == 0).all() and (weights[1, 2] == 0).all()
     every = every.view(b, s, 1 + d, *grid)
     expected = every[0, 1, 0] - torch.einsum("dhw,d->hw", every[0, 1, 1:4], weights[0, 1, :3].double())
     torch.testing.assert_close(scores[0, 1], expected, rtol=0, atol=1e-12)
     torch.testing.assert_close(scores[1, 2], target[1, 2], rtol=0, atol=0)
-    with pytest.raises(ValueError, match="alpha"):
-        mixed_finer_maps(patches, text[:, :, 0], text[:, :, 1], grid, -1.0)
 
 
 @pytest.mark.parametrize("contrasts", ["explicit", "vocabulary"])
@@ -154,15 +155,17 @@ def test_heatmap_range_and_all_negative():
     assert torch.equal(flat, torch.zeros(1, 4, 4))  # evidence, but the same everywhere: no peak
 
 
-def test_rank_contrasts_hand_case():
+def test_closest_entries_hand_case():
     target = torch.tensor([0.50])
     vocab = torch.tensor([[0.10, 0.45, 0.52, 0.30, 0.49]])  # gaps .40 .05 .02 .20 .01
-    assert rank_contrasts(target, vocab, [1, 2, 3]).tolist() == [[4, 2, 1]]
-    assert rank_contrasts(target, vocab, [2]).tolist() == [[2]]
+    assert closest_entries(vocab, target, [1, 2, 3]).tolist() == [[4, 2, 1]]
+    assert closest_entries(vocab, target, [2]).tolist() == [[2]]
+    own = torch.tensor([[False, False, True, False, False]])  # an excluded entry ranks last
+    assert closest_entries(vocab, target, [1, 2, 3], exclude=own).tolist() == [[4, 1, 3]]
     with pytest.raises(mf.PromptError):
-        rank_contrasts(target, vocab, [0])
+        check_contrast_ranks([0], 5)
     with pytest.raises(mf.PromptError):
-        rank_contrasts(target, vocab, [6])
+        check_contrast_ranks([6], 5)
 
 
 def test_automatic_contrasts_from_vocabulary(tiny_localizer, sample_images):
@@ -309,7 +312,7 @@ def test_text_embeddings_are_cached(tiny_localizer):
 def test_a_large_vocabulary_is_encoded_in_bounded_slices(tiny_localizer, monkeypatch):
     """600 prompts run the text tower in slices of at most TEXT_BATCH, with the embeddings of one
     pass over them all."""
-    from mmfinercam import localizer
+    from mmfinercam import text as localizer
 
     prompts = [f"trait number {i}" for i in range(600)]
     tiny_localizer.clear_cache()
@@ -381,7 +384,7 @@ def test_padded_contrasts_weigh_like_unpadded(weighting):
 
 
 def test_contrast_names_are_made_per_image_when_read():
-    from mmfinercam.localizer import ContrastNames
+    from mmfinercam.results import ContrastNames
 
     names = ContrastNames(["blue wing", "green wing", "red body"], torch.tensor([[0, 2], [1, 0], [2, 1]]))
     assert len(names) == 3 and names[1] == ["green wing", "blue wing"]
@@ -399,7 +402,7 @@ def test_tensor_batch_is_sliced_in_chunks_in_order(tiny_localizer):
 
 
 def test_best_match_is_the_most_similar_prompt_and_the_target_on_a_tie():
-    from mmfinercam.finer import best_match
+    from mmfinercam.explain.finer import best_match
 
     assert best_match(["target", "a", "b"], [0.2, 0.3, 0.25]) == "a"
     assert best_match(["target", "a"], [0.3, 0.3]) == "target"

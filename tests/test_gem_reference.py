@@ -62,7 +62,7 @@ def test_depth_out_of_range(localizer):
 
 def test_sharp_self_self_attention_keeps_each_token_local():
     """With a very sharp temperature each (distinct) token attends only to itself: output ≈ v."""
-    from mmfinercam.gem import self_self_attention
+    from mmfinercam.explain.gem import self_self_attention
 
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 3, 10, 8) for _ in range(3))
@@ -74,7 +74,7 @@ def test_sharp_self_self_attention_keeps_each_token_local():
 
 def test_one_temperature_for_all_equals_the_same_per_image():
     """A fixed temperature goes to SDPA as its scale; per-image ones scale the queries: same maps."""
-    from mmfinercam.gem import self_self_attention
+    from mmfinercam.explain.gem import self_self_attention
 
     torch.manual_seed(1)
     q, k, v = (torch.randn(2, 3, 10, 8) for _ in range(3))
@@ -105,7 +105,7 @@ def test_testbed_carries_its_gem_settings():
 def test_patch_embedding_as_one_matrix_product_equals_the_convolution(size):
     """Patchifying convolutions run as a matrix product (a ragged edge dropped, as the stride
     drops it); any other convolution runs as it is."""
-    from mmfinercam.backends.base import patch_embed
+    from mmfinercam.backends._ops import patch_embed
 
     torch.manual_seed(0)
     x = torch.randn(2, 3, *size, dtype=torch.float64)

@@ -18,8 +18,11 @@ import torch
 from conftest import gpu_test_device
 
 import mmfinercam as mf
-from mmfinercam import add_norm, gem, kernels, quick_gelu
 from mmfinercam.batch import BatchJob, BatchRunner, PromptSet, iter_results, load_map, read_collection
+from mmfinercam.explain import gem
+from mmfinercam.kernels import attention as kernels
+from mmfinercam.kernels import fused_norm as add_norm
+from mmfinercam.kernels import quick_gelu
 from mmfinercam.testbed import held_out
 from mmfinercam.testing import build_tiny_open_clip, deterministic_image, open_clip_to_transformers
 
@@ -198,7 +201,8 @@ def test_fused_quick_gelu_is_the_modules_three_passes(device, dtype):
 
 _SAME_PTX_AS_THE_JIT = """
 import torch
-from mmfinercam import kernels
+from mmfinercam.kernels import aot
+from mmfinercam.kernels import attention as kernels
 
 device = torch.device("cuda")
 major, minor = torch.cuda.get_device_capability(device)
@@ -209,7 +213,7 @@ for (q, k, v), temp in [(fused, torch.ones(2, 1, 1, 1, device=device)), (separat
     _, launches = kernels.plan_self_self_attention(q, k, v, temp)
     for launch in launches:
         jit = launch.kernel.warmup(*launch.args, grid=launch.grid, **launch.meta)
-        ahead = kernels.compile_ahead(launch, ("cuda", major * 10 + minor, 32))
+        ahead = aot.compile_ahead(launch, ("cuda", major * 10 + minor, 32))
         assert ahead.asm["ptx"] == jit.asm["ptx"], launch.meta
         checked += 1
 print("same PTX", checked)
@@ -217,7 +221,7 @@ print("same PTX", checked)
 
 
 def test_compile_ahead_builds_what_the_jit_builds_on_this_gpu(device):
-    """``kernels.compile_ahead``, the CPU suite's view of the kernels, builds for this GPU the
+    """``aot.compile_ahead``, the CPU suite's view of the kernels, builds for this GPU the
     same PTX as Triton's JIT for every launch of a call: fused q, k, v at head size 64 and
     separate ones at 72.
 
@@ -235,7 +239,7 @@ def test_compile_ahead_builds_what_the_jit_builds_on_this_gpu(device):
 
 
 def test_results_come_to_the_host_whole_after_one_wait(device):
-    from mmfinercam.transfer import to_host
+    from mmfinercam._device import to_host
 
     tensors = [torch.randn(64, 197, 512, device=device), torch.arange(1000, device=device), torch.ones(3)]
     host = to_host(*tensors)

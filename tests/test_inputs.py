@@ -9,7 +9,9 @@ from conftest import counted_calls
 from PIL import Image
 
 import mmfinercam as mf
-from mmfinercam.images import prepare_images, read_image, read_mask, target_size, to_pixels
+from mmfinercam.images import read_image
+from mmfinercam.masks import read_mask
+from mmfinercam.pixels import prepare_images, target_size, to_pixels
 
 
 def test_grayscale_rgba_palette_16bit_are_converted(tmp_path):
@@ -308,7 +310,7 @@ def test_contrast_ranks_are_refused_before_any_image_runs(tiny_localizer, sample
     (here two) are dropped, as the reference code does, and a bad set is one clear error before
     the image tower runs."""
     image, vocabulary = sample_images[0], ["a fish", "a cat"]
-    with counted_calls(mf.localizer, "run_tower") as passes:
+    with counted_calls(mf.model, "dense_tokens") as passes:
         calls = mf.Localizer(tiny_localizer.backend)
         with pytest.raises(mf.PromptError, match=message):
             calls.finer_cam(image, "a bird", vocabulary=vocabulary, contrast_ranks=ranks)
@@ -435,7 +437,7 @@ def test_a_long_list_is_read_a_batch_at_a_time(tiny_localizer, sample_images, mo
     """Files and arrays are prepared ``batch_size`` at a time as they run (thousands of paths
     are never held prepared at once); results, indices and the names of broken images count
     from the whole list, and equal one call over everything."""
-    from mmfinercam import images
+    from mmfinercam import pixels as images
 
     chunks = []
     prepare = images.prepare_images
@@ -485,9 +487,9 @@ def test_options_out_of_range_are_refused_not_replaced(tiny_localizer, sample_im
             tiny_localizer.finer_cam(sample_images, "a bird", ["a fish"], batch_size=batch_size)
     with pytest.raises(ValueError, match="depth must be between 2"):  # a float failed in a slice
         tiny_localizer.similarity_maps(x, ["a bird"], depth=3.5)
-    for size in (0, 3, 64.5):
-        with pytest.raises(ValueError, match="at least one 16×16 patch"):
-            tiny_localizer.finer_cam(sample_images[0], "a bird", ["a fish"], image_size=size)
+    for size, message in ((0, "a whole number >= 1"), (3, "at least one 16×16 patch"), (64.5, "whole")):
+        with pytest.raises(mf.ConfigError, match=f"short_side must be .*{message}"):
+            tiny_localizer.finer_cam(sample_images[0], "a bird", ["a fish"], short_side=size)
     # NumPy integers are whole numbers
     whole = dict(batch_size=np.int64(2), depth=np.int64(3))
     res = tiny_localizer.finer_cam(sample_images, "a bird", ["a fish"], **whole)
@@ -518,26 +520,26 @@ def test_a_map_with_no_positive_evidence_has_no_peak(tiny_localizer, sample_imag
     (argmax would put it at the top-left corner); the web app says so in words."""
     import dataclasses
 
-    from mmfinercam.app import _details
+    from mmfinercam.apps.web import _details
 
     res = tiny_localizer.finer_cam(sample_images[0], "a bird", ["a fish"])
-    assert res.summary(0)["peak_xy"] is not None
+    assert res.summary(0)["peak_x"] is not None and res.summary(0)["peak_y"] is not None
     empty = dataclasses.replace(res, scores=-res.scores.abs() - 1.0, _heatmaps=None)
     assert float(empty.heatmaps.max()) == 0.0
     summary = empty.summary(0)
-    assert summary["peak_xy"] is None and summary["positive_fraction"] == 0.0
+    assert summary["peak_x"] is None and summary["peak_y"] is None and summary["positive_fraction"] == 0.0
     assert "no peak" in _details(summary | {"model": "tiny"})
 
 
 def test_an_image_that_would_resize_to_too_many_patches_is_reported(tiny_localizer, sample_images):
     """A 16×5,000 px strip at the model's shorter side would be tens of thousands of patches:
     reported with what to do, and the other images go on."""
-    from mmfinercam.images import MAX_PATCHES
+    from mmfinercam.pixels import MAX_PATCHES
 
     strip = np.zeros((16, 5000, 3), np.uint8)
     with pytest.warns(UserWarning, match="more than the 16,384"):
         res = tiny_localizer.finer_cam([strip, sample_images[0]], "a bird", ["a fish"])
-    assert res.indices == [1] and "crop it, or pass a smaller image size" in res.failed[0].message
+    assert res.indices == [1] and "crop it, or pass a smaller short_side" in res.failed[0].message
     assert MAX_PATCHES == 16_384
     # at a smaller shorter side the same strip fits
-    assert len(tiny_localizer.finer_cam(strip, "a bird", ["a fish"], image_size=16)) == 1
+    assert len(tiny_localizer.finer_cam(strip, "a bird", ["a fish"], short_side=16)) == 1

@@ -14,7 +14,10 @@ import pytest
 import torch
 from conftest import rel_err, run_interpreted
 
-from mmfinercam import gem, kernels
+from mmfinercam.explain import gem
+from mmfinercam.explain.tower import dense_tokens
+from mmfinercam.kernels import aot
+from mmfinercam.kernels import attention as kernels
 
 pytest.importorskip("triton")
 
@@ -69,9 +72,9 @@ def interpreted_checks() -> dict:
     loc = mf.Localizer.from_open_clip(model, None, name="tiny")
     x = torch.randn(2, 3, 64, 64).half()
     with torch.inference_mode():
-        fused = gem.run_tower(loc.backend.vision, x).tokens
+        fused = dense_tokens(loc.backend.vision, x).tokens
         with gem.fused_attention(False):
-            plain = gem.run_tower(loc.backend.vision, x).tokens
+            plain = dense_tokens(loc.backend.vision, x).tokens
         # torch.compile traces the kernel as one opaque operator, with no graph break
         graphs = []
 
@@ -79,7 +82,7 @@ def interpreted_checks() -> dict:
             graphs.append(gm.code)
             return gm.forward
 
-        traced = torch.compile(gem.run_tower, backend=record, fullgraph=True)(loc.backend.vision, x)
+        traced = torch.compile(dense_tokens, backend=record, fullgraph=True)(loc.backend.vision, x)
     found["tower fp16 fused vs PyTorch"] = rel_err(fused, plain)
     found["tower fp16 compiled vs eager"] = rel_err(traced.tokens, fused)
     found["kernel calls in the compiled graph"] = graphs[0].count("mmfinercam.self_self_attention")
@@ -161,8 +164,8 @@ def test_kernels_compile_for_gpus_pipelined_and_without_spills(gpu, dtype, n, d,
     names = [launch.kernel.fn.__name__ for launch in launches]
     assert names == ["_unit_streams"] * (1 if fused_qkv else 3) + ["_self_self_round"] * 2
     for launch in launches:
-        compiled = kernels.compile_ahead(launch, target)
-        usage = kernels.resource_usage(compiled)
+        compiled = aot.compile_ahead(launch, target)
+        usage = aot.resource_usage(compiled)
         assert usage["spilled"] == 0, (launch.meta, usage)
         assert usage["dynamic_shared"] + usage["static_shared"] <= shared_limit, usage
         if launch.kernel is kernels._self_self_round:
@@ -210,11 +213,11 @@ def test_qkv_are_read_where_they_lie_never_copied():
 
 def test_dispatch_keeps_the_pytorch_path_on_cpu_in_fp32_and_under_autograd():
     q = torch.randn(1, 2, 5, 8)
-    assert not gem._runs_fused(q, q, q)  # CPU, fp32
-    assert not gem._runs_fused(q.half(), q.half(), q.half())  # no GPU and no interpreter here
+    assert not kernels.runs_fused(q, q, q)  # CPU, fp32
+    assert not kernels.runs_fused(q.half(), q.half(), q.half())  # no GPU and no interpreter here
     w = q.half().requires_grad_()
     with gem.fused_attention(True):
-        assert not gem._runs_fused(w, w, w) or not torch.is_grad_enabled()
+        assert not kernels.runs_fused(w, w, w) or not torch.is_grad_enabled()
 
 
 if __name__ == "__main__":

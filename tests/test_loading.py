@@ -90,7 +90,7 @@ def test_offline_weights_error_is_one_line(tmp_path, args, needle):
 def test_the_offline_hint_shows_only_where_the_hub_is_on(monkeypatch):
     """Without network the Hub retries for about half a minute before a load fails; the error
     says how to skip that, unless offline mode is already on."""
-    from mmfinercam.backends.base import offline_hint
+    from mmfinercam.backends._hub import offline_hint
 
     for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(name, raising=False)
@@ -347,23 +347,23 @@ def test_gem_sums_folded_projections_as_each_block_projects(tower, monkeypatch):
     """GEM adds every block's output projection into its sum with the layer scale folded into
     the weights and the biases added once; the tokens equal those of each block's own
     projection (``attn_out``), and a block whose output is not affine keeps its own."""
-    from mmfinercam.gem import run_tower
+    from mmfinercam.explain.tower import dense_tokens
 
     vision = _layer_scaled(tower).backend.vision
     affine = [b.attn_out_affine() is not None for b in vision.blocks]
     assert affine == ([True] * 4 if tower == "open_clip" else [True] * 10 + [False, True])
     x = torch.randn(2, 3, 64, 80, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     with torch.no_grad():
-        folded = run_tower(vision, x, depth=4).tokens
+        folded = dense_tokens(vision, x, depth=4).tokens
         for block in vision.blocks:
             monkeypatch.setattr(block, "attn_out_affine", lambda: None)
-        own = run_tower(vision, x, depth=4).tokens
+        own = dense_tokens(vision, x, depth=4).tokens
     torch.testing.assert_close(folded, own, atol=1e-12, rtol=1e-10)
     assert folded.shape == (2, 21, 16 if tower == "open_clip" else 32)
 
 
 def test_fold_layer_scale_is_the_scaled_projection_or_none():
-    from mmfinercam.backends.base import fold_layer_scale
+    from mmfinercam.backends._ops import fold_layer_scale
 
     torch.manual_seed(0)
     linear, x = torch.nn.Linear(8, 8).double(), torch.randn(5, 8, dtype=torch.float64)

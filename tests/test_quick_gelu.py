@@ -14,7 +14,8 @@ import torch
 from conftest import counted_calls, rel_err, run_interpreted
 from torch import nn
 
-from mmfinercam import gem, kernels, quick_gelu
+from mmfinercam.explain.tower import dense_tokens
+from mmfinercam.kernels import aot, quick_gelu
 
 pytest.importorskip("triton")
 open_clip = pytest.importorskip("open_clip")
@@ -51,9 +52,9 @@ def interpreted_checks() -> dict:
     for name, tower in towers.items():
         with torch.inference_mode():
             with counted_calls(quick_gelu, "plan_quick_gelu") as launches:
-                fused = gem.run_tower(tower, pixels)
+                fused = dense_tokens(tower, pixels)
             with quick_gelu.fused(False):
-                plain = gem.run_tower(tower, pixels)
+                plain = dense_tokens(tower, pixels)
         found[f"tower {name} launches"] = len(launches)
         found[f"tower {name} tokens"] = rel_err(fused.tokens, plain.tokens)
         found[f"tower {name} embedding"] = rel_err(fused.global_embedding, plain.global_embedding)
@@ -92,8 +93,8 @@ def test_openai_style_towers_take_the_kernel_in_every_block(interpreted):
 def test_kernel_compiles_with_whole_vector_loads_and_no_spills(gpu, dtype):
     x = torch.empty(256 * 197, 3072, dtype=dtype)  # ViT-B/16's MLP activations at batch 256
     _, launch = quick_gelu.plan_quick_gelu(x)
-    compiled = kernels.compile_ahead(launch, gpu)
-    assert kernels.resource_usage(compiled)["spilled"] == 0
+    compiled = aot.compile_ahead(launch, gpu)
+    assert aot.resource_usage(compiled)["spilled"] == 0
     ptx = compiled.asm["ptx"]
     assert set(re.findall(r"ld\.global\S*", ptx)) == {"ld.global.v4.b32"}, dtype
     assert set(re.findall(r"st\.global\S*", ptx)) == {"st.global.v4.b32"}, dtype

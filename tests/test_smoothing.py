@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmfinercam import smoothing
-from mmfinercam.smoothing import View
+from mmfinercam.explain import smoothing
+from mmfinercam.explain.smoothing import View
 
 
 def patch_means(x: torch.Tensor, patch: int = 8) -> dict[str, torch.Tensor]:

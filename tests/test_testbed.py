@@ -11,20 +11,19 @@ import pytest
 import torch
 
 import mmfinercam as mf
+from mmfinercam.apps.testbed_losses import batch_loss
+from mmfinercam.apps.train_testbed import build_model, to_tensor
 from mmfinercam.testbed import HELD_OUT_SEEDS, SPECIES, TRAIN_SEEDS, held_out, render, sample, siblings
 from mmfinercam.testbed.generator import captions
-from mmfinercam.testbed.species import COLOURS, PART_IDS
-from mmfinercam.testbed.train import (
+from mmfinercam.testbed.regions import (
     GRID,
     TRAIT_PARTS,
-    batch_loss,
-    build_model,
     caption_truth,
     part_coverage,
     region_captions,
     species_consistency,
-    to_tensor,
 )
+from mmfinercam.testbed.species import COLOURS, PART_IDS
 
 SPECIES_NAMES = [s.name for s in SPECIES]
 
@@ -207,7 +206,7 @@ def test_select_scores_every_validation_split_and_writes_the_best(tmp_path):
     """``select`` scores the grid on each validation split (never the eval split) and pools them."""
     import shutil
 
-    from mmfinercam.testbed.select import TEMPERATURES, VALIDATION_STARTS, select_gem_depth
+    from mmfinercam.apps.select_depth import TEMPERATURES, VALIDATION_STARTS, select_gem_depth
 
     folder = tmp_path / "testbed"
     shutil.copytree(Path(mf.__file__).parent / "data" / "testbed", folder)
@@ -224,7 +223,7 @@ def test_select_scores_every_validation_split_and_writes_the_best(tmp_path):
 
 
 def test_testbed_missing_folder_is_clear(tmp_path):
-    with pytest.raises(mf.WeightsNotFoundError, match="mmfinercam.testbed.train"):
+    with pytest.raises(mf.WeightsNotFoundError, match="mmfinercam.apps.train_testbed"):
         mf.load("testbed", str(tmp_path))
 
 

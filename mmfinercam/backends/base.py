@@ -3,17 +3,20 @@
 A backend owns a CLIP-like model and exposes two things:
 
 * a text encoder (:meth:`Backend.encode_text`), strings in, unnormalized embeddings out;
-* a :class:`VisionTower`: a view of the image transformer split into the pieces GEM needs
-  (patch embedding, one :class:`TransformerBlock` view per residual block, the pooling head
-  and the token projection).
+* a :class:`VisionTower`: a view of the image transformer split into the pieces the dense
+  methods need (patch embedding, one :class:`TransformerBlock` view per residual block, the
+  pooling head and the token projection).
 
-The views never change the wrapped modules: GEM (``mmfinercam.gem``) runs its own forward pass
-over them, so nothing in open_clip or transformers is patched.
+The views never change the wrapped modules: the tower runner
+(:mod:`mmfinercam.explain.tower`) runs its own forward pass over them, so nothing in open_clip
+or transformers is patched. Where a view applies a norm or an activation module it does so
+through an ``apply`` function the runner may pass (``apply(x, module)``, by default
+``module(x)``), which is how fused kernels reach the models without the views knowing them.
 """
 
 from __future__ import annotations
 
-import os
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,183 +24,261 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import WeightsNotFoundError
+from ._ops import ModuleFn, call_module
 
-def hub_offline() -> bool:
-    """Whether the Hugging Face Hub is switched off (``HF_HUB_OFFLINE``, ``TRANSFORMERS_OFFLINE``)."""
-    flags = (os.environ.get(k, "") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-    return any(f.strip().lower() in ("1", "true", "yes", "on") for f in flags)
-
-
-def offline_hint() -> str:
-    """How to skip the Hub's download retries (about half a minute) on a machine with no network."""
-    if hub_offline():
-        return ""
-    return "; with no network here, set HF_HUB_OFFLINE=1 to fail (or load from the cache) at once"
-
-
-def hf_cache_dir() -> str:
-    """Where huggingface_hub looks for downloaded models (HF_HUB_CACHE, else HF_HOME/hub)."""
-    home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
-    return os.environ.get("HF_HUB_CACHE") or str(home / "hub")
-
-
-def patch_embed(pixels: Tensor, conv: nn.Conv2d) -> tuple[Tensor, tuple[int, int]]:
-    """A ViT's patchifying convolution as one matrix product: (B×N×C tokens, grid).
-
-    The same numbers as ``conv(pixels).flatten(2).transpose(1, 2)``, in a row-major grid. Why:
-    cuDNN runs this convolution (kernel = stride) as a generic kernel plus layout conversions,
-    about 2 ms of a 36 ms Finer-CAM call at batch 256 in bf16 on an H200; the matrix product
-    takes a tenth of a millisecond. Other convolutions are run as they are.
-    """
-    kh, kw = conv.kernel_size
-    pixels = pixels.to(conv.weight.dtype)
-    patchify = tuple(conv.stride) == (kh, kw) and conv.padding in ((0, 0), "valid")
-    if not (patchify and tuple(conv.dilation) == (1, 1) and conv.groups == 1):
-        x = conv(pixels)
-        return x.flatten(2).transpose(1, 2), (int(x.shape[-2]), int(x.shape[-1]))
-    b, c, h, w = pixels.shape
-    gh, gw = h // kh, w // kw
-    patches = pixels[:, :, : gh * kh, : gw * kw].reshape(b, c, gh, kh, gw, kw)
-    patches = patches.permute(0, 2, 4, 1, 3, 5).reshape(b, gh * gw, c * kh * kw)
-    return F.linear(patches, conv.weight.reshape(conv.out_channels, -1), conv.bias), (gh, gw)
-
-
-def merge_heads(o: Tensor) -> Tensor:
-    """B×heads×N×head_dim attention outputs as B×N×(heads·head_dim), as an output projection
-    reads them: a view where the heads already lie merged in memory (the fused kernel's output),
-    else a copy."""
-    b, h, n, d = o.shape
-    return o.transpose(1, 2).reshape(b, n, h * d)
-
-
-def fold_layer_scale(
-    linear: nn.Linear, layer_scale: nn.Module | None = None
-) -> tuple[Tensor, Tensor | None] | None:
-    """``layer_scale(linear(x))`` as one (weight, bias): the identity, or a per-channel ``gamma``
-    (open_clip's and timm's ``LayerScale``) folded into the rows; None for anything else."""
-    weight, bias = linear.weight, linear.bias
-    if layer_scale is None or isinstance(layer_scale, nn.Identity):
-        return weight, bias
-    gamma = getattr(layer_scale, "gamma", None)
-    if not isinstance(gamma, Tensor) or gamma.shape != weight.shape[:1]:
-        return None
-    return weight * gamma[:, None], None if bias is None else bias * gamma
+#: the file in a model folder that holds mmfinercam's settings for that model
+SETTINGS_FILE = "mmfinercam.json"
 
 
 class TransformerBlock(ABC):
-    """A pre-norm ViT residual block: ``x + ls1(attn(norm1(x)))`` then ``x + ls2(mlp(norm2(x)))``."""
+    """A pre-norm ViT residual block: ``x + ls1(attn(norm1(x)))`` then ``x + ls2(mlp(norm2(x)))``.
+
+    Attributes:
+        num_heads: attention heads.
+    """
 
     num_heads: int
 
     @abstractmethod
     def forward(self, x: Tensor) -> Tensor:
-        """The block unchanged (B×N×C in, B×N×C out)."""
+        """The block as the model runs it.
+
+        Args:
+            x: B×N×C tokens.
+
+        Returns:
+            B×N×C tokens.
+        """
 
     @property
     @abstractmethod
-    def norm1_layer(self) -> nn.Module:
-        """The pre-attention normalization module (the tower runs it fused with the residual
-        add before it where it is a plain LayerNorm: :mod:`mmfinercam.add_norm`)."""
+    def norm1(self) -> nn.Module:
+        """The pre-attention normalization module."""
 
     @property
     @abstractmethod
-    def norm2_layer(self) -> nn.Module:
+    def norm2(self) -> nn.Module:
         """The pre-MLP normalization module."""
-
-    def norm1(self, x: Tensor) -> Tensor:
-        """The pre-attention normalization."""
-        return self.norm1_layer(x)
 
     @abstractmethod
     def qkv(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Queries, keys and values of the normalized tokens, each B×heads×N×head_dim."""
+        """Queries, keys and values of normalized tokens.
+
+        Args:
+            h: B×N×C normalized tokens.
+
+        Returns:
+            q, k, v, each B×heads×N×head_dim.
+        """
 
     @abstractmethod
     def attn_out(self, o: Tensor) -> Tensor:
-        """Merge heads (B×heads×N×head_dim), apply the output projection and layer scale."""
+        """Attention outputs merged, projected and scaled back into the residual stream.
+
+        Args:
+            o: B×heads×N×head_dim attention outputs.
+
+        Returns:
+            B×N×C, what the block adds to its input.
+        """
 
     def attn_out_affine(self) -> tuple[Tensor, Tensor | None] | None:
-        """:meth:`attn_out` after the heads are merged, as one affine map (weight C×C, bias C),
-        the layer scale folded in; None where it is not affine (a norm over the merged heads).
+        """:meth:`attn_out` after the heads are merged, as one affine map, where it is one.
 
-        GEM sums the six blocks' projections of its own path: with the map in hand it adds all
-        biases once and each product straight into the sum (``addmm_``), no pass of its own."""
+        GEM sums its blocks' projections: with the map in hand it adds all biases once and
+        each product straight into the sum (``addmm_``), no pass of its own.
+
+        Returns:
+            (weight C×C, bias C or None) with the layer scale folded in; None where the
+            projection is not affine (a norm over the merged heads, a per-head scale).
+        """
         return None
 
     @abstractmethod
-    def mlp(self, h: Tensor) -> Tensor:
-        """The MLP branch of normalized tokens, layer scale applied: ``ls2(mlp(h))``."""
+    def mlp(self, h: Tensor, apply: ModuleFn = call_module) -> Tensor:
+        """The MLP branch of normalized tokens, layer scale applied: ``ls2(mlp(h))``.
+
+        Args:
+            h: B×N×C normalized tokens.
+            apply: how to apply the activation module.
+
+        Returns:
+            B×N×C, what the branch adds to the residual stream.
+        """
 
     def mlp_residual(self, x: Tensor) -> Tensor:
-        """``x + ls2(mlp(norm2(x)))``."""
-        return x + self.mlp(self.norm2_layer(x))
+        """``x + ls2(mlp(norm2(x)))``.
+
+        Args:
+            x: B×N×C tokens.
+
+        Returns:
+            B×N×C tokens.
+        """
+        return x + self.mlp(self.norm2(x))
 
     def attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """The block's own attention (scaled dot product); override for unusual variants."""
+        """The block's own attention (scaled dot product); override for unusual variants.
+
+        Args:
+            q: B×heads×N×head_dim queries.
+            k: keys, the same shape.
+            v: values, the same shape.
+
+        Returns:
+            B×heads×N×head_dim outputs.
+        """
         return torch.nn.functional.scaled_dot_product_attention(q, k, v)
 
 
 class VisionTower(ABC):
-    """The image transformer of a CLIP-like model, as GEM sees it."""
+    """The image transformer of a CLIP-like model, as the dense methods see it.
+
+    Attributes:
+        patch_size: (height, width) of a patch in pixels.
+        num_prefix_tokens: tokens before the patches (a class token, registers).
+        blocks: one view per residual block.
+        pooled_tokens: how many leading tokens of the last layer :meth:`pool` reads (1: the
+            class token), or None for all; a dense method then runs the last block's original
+            path for those tokens alone.
+    """
 
     patch_size: tuple[int, int]
     num_prefix_tokens: int
     blocks: Sequence[TransformerBlock]
-    #: how many leading tokens of the last layer :meth:`pool` reads (1: the class token), or
-    #: None for all; GEM then runs the last block's original path for those tokens alone
     pooled_tokens: int | None = None
 
     @abstractmethod
-    def embed(self, pixels: Tensor) -> Tensor:
-        """Patchify, add prefix tokens and (resampled) positions, pre-norm: B×N×C."""
+    def embed(self, pixels: Tensor, apply: ModuleFn = call_module) -> Tensor:
+        """Patchify, add prefix tokens and (resampled) positions, pre-norm.
+
+        Args:
+            pixels: B×3×H×W preprocessed images.
+            apply: how to apply the pre-norm module.
+
+        Returns:
+            B×N×C tokens.
+        """
 
     @abstractmethod
     def pool(self, x: Tensor) -> Tensor:
-        """Global image embedding (B×D, unnormalized) from the final tokens of the original path
-        (only the first :attr:`pooled_tokens` of them, when that is set)."""
+        """The model's own global image embedding from the final tokens of the original path.
+
+        Args:
+            x: B×N×C tokens (only the first :attr:`pooled_tokens` of them, when that is set).
+
+        Returns:
+            B×D unnormalized embeddings.
+        """
 
     @abstractmethod
-    def project_tokens(self, x: Tensor) -> Tensor:
-        """Final norm and projection into the joint space for every token: B×N×D."""
+    def project_tokens(self, x: Tensor, apply: ModuleFn = call_module) -> Tensor:
+        """Final norm and projection into the joint space, for every token.
+
+        Args:
+            x: B×N×C tokens.
+            apply: how to apply the final norm module.
+
+        Returns:
+            B×N×D tokens.
+        """
 
 
 @dataclass
 class ImageConfig:
-    """How images are prepared for a model."""
+    """How images are prepared for a model.
+
+    Args:
+        size: the (height, width) the model was trained at.
+        mean: per-channel mean for normalization.
+        std: per-channel standard deviation.
+    """
 
     size: tuple[int, int] = (224, 224)
-    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+    mean: tuple[float, ...] = (0.48145466, 0.4578275, 0.40821073)
+    std: tuple[float, ...] = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass
 class ModelInfo:
-    """What a loaded model is, for summaries and for honesty about random weights."""
+    """What a loaded model is, for summaries and for honesty about random weights.
+
+    Args:
+        name: the name it was loaded by.
+        pretrained: the weights' tag, file or folder; None for random weights.
+        random_weights: True when no trained weights were loaded.
+        default_depth: the GEM depth used when none is asked for.
+        gem_temperature: GEM's self-self attention inverse temperature; None for GEM's
+            adaptive default.
+        templates: the prompt templates used when none are given.
+    """
 
     name: str
     pretrained: str | None = None
     random_weights: bool = False
     default_depth: int = 7
-    #: GEM's self-self attention inverse temperature; None = GEM's adaptive default
     gem_temperature: float | None = None
     templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
 
+    def apply_settings(self, folder: Path) -> None:
+        """Take a model folder's own settings (:data:`SETTINGS_FILE`), where it has them.
+
+        The file holds any of ``default_depth``, ``gem_temperature`` and ``templates``.
+
+        Args:
+            folder: the model folder.
+
+        Raises:
+            WeightsNotFoundError: when the settings file is there but unreadable.
+        """
+        path = folder / SETTINGS_FILE
+        if not path.is_file():
+            return
+        try:
+            settings = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise WeightsNotFoundError(f"cannot read the model settings {path}: {err}") from err
+        if not isinstance(settings, dict):
+            raise WeightsNotFoundError(f"{path} must hold a JSON object of settings")
+        if "default_depth" in settings:
+            self.default_depth = int(settings["default_depth"])
+        if "gem_temperature" in settings:
+            temp = settings["gem_temperature"]
+            self.gem_temperature = None if temp is None else float(temp)
+        if "templates" in settings:
+            self.templates = [str(t) for t in settings["templates"]]
+
 
 class Backend(ABC):
-    """One model family behind one interface."""
+    """One model family behind one interface.
 
-    model: nn.Module
+    Attributes:
+        model: the wrapped model.
+        vision: the view of its image transformer.
+        image_config: how images are prepared for it.
+        info: what it is.
+        tokenizer: its text tokenizer (open_clip's or a Hugging Face one).
+    """
+
+    model: Any
     vision: VisionTower
     image_config: ImageConfig
     info: ModelInfo
-    tokenizer: Any  #: the text tokenizer (open_clip's or a Hugging Face one; a backend may have none)
+    tokenizer: Any
 
     @abstractmethod
     def encode_text(self, prompts: Sequence[str]) -> Tensor:
-        """Embed prompts verbatim: K×D, unnormalized, on the model's device."""
+        """Embed prompts verbatim.
+
+        Args:
+            prompts: K strings.
+
+        Returns:
+            K×D unnormalized embeddings on the model's device.
+        """
 
     @property
     @abstractmethod
@@ -205,12 +286,23 @@ class Backend(ABC):
         """The model's learned temperature (already exponentiated)."""
 
     def text_context(self) -> int | None:
-        """How many tokens the text encoder reads (its tokenizer cuts the rest); None if unknown."""
+        """How many tokens the text encoder reads (its tokenizer cuts the rest).
+
+        Returns:
+            The context length, or None where unknown.
+        """
         return None
 
     def cut_prompts(self, prompts: Sequence[str]) -> tuple[list[str], int]:
-        """The prompts longer than the text encoder's context, which it reads only the start of,
-        and that context in tokens; ``([], 0)`` where the backend or its tokenizer cannot say."""
+        """The prompts longer than the text encoder reads, of which it sees only the start.
+
+        Args:
+            prompts: prompts to measure.
+
+        Returns:
+            The prompts that are cut and the context in tokens; ``([], 0)`` where the backend
+            or its tokenizer cannot say.
+        """
         context = self.text_context()
         if not context:
             return [], 0
@@ -220,17 +312,26 @@ class Backend(ABC):
 
     @property
     def device(self) -> torch.device:
+        """The device the model's weights are on."""
         return next(self.model.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
+        """The precision of the model's weights."""
         return next(self.model.parameters()).dtype
 
 
 def token_count(tokenizer: Any, text: str) -> int | None:
-    """How many tokens ``tokenizer`` makes of ``text`` before any cut, start and end tokens
-    included: for open_clip's own BPE tokenizer, a Hugging Face tokenizer, or open_clip's
-    wrapper of one; None for a tokenizer of another kind."""
+    """How many tokens ``tokenizer`` makes of ``text`` before any cut, start and end included.
+
+    Args:
+        tokenizer: open_clip's own BPE tokenizer, a Hugging Face tokenizer, or open_clip's
+            wrapper of one.
+        text: the prompt.
+
+    Returns:
+        The count, or None for a tokenizer of another kind.
+    """
     if hasattr(tokenizer, "sot_token_id") and hasattr(tokenizer, "encode"):  # open_clip's BPE
         return len(tokenizer.encode(text)) + 2
     hf = tokenizer if hasattr(tokenizer, "model_input_names") else getattr(tokenizer, "tokenizer", None)

@@ -29,29 +29,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..add_norm import layer_norm
 from ..errors import UnsupportedModelError, WeightsNotFoundError
-from ..gem import resample_pos_embed
-from ..quick_gelu import activation
-from .base import (
-    Backend,
-    ImageConfig,
-    ModelInfo,
-    TransformerBlock,
-    VisionTower,
-    fold_layer_scale,
-    hf_cache_dir,
-    hub_offline,
-    merge_heads,
-    offline_hint,
-    patch_embed,
-)
+from ._hub import hf_cache_dir, hub_offline, in_hub_cache, offline_hint
+from ._ops import ModuleFn, call_module, fold_layer_scale, merge_heads, patch_embed, resample_pos_embed
+from .base import Backend, ImageConfig, ModelInfo, TransformerBlock, VisionTower
+from .registry import BackendSpec, register_backend
 
 
 class HFBlock(TransformerBlock):
-    """View of a CLIP/SigLIP encoder layer (layer_norm1, self_attn q/k/v/out_proj, layer_norm2, mlp)."""
+    """View of a CLIP or SigLIP encoder layer (layer_norm1, self_attn's q/k/v/out_proj, layer_norm2, mlp).
 
-    def __init__(self, layer: nn.Module):
+    Args:
+        layer: the encoder layer.
+
+    Raises:
+        UnsupportedModelError: for attention without separate q/k/v projections.
+    """
+
+    def __init__(self, layer: Any) -> None:
         attn = layer.self_attn
         if not all(hasattr(attn, a) for a in ("q_proj", "k_proj", "v_proj", "out_proj")):
             raise UnsupportedModelError(f"GEM needs q/k/v projections; {type(attn).__name__} has none")
@@ -60,19 +55,19 @@ class HFBlock(TransformerBlock):
         self.num_heads = int(getattr(attn, "num_heads", attn.embed_dim // attn.head_dim))
         self.scale = float(attn.scale)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102 - the interface's
         out = self.layer(x, None)
         return out[0] if isinstance(out, tuple) else out
 
     @property
-    def norm1_layer(self) -> nn.Module:
+    def norm1(self) -> nn.Module:  # noqa: D102 - the interface's
         return self.layer.layer_norm1
 
     @property
-    def norm2_layer(self) -> nn.Module:
+    def norm2(self) -> nn.Module:  # noqa: D102
         return self.layer.layer_norm2
 
-    def qkv(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def qkv(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # noqa: D102 - the interface's
         b, n, c = h.shape
 
         def split(t: Tensor) -> Tensor:
@@ -80,27 +75,32 @@ class HFBlock(TransformerBlock):
 
         return split(self.attn.q_proj(h)), split(self.attn.k_proj(h)), split(self.attn.v_proj(h))
 
-    def attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    def attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:  # noqa: D102 - the interface's
         return F.scaled_dot_product_attention(q, k, v, scale=self.scale)
 
-    def attn_out(self, o: Tensor) -> Tensor:
+    def attn_out(self, o: Tensor) -> Tensor:  # noqa: D102 - the interface's
         return self.attn.out_proj(merge_heads(o))
 
-    def attn_out_affine(self) -> tuple[Tensor, Tensor | None] | None:
+    def attn_out_affine(self) -> tuple[Tensor, Tensor | None] | None:  # noqa: D102 - the interface's
         return fold_layer_scale(self.attn.out_proj)
 
-    def mlp(self, h: Tensor) -> Tensor:
+    def mlp(self, h: Tensor, apply: ModuleFn = call_module) -> Tensor:  # noqa: D102
         mlp = self.layer.mlp
         if set(mlp._modules) != {"fc1", "activation_fn", "fc2"}:
             return mlp(h)
-        # CLIP's and SigLIP's MLP; OpenAI CLIP's QuickGELU is one pass on a GPU instead of three
-        return mlp.fc2(activation(mlp.fc1(h), mlp.activation_fn))
+        # CLIP's and SigLIP's MLP; its activation through ``apply`` (OpenAI CLIP's QuickGELU fused)
+        return mlp.fc2(apply(mlp.fc1(h), mlp.activation_fn))
 
 
 class HFVisionTower(VisionTower):
-    """View of a transformers CLIP or SigLIP vision model plus its projection."""
+    """View of a transformers CLIP or SigLIP vision model plus its projection.
 
-    def __init__(self, vision: nn.Module, projection: nn.Module | None):
+    Args:
+        vision: the model's vision tower.
+        projection: its ``visual_projection`` (CLIP), or None (SigLIP pools with a head).
+    """
+
+    def __init__(self, vision: Any, projection: Any) -> None:
         emb = vision.embeddings
         self.vision = vision
         self.projection = projection
@@ -114,9 +114,9 @@ class HFVisionTower(VisionTower):
         side = int(n_pos**0.5)
         self.grid_size = (side, side)
         self.blocks = [HFBlock(layer) for layer in vision.encoder.layers]
-        self.head = getattr(vision, "head", None)
+        self.head: Any = getattr(vision, "head", None)
 
-    def embed(self, pixels: Tensor) -> Tensor:
+    def embed(self, pixels: Tensor, apply: ModuleFn = call_module) -> Tensor:  # noqa: D102
         if self.naflex:
             return self._embed_naflex(pixels)
         emb = self.vision.embeddings
@@ -129,7 +129,7 @@ class HFVisionTower(VisionTower):
         )
         x = x + pos.to(x.dtype)
         pre = getattr(self.vision, "pre_layrnorm", None)
-        return layer_norm(x, pre) if pre is not None else x
+        return apply(x, pre) if pre is not None else x
 
     def _embed_naflex(self, pixels: Tensor) -> Tensor:
         emb = self.vision.embeddings
@@ -143,14 +143,14 @@ class HFVisionTower(VisionTower):
         shapes = torch.tensor([[gh, gw]], device=pixels.device).expand(b, 2)
         return x + emb.resize_positional_embeddings(table, shapes, max_length=gh * gw).to(x.dtype)
 
-    def pool(self, x: Tensor) -> Tensor:
+    def pool(self, x: Tensor) -> Tensor:  # noqa: D102 - the interface's
         if self.has_cls:
             pooled = self.vision.post_layernorm(x[:, 0])
             return self.projection(pooled) if self.projection is not None else pooled
         return self.head(self.vision.post_layernorm(x))
 
-    def project_tokens(self, x: Tensor) -> Tensor:
-        x = layer_norm(x, self.vision.post_layernorm)
+    def project_tokens(self, x: Tensor, apply: ModuleFn = call_module) -> Tensor:  # noqa: D102
+        x = apply(x, self.vision.post_layernorm)
         if self.has_cls:
             return self.projection(x) if self.projection is not None else x
         attn = self.head.attention  # nn.MultiheadAttention: one key -> value and output projections
@@ -161,15 +161,25 @@ class HFVisionTower(VisionTower):
 
 
 class TransformersBackend(Backend):
-    """A transformers dual encoder (CLIPModel, SiglipModel, Siglip2Model) and its tokenizer."""
+    """A transformers dual encoder (``CLIPModel``, ``SiglipModel``, ``Siglip2Model``) and its tokenizer.
+
+    Args:
+        model: the model.
+        tokenizer: its tokenizer (a Hugging Face one, or open_clip's).
+        image_config: how images are prepared (default: from its config).
+        info: what it is (default: named by its class).
+
+    Raises:
+        UnsupportedModelError: for a model without vision and text towers.
+    """
 
     def __init__(
         self,
-        model: nn.Module,
+        model: Any,
         tokenizer: Callable[..., Any],
         image_config: ImageConfig | None = None,
         info: ModelInfo | None = None,
-    ):
+    ) -> None:
         if not hasattr(model, "vision_model") or not hasattr(model, "text_model"):
             raise UnsupportedModelError(
                 f"expected a transformers CLIPModel/SiglipModel, got {type(model).__name__}"
@@ -187,9 +197,38 @@ class TransformersBackend(Backend):
 
     @classmethod
     def from_model(
-        cls, model: nn.Module, tokenizer: Callable[..., Any], **kwargs: Any
+        cls,
+        model: Any,
+        tokenizer: Callable[..., Any],
+        *,
+        input_size: int | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        name: str | None = None,
     ) -> TransformersBackend:
-        return cls(model, tokenizer, **kwargs)
+        """Wrap a model the user already built, its image settings given or its config's.
+
+        Args:
+            model: a ``CLIPModel``, ``SiglipModel`` or ``Siglip2Model``.
+            tokenizer: its tokenizer.
+            input_size: the square size it was trained at (default: its config's).
+            mean: per-channel normalization mean (default: CLIP's).
+            std: per-channel normalization std.
+            name: a name for summaries.
+
+        Returns:
+            The backend.
+        """
+        backend = cls(model, tokenizer)
+        cfg = backend.image_config
+        backend.image_config = ImageConfig(
+            size=(input_size, input_size) if input_size else cfg.size,
+            mean=tuple(mean) if mean else cfg.mean,
+            std=tuple(std) if std else cfg.std,
+        )
+        if name:
+            backend.info.name = name
+        return backend
 
     def _tokens(self, prompts: Sequence[str]) -> dict[str, Tensor]:
         if not hasattr(self.tokenizer, "model_input_names"):  # open_clip-style: ids only, 0-padded
@@ -212,15 +251,15 @@ class TransformersBackend(Backend):
         return {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
 
     @torch.inference_mode()
-    def encode_text(self, prompts: Sequence[str]) -> Tensor:
+    def encode_text(self, prompts: Sequence[str]) -> Tensor:  # noqa: D102 - the interface's
         out = self.model.get_text_features(**self._tokens(prompts))
         return _as_tensor(out)
 
     @property
-    def logit_scale(self) -> float:
+    def logit_scale(self) -> float:  # noqa: D102 - the interface's
         return float(self.model.logit_scale.detach().exp())
 
-    def text_context(self) -> int:
+    def text_context(self) -> int:  # noqa: D102 - the interface's
         return int(self.model.config.text_config.max_position_embeddings)
 
 
@@ -236,7 +275,14 @@ def _as_tensor(out: Any) -> Tensor:
 
 
 def image_config_from_processor(folder_or_id: str) -> ImageConfig | None:
-    """Size, mean and std from a saved image processor, if one is there."""
+    """Size, mean and std from a saved image processor, if one is there.
+
+    Args:
+        folder_or_id: a model folder or hub id.
+
+    Returns:
+        The image config, or None where there is no processor config.
+    """
     try:
         from transformers import AutoImageProcessor
 
@@ -259,7 +305,22 @@ def load_transformers(
     dtype: torch.dtype | None = None,
     **kwargs: Any,
 ) -> TransformersBackend:
-    """Load a transformers CLIP/SigLIP by hub id or local folder."""
+    """Load a transformers CLIP, SigLIP or SigLIP 2 by hub id or local folder.
+
+    Args:
+        model: a hub id or a folder saved with ``save_pretrained``.
+        pretrained: another id or folder to load the weights from (default: ``model``).
+        device: where to load it.
+        dtype: its precision (default float32).
+        **kwargs: passed to ``from_pretrained``.
+
+    Returns:
+        The backend.
+
+    Raises:
+        WeightsNotFoundError: when the folder is not a model folder, or the model is neither in
+            the cache nor downloadable.
+    """
     from transformers import AutoModel, AutoTokenizer
 
     source = pretrained or model
@@ -290,3 +351,29 @@ def load_transformers(
     if backend.is_siglip:
         backend.info.templates = ["This is a photo of {}."]
     return backend
+
+
+def _claims(model: str) -> bool:
+    path = Path(model).expanduser()
+    return (
+        path.is_dir() and (path / "config.json").is_file() and not (path / "open_clip_config.json").is_file()
+    )
+
+
+def _weights_present(model: str, pretrained: str | None) -> bool:
+    source = Path(pretrained or model).expanduser()
+    names = ("model.safetensors", "pytorch_model.bin")
+    if source.is_dir():
+        return any((source / n).is_file() for n in names)
+    return in_hub_cache(pretrained or model, names)
+
+
+SPEC = register_backend(
+    BackendSpec(
+        "transformers",
+        load_transformers,
+        _claims,
+        _weights_present,
+        "transformers CLIPModel / SiglipModel / Siglip2Model: 'transformers:<hub id>' and saved folders",
+    )
+)

@@ -56,17 +56,36 @@ def _shipped(folder: Path) -> dict[str, Path]:
 
 
 def available() -> list[str]:
-    """Names of the shipped vocabularies."""
+    """The shipped vocabularies.
+
+    Returns:
+        Their names (``birds-parts``, ``testbed-species``, ...).
+    """
     return list(_shipped(VOCABULARIES_DIR))
 
 
 def available_templates() -> list[str]:
-    """Names of the shipped template sets."""
+    """The shipped template sets.
+
+    Returns:
+        Their names (``single``, ``short``, ``ensemble``, ``bioclip``, ...).
+    """
     return list(_shipped(TEMPLATES_DIR))
 
 
 def load(name_or_path: str | Path) -> list[str]:
-    """A vocabulary by shipped name or by file path, duplicates removed in order."""
+    """A vocabulary by shipped name or by file path, duplicates removed in order.
+
+    Args:
+        name_or_path: a shipped vocabulary's name, or a ``.txt`` (one entry a line) or ``.json``
+            file.
+
+    Returns:
+        The entries.
+
+    Raises:
+        PromptError: for no such file or name, or an unreadable or empty one.
+    """
     path = Path(name_or_path).expanduser()
     if path.is_file():
         return _read_entries(path)
@@ -80,7 +99,17 @@ def load(name_or_path: str | Path) -> list[str]:
 
 
 def load_templates(name_or_path: str | Path) -> list[str]:
-    """A template set by shipped name (``single``, ``short``, ``ensemble``, ...) or file path."""
+    """A template set by shipped name (``single``, ``short``, ``ensemble``, ...) or file path.
+
+    Args:
+        name_or_path: the name or a file of one template a line.
+
+    Returns:
+        The templates, checked (:func:`check_templates`).
+
+    Raises:
+        PromptError: for no such file or name, or an unusable template.
+    """
     path = Path(name_or_path).expanduser()
     if not path.is_file():
         shipped = _shipped(TEMPLATES_DIR)
@@ -94,8 +123,21 @@ def load_templates(name_or_path: str | Path) -> list[str]:
 
 
 def check_templates(templates: Sequence[str], *, where: str = "") -> list[str]:
-    """Templates that each place the prompt once, at ``{}``; refused otherwise (a template with
-    no ``{}`` would give every prompt the same text, and the target would cancel itself)."""
+    """Templates that each place the prompt once, at ``{}``.
+
+    A template with no ``{}`` would give every prompt the same text, and the target would cancel
+    itself.
+
+    Args:
+        templates: the templates.
+        where: what to name them by in the message.
+
+    Returns:
+        The templates as a list.
+
+    Raises:
+        PromptError: for none at all, or one without exactly one ``{}``.
+    """
     templates = list(templates)
     bad = [t for t in templates if not isinstance(t, str) or t.count("{}") != 1]
     if bad or not templates:
@@ -109,10 +151,18 @@ RANKS = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
 def taxon(ranks: dict[str, str] | list[str], form: str = "scientific", common: str | None = None) -> str:
     """A BioCLIP-style name for a taxon, to put in the ``bioclip`` templates.
 
-    ``ranks`` is a dict keyed by :data:`RANKS` or the list kingdom..species (species epithet
-    alone, e.g. ``"tigrina"``). ``form="scientific"`` gives ``"Setophaga tigrina"``;
-    ``"taxonomic"`` the full path ``"Animalia Chordata Aves ... Setophaga tigrina"``; a
-    ``common`` name is appended with ``" with common name ..."`` as BioCLIP was trained.
+    Args:
+        ranks: a dict keyed by :data:`RANKS`, or the list kingdom..species (the species epithet
+            alone, e.g. ``"tigrina"``).
+        form: ``"scientific"`` gives ``"Setophaga tigrina"``; ``"taxonomic"`` the full path
+            ``"Animalia Chordata Aves ... Setophaga tigrina"``.
+        common: a common name, appended with ``" with common name ..."`` as BioCLIP was trained.
+
+    Returns:
+        The name.
+
+    Raises:
+        PromptError: for unknown ranks, a missing genus or species, or an unknown form.
     """
     if isinstance(ranks, (list, tuple)):
         ranks = dict(zip(RANKS, ranks))

@@ -24,6 +24,16 @@ HELD_OUT_SEEDS = range(1_000_000, 2_000_000)
 
 @dataclass
 class Sample:
+    """One generated bird with every part's mask.
+
+    Args:
+        image: the RGB picture.
+        species: its species.
+        species_index: the species' index in :data:`~mmfinercam.testbed.species.SPECIES`.
+        masks: part name -> H×W bool, the visible pixels of that part.
+        seed: the seed it was drawn from.
+    """
+
     image: Image.Image  #: RGB
     species: Species
     species_index: int
@@ -32,13 +42,16 @@ class Sample:
 
     @property
     def label_map(self) -> np.ndarray:
+        """H×W uint8: each pixel's part id (``PART_IDS``), 0 the background."""
         out = np.zeros(self.image.size[::-1], np.uint8)
         for name, mask in self.masks.items():
             out[mask] = PART_IDS[name]
         return out
 
 
-def _ellipse(cx: float, cy: float, rx: float, ry: float, angle: float = 0.0, n: int = 28):
+def _ellipse(
+    cx: float, cy: float, rx: float, ry: float, angle: float = 0.0, n: int = 28
+) -> list[tuple[float, float]]:
     c, s = math.cos(angle), math.sin(angle)
     pts = []
     for i in range(n):
@@ -97,7 +110,9 @@ def _background(size: int, rng: random.Random, nprng: np.random.Generator) -> Im
     return img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
 
 
-def _pattern_layer(kind: str, size: int, colour, rng: random.Random, scale: float) -> Image.Image | None:
+def _pattern_layer(
+    kind: str, size: int, colour: tuple[int, ...], rng: random.Random, scale: float
+) -> Image.Image | None:
     if kind == "plain":
         return None
     layer = Image.new("RGBA", (size, size), (0, 0, 0, 0))
@@ -124,10 +139,17 @@ def _pattern_layer(kind: str, size: int, colour, rng: random.Random, scale: floa
 
 
 def render(species_index: int, seed: int, size: int = IMAGE_SIZE, species: Species | None = None) -> Sample:
-    """Draw one bird of ``SPECIES[species_index]``; the same arguments give the same sample.
+    """Draw one bird of a species; the same arguments give the same sample.
 
-    ``species`` draws another species in exactly the same scene and pose (for tests and
-    counterfactual pictures).
+    Args:
+        species_index: the species' index.
+        seed: the scene's seed (background, pose, jitter).
+        size: the picture's side in pixels.
+        species: draw this species instead, in exactly the same scene and pose (for tests and
+            counterfactual pictures).
+
+    Returns:
+        The sample.
     """
     sp = species or SPECIES[species_index]
     rng = random.Random(seed * 1009 + species_index)
@@ -141,7 +163,9 @@ def render(species_index: int, seed: int, size: int = IMAGE_SIZE, species: Speci
     c, s = math.cos(angle), math.sin(angle)
     shapes = _shapes(sp)
 
-    def place(points, cx=0.0, cy=0.0):
+    def place(
+        points: list[tuple[float, float]], cx: float = 0.0, cy: float = 0.0
+    ) -> list[tuple[float, float]]:
         return [
             (cx + scale * (c * x * facing - s * y), cy + scale * (s * x * facing + c * y)) for x, y in points
         ]
@@ -191,20 +215,45 @@ def render(species_index: int, seed: int, size: int = IMAGE_SIZE, species: Speci
 
 
 def sample(seed: int, size: int = IMAGE_SIZE) -> Sample:
-    """The sample of ``seed``: its species is drawn from the seed too (uniform over species)."""
+    """The sample of a seed: its species is drawn from the seed too (uniform over species).
+
+    Args:
+        seed: a seed from :data:`TRAIN_SEEDS` or :data:`HELD_OUT_SEEDS`.
+        size: the picture's side.
+
+    Returns:
+        The sample.
+    """
     out = render(seed % len(SPECIES), seed // len(SPECIES), size)
     out.seed = seed
     return out
 
 
 def held_out(n: int, start: int = 0, size: int = IMAGE_SIZE) -> list[Sample]:
-    """``n`` held-out samples (seeds disjoint from training), species balanced."""
+    """Held-out samples (seeds disjoint from training), species balanced.
+
+    Args:
+        n: how many.
+        start: the first held-out index (each use of the testbed keeps to its own range).
+        size: the pictures' side.
+
+    Returns:
+        The samples.
+    """
     first = HELD_OUT_SEEDS.start + start
     return [sample(first + i, size) for i in range(n)]
 
 
 def captions(sp: Species, rng: random.Random) -> str:
-    """One training caption: the species name, a full description, or one trait phrase."""
+    """One training caption: the species name, a full description, or one trait phrase.
+
+    Args:
+        sp: the species.
+        rng: the random stream.
+
+    Returns:
+        The caption.
+    """
     traits = sp.traits()
     u = rng.random()
     if u < 0.4:

@@ -31,6 +31,23 @@ BEAK_SHAPES = ("short", "long", "hooked")
 
 @dataclass(frozen=True)
 class Species:
+    """One species of generated bird: its look, and the trait that sets it apart from its siblings.
+
+    Args:
+        name: its name.
+        family: its family (siblings share it).
+        body: body colour.
+        head: head colour.
+        wing: wing colour.
+        tail: tail colour.
+        beak: beak colour.
+        wing_pattern: plain, striped or spotted.
+        tail_shape: fan, forked or pointed.
+        beak_shape: short, long or hooked.
+        varying: the attribute that differs between siblings.
+        varying_part: the part it belongs to.
+    """
+
     name: str
     family: str
     body: str
@@ -45,7 +62,11 @@ class Species:
     varying_part: str = "wing"  #: the part it belongs to
 
     def traits(self) -> dict[str, str]:
-        """Trait phrase of every part, e.g. ``{"wing": "red striped wing", ...}``."""
+        """The trait phrase of every part.
+
+        Returns:
+            Part -> phrase, e.g. ``{"wing": "red striped wing", ...}``.
+        """
         wing = (
             f"{self.wing} {self.wing_pattern} wing" if self.wing_pattern != "plain" else f"{self.wing} wing"
         )
@@ -58,7 +79,11 @@ class Species:
         }
 
     def trait_of_varying(self) -> str:
-        """The phrase naming this species' value of the family's varying trait."""
+        """This species' value of its family's varying trait, as a phrase.
+
+        Returns:
+            The phrase (``"red wing"``).
+        """
         attr = self.varying
         value = getattr(self, attr)
         part = self.varying_part
@@ -167,7 +192,17 @@ SPECIES_BY_NAME: dict[str, Species] = {s.name: s for s in SPECIES}
 
 
 def siblings(species: Species | str) -> list[Species]:
-    """The other species of the same family, of a species or its name."""
+    """The other species of the same family.
+
+    Args:
+        species: a species or its name.
+
+    Returns:
+        Its siblings.
+
+    Raises:
+        KeyError: for an unknown name.
+    """
     if isinstance(species, str):
         if species not in SPECIES_BY_NAME:
             raise KeyError(f"no testbed species named {species!r}; they are: {', '.join(SPECIES_BY_NAME)}")
@@ -176,5 +211,9 @@ def siblings(species: Species | str) -> list[Species]:
 
 
 def trait_vocabulary() -> list[str]:
-    """Every trait phrase any species has, sorted: the testbed's concept vocabulary."""
+    """Every trait phrase any species has: the testbed's concept vocabulary.
+
+    Returns:
+        The phrases, sorted.
+    """
     return sorted({t for s in SPECIES for t in s.traits().values()})
