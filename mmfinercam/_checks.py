@@ -12,12 +12,13 @@ import functools
 import math
 import numbers
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from .errors import ConfigError, PromptError
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 #: the largest contrast strength taken: past it the contrasts' share dwarfs the target's by more
 #: than float32 resolves, and at 1e38 it overflows
@@ -192,3 +193,22 @@ def renamed_keywords(**renames: str) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def registered(table: Mapping[str, T], name: str, what: str) -> T:
+    """The entry of a registry (backends, dense methods, CAMs) by name.
+
+    Args:
+        table: the registry.
+        name: the name asked for.
+        what: what the registry holds, for the message ("backend", "CAM method").
+
+    Returns:
+        The entry.
+
+    Raises:
+        ConfigError: for a name nothing is registered under, listing the known ones.
+    """
+    if name not in table:
+        raise ConfigError(f"unknown {what} {name!r}; known: {', '.join(table)}")
+    return table[name]

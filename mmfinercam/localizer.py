@@ -36,13 +36,7 @@ class Localizer(Model):
         >>> loc = mf.load("testbed")
         >>> res = loc.finer_cam("bird.png", "Alder finch", ["Birch finch", "Cedar finch"])
 
-    Args:
-        backend: the loaded model.
-        templates: prompt templates (a list, a shipped set's name or a file); None uses the
-            model's own.
-
-    Raises:
-        PromptError: for unusable templates.
+    It is built as a :class:`~mmfinercam.model.Model` is (a backend, optional templates).
     """
 
     @classmethod

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from .._checks import registered
 from .._device import parse_dtype, resolve_device
 from ..errors import ConfigError, WeightsNotFoundError
 from .base import Backend
@@ -92,9 +93,7 @@ def backend_spec(name: str) -> BackendSpec:
     Raises:
         ConfigError: for a name no backend is registered under.
     """
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown backend {name!r}; known: {', '.join(_REGISTRY)}")
-    return _REGISTRY[name]
+    return registered(_REGISTRY, name, "backend")
 
 
 @functools.cache

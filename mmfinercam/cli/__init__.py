@@ -1,5 +1,8 @@
 """The ``mmfinercam`` command line: one module a command, each a thin ``run(args)`` over the API.
 
+A command module has ``NAME``, ``HELP``, ``add_arguments(p)`` where it takes options, and
+``run(args)``; adding a command is one module and one entry in :data:`COMMANDS`.
+
     mmfinercam localize bird.jpg --target "Cape May warbler" --contrast "Magnolia warbler" --out out/
     mmfinercam demo --out demo/
     mmfinercam models
@@ -34,7 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
-        command.add_parser(sub)
+        p = sub.add_parser(command.NAME, help=command.HELP)
+        if hasattr(command, "add_arguments"):  # a command without options has none
+            command.add_arguments(p)
+        p.set_defaults(run=command.run)
     return parser
 
 

@@ -53,17 +53,18 @@ def int_at_least(least: int) -> Callable[[str], int]:
 POSITIVE, NON_NEGATIVE = int_at_least(1), int_at_least(0)
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser, default: str = DEFAULT_MODEL) -> None:
     """The model options every command that loads one takes.
 
     Args:
         p: the command's parser.
+        default: the model the command loads when ``--model`` is not given.
     """
     g = p.add_argument_group("model")
     g.add_argument(
         "--model",
-        default=DEFAULT_MODEL,
-        help=f"a model name, <backend>:<name>, hf-hub: id, folder or shipped name (default {DEFAULT_MODEL})",
+        default=default,
+        help=f"a model name, <backend>:<name>, hf-hub: id, folder or shipped name (default {default})",
     )
     g.add_argument("--pretrained", default=None, help="pretrained tag (e.g. openai) or checkpoint file")
     g.add_argument("--backend", default=None, help="force a backend (open_clip, transformers)")

@@ -8,26 +8,29 @@ import sys
 
 from ..errors import ConfigError
 
+#: the name the command line calls it
+NAME = "app"
+#: its line in ``mmfinercam --help``
+HELP = "a local web app: upload an image, type concepts, compare maps"
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Add the command to the command line.
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Add the options of ``mmfinercam app``.
 
     Args:
-        sub: the subcommands of the ``mmfinercam`` parser.
+        p: the ``app`` command's parser.
     """
-    p = sub.add_parser("app", help="a local web app: upload an image, type concepts, compare maps")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--models", nargs="+", default=None, help="models offered (default: those present)")
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload accepted")
-    p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the command (until Ctrl-C).
 
     Args:
-        args: its parsed arguments.
+        args: the parsed ``app`` options.
 
     Returns:
         0.

@@ -8,6 +8,11 @@ from pathlib import Path
 from .._checks import check_contrasts, check_prompt
 from ._common import NON_NEGATIVE, POSITIVE, add_finer_args, add_model_args, finer_options, output_folder
 
+#: the name the command line calls it
+NAME = "batch"
+#: its line in ``mmfinercam --help``
+HELP = "maps for a whole collection: resumable, sharded, Parquet + .npy"
+
 
 def shard(text: str) -> tuple[int, int]:
     """An argparse type: ``i/n`` as (i, n), this process's share of n, counted from 0.
@@ -27,13 +32,12 @@ def shard(text: str) -> tuple[int, int]:
     return int(rank), int(world)
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Add the command to the command line.
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Add the options of ``mmfinercam batch``.
 
     Args:
-        sub: the subcommands of the ``mmfinercam`` parser.
+        p: the ``batch`` command's parser.
     """
-    p = sub.add_parser("batch", help="maps for a whole collection: resumable, sharded, Parquet + .npy")
     p.add_argument("input", help="image folder, .csv/.parquet list, or a saved datasets folder")
     p.add_argument("--target", default=None, help="the concept to localize (or per-row 'target' column)")
     g = p.add_mutually_exclusive_group()
@@ -51,14 +55,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--out", "-o", default="mmfinercam-batch")
     add_model_args(p)
-    p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the command.
+    """Map a folder or manifest of images into resumable Parquet chunks, one row a map.
 
     Args:
-        args: its parsed arguments.
+        args: the parsed ``batch`` options.
 
     Returns:
         0, or 1 when some images failed.

@@ -8,14 +8,18 @@ import json
 from .._device import DTYPE_CHOICES
 from ._common import POSITIVE, output_folder
 
+#: the name the command line calls it
+NAME = "bench"
+#: its line in ``mmfinercam --help``
+HELP = "throughput of the dense path against its peers"
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Add the command to the command line.
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Add the options of ``mmfinercam bench``.
 
     Args:
-        sub: the subcommands of the ``mmfinercam`` parser.
+        p: the ``bench`` command's parser.
     """
-    p = sub.add_parser("bench", help="throughput of the dense path against its peers")
     p.add_argument("--model", default="ViT-B-16", help="open_clip architecture (random weights) or 'tiny'")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default="fp32", choices=DTYPE_CHOICES)
@@ -38,14 +42,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--ref-dir", default=".gem-ref", help="where gem_torch + open_clip 2.23 are installed")
     p.add_argument("--out", "-o", default="mmfinercam-bench")
-    p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the command.
+    """Time the dense path against its peers measured in the same run and write the report.
 
     Args:
-        args: its parsed arguments.
+        args: the parsed ``bench`` options.
 
     Returns:
         0.

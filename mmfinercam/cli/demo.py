@@ -17,25 +17,28 @@ from ..outputs import localize_to_folder
 from ._common import add_model_args, load_model, output_folder
 from .localize import print_report
 
+#: the name the command line calls it
+NAME = "demo"
+#: its line in ``mmfinercam --help``
+HELP = "the shipped model on the shipped sample birds"
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Add the command to the command line.
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Add the options of ``mmfinercam demo``.
 
     Args:
-        sub: the subcommands of the ``mmfinercam`` parser.
+        p: the ``demo`` command's parser.
     """
-    p = sub.add_parser("demo", help="the shipped model on the shipped sample birds")
     p.add_argument("--alpha", type=float, default=1.0)
     p.add_argument("--out", "-o", default="mmfinercam-demo")
-    add_model_args(p)
-    p.set_defaults(run=run, model="testbed")
+    add_model_args(p, default="testbed")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the command.
+    """Localize each shipped sample bird's differing part and draw the maps in one figure.
 
     Args:
-        args: its parsed arguments.
+        args: the parsed ``demo`` options.
 
     Returns:
         0, or 1/2 as ``localize`` would for the samples.

@@ -10,14 +10,18 @@ from ..errors import ConfigError
 from ..options import cam_methods
 from ._common import NON_NEGATIVE, POSITIVE, add_model_args, load_model, output_folder
 
+#: the name the command line calls it
+NAME = "eval"
+#: its line in ``mmfinercam --help``
+HELP = "score methods on the testbed (or an annotated folder)"
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Add the command to the command line.
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Add the options of ``mmfinercam eval``.
 
     Args:
-        sub: the subcommands of the ``mmfinercam`` parser.
+        p: the ``eval`` command's parser.
     """
-    p = sub.add_parser("eval", help="score methods on the testbed (or an annotated folder)")
     p.add_argument("--n", type=POSITIVE, default=500, help="held-out testbed images")
     p.add_argument("--start", type=NON_NEGATIVE, default=0, help="first held-out index (seed offset)")
     p.add_argument("--folder", default=None, help="annotated folder (annotations.json) instead")
@@ -36,15 +40,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gallery", type=NON_NEGATIVE, default=6, help="images in the gallery (0 = none)")
     p.add_argument("--no-smooth", action="store_true", help="leave out the GEM maps averaged over 8 views")
     p.add_argument("--out", "-o", default="mmfinercam-eval")
-    add_model_args(p)
-    p.set_defaults(run=run, model="testbed")
+    add_model_args(p, default="testbed")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the command.
+    """Score every method on the testbed (or an annotated folder) and write the table, plot and gallery.
 
     Args:
-        args: its parsed arguments.
+        args: the parsed ``eval`` options.
 
     Returns:
         0.

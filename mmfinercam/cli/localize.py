@@ -17,14 +17,18 @@ from ._common import (
     output_folder,
 )
 
+#: the name the command line calls it
+NAME = "localize"
+#: its line in ``mmfinercam --help``
+HELP = "Finer-CAM maps for images: overlay PNG, .npy map, JSON"
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Add the command to the command line.
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Add the options of ``mmfinercam localize``.
 
     Args:
-        sub: the subcommands of the ``mmfinercam`` parser.
+        p: the ``localize`` command's parser.
     """
-    p = sub.add_parser("localize", help="Finer-CAM maps for images: overlay PNG, .npy map, JSON")
     p.add_argument("image", nargs="+", help="image files or folders")
     p.add_argument("--target", required=True, help="the concept to localize")
     c = p.add_mutually_exclusive_group()
@@ -51,14 +55,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "the patch-grid .scores.npy make them with mmfinercam.finer.to_heatmap",
     )
     add_model_args(p)
-    p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the command.
+    """Localize the target in each image and write its map, record and overlay.
 
     Args:
-        args: its parsed arguments.
+        args: the parsed ``localize`` options.
 
     Returns:
         0, 1 when some images failed, 2 when none could be used.

@@ -6,22 +6,17 @@ import argparse
 
 from ..backends import available_backends, backend_spec, known_models, weights_present
 
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Add the command to the command line.
-
-    Args:
-        sub: the subcommands of the ``mmfinercam`` parser.
-    """
-    p = sub.add_parser("models", help="list the known models and the backends")
-    p.set_defaults(run=run)
+#: the name the command line calls it
+NAME = "models"
+#: its line in ``mmfinercam --help``
+HELP = "list the known models and the backends"
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the command.
+    """List the shipped models, the backends and which weights are on disk.
 
     Args:
-        args: its parsed arguments.
+        args: the parsed ``models`` options.
 
     Returns:
         0.

@@ -16,14 +16,18 @@ import torch
 
 from ._common import NON_NEGATIVE, POSITIVE, _Deprecated, add_model_args, expand_images, load_model
 
+#: the name the command line calls it
+NAME = "traits"
+#: its line in ``mmfinercam --help``
+HELP = "rank a vocabulary's traits by how they separate a species"
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Add the command to the command line.
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Add the options of ``mmfinercam traits``.
 
     Args:
-        sub: the subcommands of the ``mmfinercam`` parser.
+        p: the ``traits`` command's parser.
     """
-    p = sub.add_parser("traits", help="rank a vocabulary's traits by how they separate a species")
     p.add_argument("images", nargs="+", help="the target species' images (files or folders)")
     p.add_argument(
         "--contrast-images",
@@ -45,14 +49,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=POSITIVE, default=32)
     p.add_argument("--out", "-o", default=None, help="CSV of every trait, with each group's margin and se")
     add_model_args(p)
-    p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the command.
+    """Rank a vocabulary of trait phrases by how they separate the target from its neighbours.
 
     Args:
-        args: its parsed arguments.
+        args: the parsed ``traits`` options.
 
     Returns:
         0.

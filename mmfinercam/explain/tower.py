@@ -24,6 +24,7 @@ from typing import Protocol
 from torch import Tensor
 
 from .. import kernels
+from .._checks import registered
 from ..backends.base import TransformerBlock, VisionTower
 from ..errors import ConfigError
 from .tokens import TowerOutput
@@ -119,9 +120,7 @@ def dense_method(name: str) -> DenseMethod:
     Raises:
         ConfigError: for an unknown name, listing the known ones.
     """
-    if name not in DENSE_METHODS:
-        raise ConfigError(f"unknown dense method {name!r}; known: {', '.join(DENSE_METHODS)}")
-    return DENSE_METHODS[name]
+    return registered(DENSE_METHODS, name, "dense method")
 
 
 def run_tower(tower: VisionTower, pixels: Tensor, path: TokenPath | None = None) -> TowerOutput:

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...errors import ConfigError, UnsupportedModelError
+from ..._checks import registered
+from ...errors import UnsupportedModelError
 from .layers import Reshape, as_maps, model_logits
 from .targets import ScoreFn
 
@@ -228,6 +229,4 @@ def cam_class(method: str) -> type[BaseCAM]:
     Raises:
         ConfigError: for an unknown name, listing the known ones.
     """
-    if method not in CAM_METHODS:
-        raise ConfigError(f"unknown CAM method {method!r}; known: {', '.join(CAM_METHODS)}")
-    return CAM_METHODS[method]
+    return registered(CAM_METHODS, method, "CAM method")
