@@ -185,9 +185,9 @@ def test_classes_for_all_images_or_one_each(resnet):
         (dict(references=[[1], [2], [3]]), "a list an image"),
         (dict(target=1.5), "whole class numbers"),
         (dict(target=[1, 2], references=[[4, 1], [4, 5]]), "the target itself"),
-        (dict(ranks=(0, 1)), "distinct whole numbers from 1"),
-        (dict(ranks=(1, 1)), "distinct whole numbers from 1"),
-        (dict(ranks=(10, 11)), "leave no contrast: there are 9 classes besides the target"),
+        (dict(contrast_ranks=(0, 1)), "distinct whole numbers from 1"),
+        (dict(contrast_ranks=(1, 1)), "distinct whole numbers from 1"),
+        (dict(contrast_ranks=(10, 11)), "leave no contrast: there are 9 classes besides the target"),
     ]:
         with pytest.raises(mf.MMFinerCAMError, match=message):
             cam(x, **bad)
