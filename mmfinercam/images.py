@@ -125,7 +125,7 @@ def checked_size(source: ImageInput) -> tuple[int, int]:
     return _read(source, short_side=1)[1]
 
 
-def read_for_model(source: ImageInput, short_side: int) -> tuple[Image.Image, tuple[int, int]]:
+def read_for_model(source: ImageInput, short_side: int | None) -> tuple[Image.Image, tuple[int, int]]:
     """An image read for a resize to ``short_side``, and its own size.
 
     A large image comes back reduced (a JPEG decoded at 1/2, 1/4 or 1/8 scale) while its
@@ -134,7 +134,7 @@ def read_for_model(source: ImageInput, short_side: int) -> tuple[Image.Image, tu
 
     Args:
         source: a path, PIL image or array.
-        short_side: the shorter side it will be resized to.
+        short_side: the shorter side it will be resized to; None reads it whole.
 
     Returns:
         The upright RGB image and its own (height, width), upright.

@@ -20,6 +20,8 @@ from torch import Tensor, nn
 from ._checks import renamed_keywords
 from .backends import create_backend, known_models
 from .errors import ConfigError
+from .explain import clipsurgery
+from .explain.dense import global_similarity
 from .images import ImageInput
 from .model import Model
 from .options import FinerOptions
@@ -106,6 +108,7 @@ class Localizer(Model):
         *,
         method: str = "gem",
         depth: int | None = None,
+        feature_surgery: bool = False,
     ) -> Tensor:
         """Raw cosine similarity of every patch with every prompt; all prompts cost one pass.
 
@@ -117,6 +120,8 @@ class Localizer(Model):
             prompts: K strings used verbatim, or K×D text embeddings.
             method: a registered dense method.
             depth: the method's depth.
+            feature_surgery: take away what the K prompts' maps share, as CLIP Surgery does
+                (:func:`~mmfinercam.explain.clipsurgery.feature_surgery`); any method.
 
         Returns:
             B×K×h×w similarities.
@@ -124,7 +129,11 @@ class Localizer(Model):
         text = self._text_embeddings(prompts)
         out = self.image_tokens(images, method=method, depth=depth)  # checks the pixels
         patches = F.normalize(out.patch_tokens, dim=-1)
-        sims = torch.einsum("bnd,kd->bkn", patches, _same_width(text, patches))
+        text = _same_width(text, patches)
+        sims = torch.einsum("bnd,kd->bkn", patches, text)
+        if feature_surgery:
+            overall = global_similarity(out, text.to(out.global_embedding.dtype))
+            sims = clipsurgery.feature_surgery(sims, overall)
         return sims.reshape(sims.shape[0], sims.shape[1], *out.grid)
 
     def zero_shot(
@@ -169,6 +178,9 @@ class Localizer(Model):
         batch_size: int | None = None,
         shifts: int = 1,
         flip: bool = False,
+        tiles: bool | None = None,
+        multiscale: bool = False,
+        refine: str | None = None,
         options: FinerOptions | None = None,
     ) -> FinerCAMResult:
         """Where is the evidence for ``target`` and not for the contrasting concepts?
@@ -187,13 +199,19 @@ class Localizer(Model):
             weighting: ``"softmax"`` or ``"uniform"`` contrast weights.
             vocabulary: a list, a file or a shipped vocabulary's name, for automatic contrasts.
             contrast_ranks: which vocabulary entries to take, by closeness rank (from 1).
-            method: a dense method (``"gem"``, ``"raw"``) or a gradient CAM (``"layercam"``...).
+            method: a dense method (``"gem"``, ``"sclip"``, ...) or a gradient method
+                (``"layercam"``, ``"legrad"``, ...).
             depth: GEM's depth (default: the model's).
             templates: prompt templates (default: the model's; ``["{}"]``: verbatim).
-            short_side: the shorter side images are resized to (default: the model's input).
+            short_side: the shorter side images are resized to (default: the model's input; with
+                ``tiles=True``, each image's own).
             batch_size: images a pass (default: 16; a tensor runs whole).
             shifts: sub-patch shifts per axis to average over (2 with ``flip``: 8 views).
             flip: also average the mirrored image's map.
+            tiles: explain images larger than the model's input window by window, stitched at
+                full resolution (True); only those past the patch limit (None); never (False).
+            multiscale: with tiles, also average in the whole image's map.
+            refine: refine the maps at pixel resolution by the image's edges (``"pamr"``).
             options: all the settings above as one :class:`~mmfinercam.options.FinerOptions`
                 (then leave those keywords at their defaults).
 
@@ -207,6 +225,7 @@ class Localizer(Model):
         """
         given: dict[str, Any] = dict(alpha=alpha, weighting=weighting, contrast_ranks=tuple(contrast_ranks))
         given |= dict(method=method, depth=depth, short_side=short_side, shifts=shifts, flip=flip)
+        given |= dict(tiles=tiles, multiscale=multiscale, refine=refine)
         if options is None:
             options = FinerOptions(**given)
         elif any(value != getattr(FinerOptions(), key) for key, value in given.items()):

@@ -111,37 +111,64 @@ class Model:
 
     @renamed_keywords(image_size="short_side")
     def prepare(
-        self, images: ImageInput | Sequence[ImageInput], *, short_side: int | None = None
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        *,
+        short_side: int | None = None,
+        tiles: bool | None = False,
     ) -> tuple[list[PreparedImage], list[FailedImage]]:
         """Read and preprocess images for this model (:mod:`mmfinercam.images`).
 
         Args:
             images: paths, PIL images, arrays or tensors.
             short_side: the shorter side to resize to (default: the model's input size).
+            tiles: as for :meth:`prepare_in_chunks`.
 
         Returns:
             The prepared images and those that could not be used.
         """
-        return next(iter(self.prepare_in_chunks(images, 2**62, short_side=short_side)), ([], []))
+        chunks = self.prepare_in_chunks(images, 2**62, short_side=short_side, tiles=tiles)
+        return next(iter(chunks), ([], []))
 
     @renamed_keywords(image_size="short_side")
     def prepare_in_chunks(
-        self, images: ImageInput | Sequence[ImageInput], chunk: int, *, short_side: int | None = None
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        chunk: int,
+        *,
+        short_side: int | None = None,
+        tiles: bool | None = False,
     ) -> Iterator[tuple[list[PreparedImage], list[FailedImage]]]:
         """:meth:`prepare`, ``chunk`` inputs at a time (:func:`mmfinercam.pixels.prepare_in_chunks`).
 
         Args:
             images: paths, PIL images, arrays or tensors.
             chunk: inputs prepared at a time.
-            short_side: the shorter side to resize to (default: the model's input size).
+            short_side: the shorter side to resize to (default: the model's input size; with
+                ``tiles=True``, each image's own).
+            tiles: explain images larger than the model's input window by window: True, None
+                (only those past the patch limit) or False (:mod:`mmfinercam.tiles`).
 
         Returns:
             An iterator of (prepared, failed) per chunk.
         """
         cfg = self.backend.image_config
-        side = min(cfg.size) if short_side is None else short_side
+        side = short_side
+        if side is None and tiles is not True:
+            side = min(cfg.size)
+        window = (
+            cfg.size[0] // self.patch_size[0] * self.patch_size[0],
+            cfg.size[1] // self.patch_size[1] * self.patch_size[1],
+        )
         return prepare_in_chunks(
-            images, chunk, short_side=side, patch=self.patch_size, mean=cfg.mean, std=cfg.std
+            images,
+            chunk,
+            short_side=side,
+            patch=self.patch_size,
+            mean=cfg.mean,
+            std=cfg.std,
+            window=window,
+            tiles=tiles,
         )
 
     @torch.inference_mode()

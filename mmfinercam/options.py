@@ -14,8 +14,9 @@ from typing import Any
 
 from ._checks import check_alpha, check_whole, is_whole_number
 from .errors import ConfigError, PromptError
-from .explain.cams import CAM_METHODS
+from .explain.cams import gradient_methods as _gradient_methods
 from .explain.finer import WEIGHTINGS
+from .explain.refine import REFINERS
 from .explain.tower import DENSE_METHODS
 
 
@@ -28,22 +29,22 @@ def dense_methods() -> list[str]:
     return list(DENSE_METHODS)
 
 
-def cam_methods() -> list[str]:
-    """The registered gradient CAMs.
+def gradient_methods() -> list[str]:
+    """The registered gradient methods: the CAMs, then LeGrad and any other explainer.
 
     Returns:
-        Their names (``"gradcam"``, ``"layercam"``, ...).
+        Their names (``"gradcam"``, ``"layercam"``, ..., ``"legrad"``).
     """
-    return list(CAM_METHODS)
+    return _gradient_methods()
 
 
 def all_methods() -> list[str]:
-    """Every method ``finer_cam`` runs: the dense ones, then the gradient CAMs.
+    """Every method ``finer_cam`` runs: the dense ones, then the gradient ones.
 
     Returns:
         Their names.
     """
-    return dense_methods() + cam_methods()
+    return dense_methods() + gradient_methods()
 
 
 @dataclass(frozen=True)
@@ -55,14 +56,21 @@ class FinerOptions:
             differs from the contrasts (the paper's default 0.6, the official code's 1.0).
         weighting: how the contrasts are weighted (``"softmax"`` by the model's confidence in
             each, or ``"uniform"``).
-        method: a dense token method (``"gem"``, ``"raw"``) or a gradient CAM (``"gradcam"``,
-            ``"layercam"``, ...).
+        method: a dense token method (``"gem"``, ``"raw"``, ``"sclip"``, ...) or a gradient
+            method (``"gradcam"``, ``"layercam"``, ..., ``"legrad"``).
         depth: GEM's depth; None for the model's own.
         contrast_ranks: which vocabulary entries become automatic contrasts, by closeness rank
             to the target (rank 0 is the target itself).
         short_side: the shorter side images are resized to; None for the model's input size.
         shifts: sub-patch shifts per axis to average maps over (1: none).
         flip: also average the mirrored image's map.
+        tiles: explain an image larger than the model's input window by window
+            (:mod:`mmfinercam.tiles`): True for every such image, at ``short_side`` or the
+            image's own size; None (the default) only for an image past the patch limit, which
+            would otherwise be refused; False never. Dense methods only.
+        multiscale: with tiles, average the stitched map with the whole image's.
+        refine: a map refiner (``"pamr"``, :mod:`mmfinercam.explain.refine`) run on the maps at
+            the size the image was prepared at; None for none.
 
     Raises:
         ConfigError: for any unusable setting.
@@ -77,12 +85,15 @@ class FinerOptions:
     short_side: int | None = None
     shifts: int = 1
     flip: bool = False
+    tiles: bool | None = None
+    multiscale: bool = False
+    refine: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "alpha", check_alpha(self.alpha))
         if self.weighting not in WEIGHTINGS:
             raise ConfigError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {self.weighting!r}")
-        if self.method not in DENSE_METHODS and self.method not in CAM_METHODS:
+        if self.method not in all_methods():
             raise ConfigError(f"unknown method {self.method!r}; known: {', '.join(all_methods())}")
         if self.depth is not None:
             if not is_whole_number(self.depth) or self.depth < 2:
@@ -102,11 +113,19 @@ class FinerOptions:
         object.__setattr__(self, "shifts", check_whole(self.shifts, "shifts"))
         if not isinstance(self.flip, bool):
             raise ConfigError(f"flip must be True or False, got {self.flip!r}")
+        if not (self.tiles is None or isinstance(self.tiles, bool)) or not isinstance(self.multiscale, bool):
+            raise ConfigError(
+                f"tiles must be True, False or None and multiscale True or False; got {self.tiles!r}"
+            )
+        if self.refine is not None and self.refine not in REFINERS:
+            raise ConfigError(f"unknown refiner {self.refine!r}; known: {', '.join(REFINERS)}")
+        if self.gradient and (self.tiles or self.multiscale):
+            raise ConfigError(f"tiles are for the dense methods, not the gradient method {self.method!r}")
 
     @property
     def gradient(self) -> bool:
-        """Whether the method is a gradient CAM (a backward pass an image)."""
-        return self.method in CAM_METHODS
+        """Whether the method is a gradient method (a backward pass an image)."""
+        return self.method in _gradient_methods()
 
     @property
     def views(self) -> int:

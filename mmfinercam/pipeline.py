@@ -11,12 +11,13 @@ until each batch's are copied to the host once.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from . import prompts as prompt_library
@@ -25,14 +26,16 @@ from ._device import to_host
 from .errors import ImageLoadError, PromptError
 from .explain import smoothing
 from .explain.cams import clip_finer_cam
-from .explain.contrasts import ContrastPlan
+from .explain.contrasts import ContrastChoice, ContrastPlan
 from .explain.dense import explain_dense, global_similarity
+from .explain.refine import refiner
 from .explain.tokens import TowerOutput
 from .explain.tower import check_depth, dense_method
 from .images import ImageInput
 from .options import FinerOptions
-from .pixels import FailedImage, pixel_batches
+from .pixels import FailedImage, PreparedImage, pixel_batches
 from .results import ContrastNames, FinerCAMResult, in_input_order
+from .tiles import Canvas
 
 if TYPE_CHECKING:
     from .localizer import Localizer
@@ -153,12 +156,18 @@ def run_finer_cam(
     failed: list[FailedImage] = []
     positions: list[int] = []  # where each batch's rows sit in ``used``
     outputs: list[dict[str, Tensor]] = []
-    for prepared, broken in loc.prepare_in_chunks(images, step, short_side=options.short_side):
+    tiles = False if options.gradient else options.tiles
+    for prepared, broken in loc.prepare_in_chunks(images, step, short_side=options.short_side, tiles=tiles):
         failed += broken
         whole = images if isinstance(images, Tensor) and not broken else None
-        for members, pixels in pixel_batches(prepared, step, whole):
+        at_once = [i for i, p in enumerate(prepared) if p.tiled is None]
+        for members, pixels in pixel_batches([prepared[i] for i in at_once], step, whole):
             outputs.append(explain_batch(loc, pixels, plan, options, smooth))
-            positions += [len(used) + m for m in members]
+            positions += [len(used) + at_once[m] for m in members]
+        for i, p in enumerate(prepared):
+            if p.tiled is not None:
+                outputs.append(explain_tiled(loc, p, plan, options, smooth, step))
+                positions.append(len(used) + i)
         used += [(p.index, p.source, p.original_size) for p in prepared]
     for f in failed:
         warnings.warn(f"skipped image {f.source}: {f.message}", stacklevel=4)
@@ -203,15 +212,77 @@ def explain_batch(
         ``scores``, ``target_scores`` (dense methods), ``weights``, ``contrast_index``,
         ``target_similarity`` and ``contrast_similarity``, on the host.
     """
+    tokens, choice = _choose(loc, pixels, plan, options)
+    run = _maps(loc, plan, options, choice)
+    parts = run(pixels, None if options.gradient else tokens)
+    if smooth:
+        parts |= _smoothed(loc, run, pixels, options)
+    return _finished(_refined(parts, pixels, options), choice)
+
+
+def explain_tiled(
+    loc: Localizer, image: PreparedImage, plan: PromptPlan, options: FinerOptions, smooth: bool, step: int
+) -> dict[str, Tensor]:
+    """One tiled image's maps (:mod:`mmfinercam.tiles`), as :func:`explain_batch` gives them.
+
+    The contrasts and their weights are chosen once, from the whole image at the model's input
+    size; each window's maps use them and are stitched on the working image's grid.
+
+    Args:
+        loc: the model.
+        image: the prepared image, with its working image and windows.
+        plan: the call's prompts.
+        options: its settings (a dense method).
+        smooth: average each window's maps over the views of ``options``.
+        step: windows a pass.
+
+    Returns:
+        As :func:`explain_batch`, for one image.
+    """
+    assert image.tiled is not None, "explain_tiled takes a tiled image"
+    whole = image.pixels[None].to(loc.device)
+    tokens, choice = _choose(loc, whole, plan, options)
+    own = _maps(loc, plan, options, choice)(whole, tokens)
+    fine = options.shifts if smooth else 1
+    layout = image.tiled.layout
+    grid = (layout.grid[0] * fine, layout.grid[1] * fine)
+    cell = (loc.patch_size[0] // fine, loc.patch_size[1] // fine)
+    if options.refine:  # refined windows are at pixel resolution
+        grid, cell = layout.size, (1, 1)
+    canvas = Canvas(grid, cell, loc.device)
+    cfg = loc.backend.image_config
+    for starts, windows in image.tiled.batches(step, cfg.mean, cfg.std):
+        windows = windows.to(loc.device)
+        run = _maps(loc, plan, options, choice.repeated(len(starts)))
+        parts = _smoothed(loc, run, windows, options) if smooth else run(windows)
+        parts = _refined({key: parts[key] for key in ("scores", "target_scores")}, windows, options)
+        canvas.add(starts, parts)
+    maps = {key: m[None] for key, m in canvas.result().items()}
+    if options.multiscale:  # the whole image's map on the same grid, averaged in
+        for key in maps:
+            up = F.interpolate(own[key][:, None].float(), size=grid, mode="bilinear", align_corners=False)
+            maps[key] = (maps[key] + up[:, 0]) / 2
+    return _finished({**maps, "weights": own["weights"]}, choice)
+
+
+def _choose(
+    loc: Localizer, pixels: Tensor, plan: PromptPlan, options: FinerOptions
+) -> tuple[TowerOutput, ContrastChoice]:
+    """The batch's tokens and its contrasts, chosen from the images as given."""
     b = pixels.shape[0]
     method = "raw" if options.gradient else options.method
     tokens = loc.image_tokens(pixels, method=method, depth=options.depth)
     target = torch.zeros(b, 1, dtype=torch.long, device=tokens.tokens.device)
     explicit = [t.expand(b, *t.shape[1:]) for t in plan.explicit]
-    choice = plan.plan.choose(
-        global_similarity(tokens, plan.text), target, *explicit
-    )  # from the image as given
+    return tokens, plan.plan.choose(global_similarity(tokens, plan.text), target, *explicit)
+
+
+def _maps(
+    loc: Localizer, plan: PromptPlan, options: FinerOptions, choice: ContrastChoice
+) -> Callable[..., dict[str, Tensor]]:
+    """``run(view, view_tokens=None) -> maps``: the maps of a view of the batch with its contrasts."""
     index = choice.index[:, 0]
+    target = torch.zeros(choice.index.shape[0], 1, dtype=torch.long, device=index.device)  # the bank's first
     settings = dict(alpha=options.alpha, weighting=options.weighting, logit_scale=loc.backend.logit_scale)
 
     def run(view: Tensor, view_tokens: TowerOutput | None = None) -> dict[str, Tensor]:
@@ -229,14 +300,34 @@ def explain_batch(
             "weights": maps.weights[:, 0],
         }
 
-    parts = run(pixels, None if options.gradient else tokens)
-    if smooth:
-        keys = ("scores",) if options.gradient else ("scores", "target_scores")
-        parts |= smoothing.smoothed_maps(
-            run, pixels, loc.patch_size, keys, shifts=options.shifts, flip=options.flip
-        )
-    parts |= {
-        "contrast_index": index,
+    return run
+
+
+def _smoothed(
+    loc: Localizer, run: Callable[..., dict[str, Tensor]], pixels: Tensor, options: FinerOptions
+) -> dict[str, Tensor]:
+    """The maps of ``run`` averaged over the shifted and mirrored views of ``options``."""
+    keys = ("scores",) if options.gradient else ("scores", "target_scores")
+    return smoothing.smoothed_maps(
+        run, pixels, loc.patch_size, keys, shifts=options.shifts, flip=options.flip
+    )
+
+
+def _refined(parts: dict[str, Tensor], pixels: Tensor, options: FinerOptions) -> dict[str, Tensor]:
+    """The maps refined at the pixels' resolution by the options' refiner (as they are without)."""
+    if options.refine is None:
+        return parts
+    refine = refiner(options.refine)
+    keys = [key for key in ("scores", "target_scores") if key in parts]
+    maps = refine(pixels, torch.stack([parts[key] for key in keys], dim=1).float())
+    return {**parts, **{key: maps[:, i] for i, key in enumerate(keys)}}
+
+
+def _finished(parts: dict[str, Tensor], choice: ContrastChoice) -> dict[str, Tensor]:
+    """A batch's maps with its contrasts and similarities, copied to the host."""
+    parts = {
+        **parts,
+        "contrast_index": choice.index[:, 0],
         "target_similarity": choice.target_similarity[:, 0],
         "contrast_similarity": choice.contrast_similarity[:, 0],
     }

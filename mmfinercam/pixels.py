@@ -23,11 +23,15 @@ from torch import Tensor
 from ._checks import is_whole_number
 from .errors import ConfigError, ImageLoadError
 from .images import NON_FINITE, ImageInput, describe, read_for_model
+from .tiles import TiledImage, TileLayout
 
 #: the most patches an image read from a file or array is resized to (2,048 × 2,048 px at patch
 #: 16). GEM's self-self attention grows with their square: a long thin strip resized to the
 #: model's shorter side could otherwise ask for hours and tens of GB
 MAX_PATCHES = 16_384
+#: a tiled image's whole-image pass (which chooses its contrasts) is at the model's input size,
+#: but at most this many windows' patches: a long strip's is made smaller
+WHOLE_WINDOWS = 4
 
 
 def target_size(height: int, width: int, short_side: int, patch: tuple[int, int]) -> tuple[int, int]:
@@ -167,14 +171,16 @@ class PreparedImage:
     Args:
         index: its position in the input.
         source: its name (a path, or ``<ndarray #i>``).
-        pixels: 3×h×w normalized pixels.
+        pixels: 3×h×w normalized pixels (a tiled image: the whole at the model's input size).
         original_size: (height, width) of the image as given.
+        tiled: the working image and its windows, for an image explained window by window.
     """
 
     index: int
     source: str
     pixels: Tensor  #: 3×h×w, normalized
     original_size: tuple[int, int]  #: (height, width) of the image as given
+    tiled: TiledImage | None = None
 
 
 class _BatchRow(PreparedImage):
@@ -211,32 +217,44 @@ class FailedImage:
 def prepare_images(
     images: ImageInput | Sequence[ImageInput],
     *,
-    short_side: int,
+    short_side: int | None,
     patch: tuple[int, int],
     mean: Sequence[float],
     std: Sequence[float],
+    window: tuple[int, int] | None = None,
+    tiles: bool | None = False,
 ) -> tuple[list[PreparedImage], list[FailedImage]]:
     """Read and preprocess every image; a broken one is reported and the rest go on.
 
     A 4-D tensor (B×3×H×W) or a 3-D tensor (3×H×W), also as an item of a list, is taken as
     already preprocessed; it is cropped to whole patches, not resized. An image whose pixels hold
-    NaN or infinity is reported, as an unreadable file is: its map would be NaN. An image that
-    would resize to more than :data:`MAX_PATCHES` patches is reported with what to do.
+    NaN or infinity is reported, as an unreadable file is: its map would be NaN.
+
+    A file or array larger than one ``window`` at its working size (``short_side``, or its own
+    size where that is None) is tiled (:mod:`mmfinercam.tiles`) when ``tiles`` is True; with
+    ``tiles`` None only when it would be more than :data:`MAX_PATCHES` patches, which with
+    ``tiles`` False is reported with what to do.
 
     Args:
         images: paths, PIL images, arrays or tensors (or one of them).
-        short_side: the shorter side to resize to.
+        short_side: the shorter side to resize to; None (with ``tiles``) keeps each image's own.
         patch: the model's patch size.
         mean: per-channel mean.
         std: per-channel standard deviation.
+        window: the model's input (height, width): the windows' size and the whole-image pass's.
+        tiles: True, None (only past the patch limit) or False: when images are tiled.
 
     Returns:
         The prepared images and those that could not be used.
 
     Raises:
-        ConfigError: when ``short_side`` holds no patch (every image would fail).
+        ConfigError: when ``short_side`` holds no patch (every image would fail), or neither it
+            nor a window is given.
     """
-    check_short_side(short_side, patch)
+    if short_side is None and (window is None or tiles is not True):
+        raise ConfigError("short_side may be left out only for tiled images (tiles=True)")
+    if short_side is not None:
+        check_short_side(short_side, patch)
     if isinstance(images, Tensor):
         batch = check_pixel_batch(images, patch)
         size = (int(batch.shape[-2]), int(batch.shape[-1]))
@@ -261,13 +279,20 @@ def prepare_images(
                 raise ImageLoadError(
                     f"image of {height}×{width} px is smaller than one {patch[0]}×{patch[1]} patch"
                 )
-            size = target_size(height, width, short_side, patch)
+            side = min(height, width) if short_side is None else short_side
+            size = target_size(height, width, side, patch)
             patches = (size[0] // patch[0]) * (size[1] // patch[1])
+            larger = window is not None and (size[0] > window[0] or size[1] > window[1])
+            if window is not None and (
+                (tiles is True and larger) or (tiles is None and patches > MAX_PATCHES)
+            ):
+                prepared.append(_tiled(i, name, image, (height, width), size, window, patch, mean, std))
+                continue
             if patches > MAX_PATCHES:
                 raise ImageLoadError(
                     f"image of {height}×{width} px would be {size[0]}×{size[1]} px at a shorter "
-                    f"side of {short_side}: {patches:,} patches, more than the {MAX_PATCHES:,} a map is made "
-                    "of at most; crop it, or pass a smaller short_side"
+                    f"side of {side}: {patches:,} patches, more than the {MAX_PATCHES:,} a map is made "
+                    "of at most; crop it, pass a smaller short_side, or tile it (tiles=True)"
                 )
             pixels = to_pixels(image, size, mean, std)
         except ImageLoadError as err:
@@ -275,6 +300,34 @@ def prepare_images(
             continue
         prepared.append(PreparedImage(i, name, pixels, (height, width)))
     return prepared, failed
+
+
+def _tiled(
+    index: int,
+    name: str,
+    image: Image.Image,
+    original: tuple[int, int],
+    size: tuple[int, int],
+    window: tuple[int, int],
+    patch: tuple[int, int],
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> PreparedImage:
+    """An image to explain window by window: kept at ``size`` as 8-bit pixels, and the whole at
+    the model's input size (at most :data:`WHOLE_WINDOWS` windows' patches: a long strip is made
+    smaller) for the pass that chooses its contrasts."""
+    small, _ = read_for_model(image, min(window))  # a box-reduced copy: no float copy of the whole
+    whole_size = target_size(original[0], original[1], min(window), patch)
+    most = WHOLE_WINDOWS * (window[0] // patch[0]) * (window[1] // patch[1])
+    if (whole_size[0] // patch[0]) * (whole_size[1] // patch[1]) > most:
+        side = min(window) * (most / ((whole_size[0] // patch[0]) * (whole_size[1] // patch[1]))) ** 0.5
+        whole_size = target_size(original[0], original[1], max(int(side), min(patch)), patch)
+    whole = to_pixels(small, whole_size, mean, std)
+    if image.size != (size[1], size[0]):
+        image = image.resize((size[1], size[0]), Image.Resampling.BICUBIC)
+    return PreparedImage(
+        index, name, whole, original, TiledImage(image, TileLayout.over(size, window, patch))
+    )
 
 
 def pixel_batches(

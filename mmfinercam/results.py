@@ -19,7 +19,7 @@ from typing import Any, Union
 import torch
 from torch import Tensor
 
-from .explain.cams import CAM_METHODS, cam_heatmap
+from .explain.cams import cam_heatmap, gradient_methods
 from .explain.finer import best_match, to_heatmap
 from .pixels import FailedImage
 
@@ -304,7 +304,7 @@ class FinerCAMResult:
     @property
     def _make_heatmaps(self) -> Callable[[Tensor, tuple[int, int]], Tensor]:
         """How this method's scores become heatmaps: a gradient CAM's scaling, or the dense one."""
-        return cam_heatmap if self.method in CAM_METHODS else to_heatmap
+        return cam_heatmap if self.method in gradient_methods() else to_heatmap
 
     def heatmap(self, i: int) -> Tensor:
         """Image ``i``'s heatmap alone, equal to ``heatmaps[i]``.

@@ -532,3 +532,18 @@ def test_a_run_that_stopped_before_any_chunk_does_not_keep_its_folder(tmp_path, 
     # once a chunk is done, the folder is that run's
     with pytest.raises(MMFinerCAMError, match="holds another run"):
         BatchRunner(_job(tmp_path, alpha=0.5), collection, localizer=testbed).run(workers=0, progress=False)
+
+
+def test_a_run_made_before_a_setting_existed_resumes(tmp_path, collection_dir, testbed):
+    """A run.json written before an option was added (so without it) is the same run when the
+    option is at its default: the folder is resumed, not refused."""
+    collection = read_collection(collection_dir / "images")
+    BatchRunner(_job(tmp_path), collection, localizer=testbed).run(workers=0, progress=False)
+    run = json.loads((tmp_path / "run.json").read_text())
+    for key in ("tiles", "multiscale", "refine"):
+        run["job"]["options"].pop(key)
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    report = BatchRunner(_job(tmp_path), collection, localizer=testbed).run(workers=0, progress=False)
+    assert report.finished
+    with pytest.raises(MMFinerCAMError, match=r"differs in: .*alpha"):
+        BatchRunner(_job(tmp_path, alpha=0.5), collection, localizer=testbed).run(workers=0, progress=False)

@@ -533,13 +533,15 @@ def test_a_map_with_no_positive_evidence_has_no_peak(tiny_localizer, sample_imag
 
 def test_an_image_that_would_resize_to_too_many_patches_is_reported(tiny_localizer, sample_images):
     """A 16×5,000 px strip at the model's shorter side would be tens of thousands of patches:
-    reported with what to do, and the other images go on."""
+    with tiles=False reported with what to do, and the other images go on; by default tiled."""
     from mmfinercam.pixels import MAX_PATCHES
 
     strip = np.zeros((16, 5000, 3), np.uint8)
     with pytest.warns(UserWarning, match="more than the 16,384"):
-        res = tiny_localizer.finer_cam([strip, sample_images[0]], "a bird", ["a fish"])
-    assert res.indices == [1] and "crop it, or pass a smaller short_side" in res.failed[0].message
+        res = tiny_localizer.finer_cam([strip, sample_images[0]], "a bird", ["a fish"], tiles=False)
+    assert res.indices == [1] and "crop it, pass a smaller short_side, or tile it" in res.failed[0].message
+    tiled = tiny_localizer.finer_cam([strip, sample_images[0]], "a bird", ["a fish"])
+    assert tiled.indices == [0, 1] and tiled.scores[0].shape == (14, 4375)
     assert MAX_PATCHES == 16_384
     # at a smaller shorter side the same strip fits
     assert len(tiny_localizer.finer_cam(strip, "a bird", ["a fish"], short_side=16)) == 1

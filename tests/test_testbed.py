@@ -181,6 +181,12 @@ def test_eval_end_to_end(tmp_path):
             "2",
             "--alphas",
             "1.0",
+            "--dense",
+            "gem",
+            "raw",
+            "--cams",
+            "gradcam",
+            "layercam",
             "--gallery",
             "2",
             "--device",
@@ -193,10 +199,9 @@ def test_eval_end_to_end(tmp_path):
     table = (out / "table.md").read_text()
     assert "plain GEM" in table and "Finer GEM (a=1)" in table and "RD@5%" in table
     rows = (out / "table.csv").read_text().splitlines()
-    # header + plain GEM, plain raw, Finer raw, Finer GEM (a=1), the two 8-view GEM rows,
-    # Grad-CAM and Layer-CAM plain/Finer
-    assert len(rows) == 1 + 10
-    assert "Finer GEM (a=1), 8 views" in table and "gem, 8 views" in rows[6]
+    # header + each of GEM, raw tokens, Grad-CAM and Layer-CAM plain and Finer, one view and 8
+    assert len(rows) == 1 + 16
+    assert "Finer GEM (a=1), 8 views" in table and "gem, 8 views" in rows[4]
     assert "Finer Grad-CAM (a=1)" in table and "plain Layer-CAM" in table
     for f in ("metric_vs_alpha.png", "gallery.png"):
         assert (out / f).stat().st_size > 1000

@@ -69,6 +69,8 @@ def run(
     batches: tuple[int, ...] = (1, 4, 16),
     repeats: int = 3,
     peers: bool = True,
+    methods: tuple[str, ...] | None = None,
+    tiles: bool = True,
     gradcam_concepts: int = 10,
     ref_dir: str | Path = ".gem-ref",
     compile: str | None = None,
@@ -91,6 +93,9 @@ def run(
         batches: batch sizes of the batch group.
         repeats: interleaved rounds.
         peers: also time gem_torch and grad-cam.
+        methods: the dense methods (and LeGrad) timed against GEM and bare ``encode_image``
+            (default: every registered dense method and LeGrad; empty: none).
+        tiles: also time a tiled image against its windows as one batch.
         gradcam_concepts: maps a grad-cam call makes.
         ref_dir: where gem_torch and open_clip 2.23 are installed.
         compile: a ``torch.compile`` backend for the floor and our tower alike, or None.
@@ -191,6 +196,36 @@ def run(
                 (f"open_clip encode_image b={b}", functools.partial(encode_image, xb), b, {"batch": b}),
                 (f"mmfinercam dense Finer-CAM K=100 b={b}", dense(xb), b, {"batch": b}),
             )
+        if methods is None:
+            from ..options import dense_methods
+
+            methods = (*(m for m in dense_methods() if m != "gem"), "legrad")
+        if methods:  # each method beside GEM and the floor, K=100 (LeGrad: 3 contrasts)
+            group: list[tuple[str, Callable[[], object], int, dict]] = [
+                ("open_clip encode_image (methods)", lambda: encode_image(x), batch, {})
+            ]
+            group.append(("method gem, K=100", dense(x), batch, {"method": "gem"}))
+            for m in methods:
+                k = 4 if m == "legrad" else 100
+                group.append((f"method {m}, K={k}", dense(x, k, method=m), batch, {"method": m}))
+            measure_group(*group)
+        if tiles:  # a 2×3-window image tiled, against its windows as one batch
+            big = (torch.rand(2 * size, 3 * size, 3, generator=gen) * 255).to(torch.uint8).numpy()
+            windows = loc.prepare(big, short_side=2 * size, tiles=True)[0][0].tiled
+            assert windows is not None
+            cfg = loc.backend.image_config
+            xw = torch.cat([w for _, w in windows.batches(64, cfg.mean, cfg.std)]).to(dev, tdtype)
+            n = len(xw)
+            measure_group(
+                (f"open_clip encode_image of the {n} windows", lambda: encode_image(xw), n, {}),
+                (f"dense Finer-CAM K=100 of the {n} windows as a batch", dense(xw), n, {}),
+                (
+                    f"dense Finer-CAM K=100 tiled, {2 * size}x{3 * size} px",
+                    dense(big, tiles=True, batch_size=n, short_side=2 * size),  # type: ignore[arg-type]
+                    n,
+                    {},
+                ),
+            )
 
     gem_ref: list[Timing] | None = None
     gc: list[Timing] | None = None
@@ -257,6 +292,18 @@ def run(
         bare = by.get(f"open_clip encode_image b={b}")
         if ours and bare:
             ratios[f"b={b}: dense K=100 throughput / bare encode_image"] = inverse(paired_ratio(ours, bare))
+    gem_call = by.get("method gem, K=100")
+    floor_m = by.get("open_clip encode_image (methods)")
+    for t in results:
+        if t.name.startswith("method ") and gem_call and floor_m and t is not gem_call:
+            m = t.extra["method"]
+            ratios[f"{m}: throughput / GEM"] = paired_ratio(gem_call, t)
+            ratios[f"{m}: throughput / bare encode_image"] = paired_ratio(floor_m, t)
+    tiled = [t for t in results if "tiled" in t.name or "windows" in t.name]
+    if len(tiled) == 3:
+        bare_w, batch_w, tiled_call = tiled
+        ratios["tiled time / its windows as one batch (target <= 1.2)"] = paired_ratio(tiled_call, batch_w)
+        ratios["tiled time / bare encode_image of its windows"] = paired_ratio(tiled_call, bare_w)
     if gc is not None:  # grad-cam, ours beside it
         name = f"dense K={gradcam_concepts} throughput / grad-cam FinerCAM (target >= 15)"
         ratios[name] = paired_ratio(gc[0], gc[1])

@@ -90,43 +90,56 @@ class MethodSpec:
         return f"{self.method}, {self.shifts**2 * (2 if self.flip else 1)} views"
 
 
-CAM_LABELS = {
+#: each method's name in the tables
+LABELS = {
+    "gem": "GEM",
+    "raw": "raw tokens",
+    "maskclip": "MaskCLIP",
+    "sclip": "SCLIP",
+    "clearclip": "ClearCLIP",
+    "naclip": "NACLIP",
+    "clipsurgery": "CLIP Surgery",
     "gradcam": "Grad-CAM",
     "gradcam++": "Grad-CAM++",
     "xgradcam": "XGrad-CAM",
     "hirescam": "HiResCAM",
     "layercam": "Layer-CAM",
     "scorecam": "Score-CAM",
+    "legrad": "LeGrad",
 }
 
 
 def default_methods(
     alphas: Sequence[float] = (0.4, 0.6, 0.8, 1.0, 1.5),
-    cams: Sequence[str] = ("gradcam", "layercam"),
+    cams: Sequence[str] = ("gradcam", "layercam", "legrad"),
     smooth: bool = True,
+    dense: Sequence[str] | None = None,
 ) -> list[MethodSpec]:
     """The methods ``mmfinercam eval`` compares.
 
-    Plain maps (alpha 0) of each family, and Finer-CAM at several alphas (GEM) or at 1; with
-    ``smooth``, also the GEM maps averaged over 8 shifted and mirrored views.
+    Each method's plain map (alpha 0) and Finer-CAM at alpha 1 (GEM also at ``alphas``); with
+    ``smooth``, each also averaged over 8 shifted and mirrored views.
 
     Args:
         alphas: GEM's contrast strengths.
-        cams: gradient CAMs, plain and Finer.
-        smooth: also the 8-view GEM maps.
+        cams: gradient methods, after the dense ones.
+        smooth: also the 8-view maps.
+        dense: dense methods (default: every registered one).
 
     Returns:
         The methods.
     """
-    methods = [MethodSpec("plain GEM", "gem", 0.0), MethodSpec("plain raw tokens", "raw", 0.0)]
-    methods.append(MethodSpec("Finer raw tokens (a=1)", "raw", 1.0))
-    methods += [MethodSpec(f"Finer GEM (a={a:g})", "gem", float(a)) for a in alphas]
-    if smooth:  # 8 views: half-patch shifts each way, and mirrored
-        methods.append(MethodSpec("plain GEM, 8 views", "gem", 0.0, shifts=2, flip=True))
-        methods.append(MethodSpec("Finer GEM (a=1), 8 views", "gem", 1.0, shifts=2, flip=True))
-    for cam in cams:
-        label = CAM_LABELS.get(cam, cam)
-        methods += [MethodSpec(f"plain {label}", cam, 0.0), MethodSpec(f"Finer {label} (a=1)", cam, 1.0)]
+    from ..options import dense_methods
+
+    methods = []
+    for name in [*(dense_methods() if dense is None else dense), *cams]:
+        label = LABELS.get(name, name)
+        strengths = sorted({1.0, *(float(a) for a in alphas)}) if name == "gem" else [1.0]
+        methods.append(MethodSpec(f"plain {label}", name, 0.0))
+        methods += [MethodSpec(f"Finer {label} (a={a:g})", name, a) for a in strengths]
+        if smooth:  # 8 views: half-patch shifts each way, and mirrored
+            methods.append(MethodSpec(f"plain {label}, 8 views", name, 0.0, shifts=2, flip=True))
+            methods.append(MethodSpec(f"Finer {label} (a=1), 8 views", name, 1.0, shifts=2, flip=True))
     return methods
 
 

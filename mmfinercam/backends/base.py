@@ -38,9 +38,11 @@ class TransformerBlock(ABC):
 
     Attributes:
         num_heads: attention heads.
+        attention_scale: the factor of ``q k^T`` in its attention; None for ``head_dim ** -0.5``.
     """
 
     num_heads: int
+    attention_scale: float | None = None
 
     @abstractmethod
     def forward(self, x: Tensor) -> Tensor:
@@ -131,7 +133,20 @@ class TransformerBlock(ABC):
         Returns:
             B×heads×N×head_dim outputs.
         """
-        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=self.attention_scale)
+
+    def attention_weights(self, q: Tensor, k: Tensor) -> Tensor:
+        """The block's attention probabilities, written out (for methods that read them).
+
+        Args:
+            q: B×heads×N×head_dim queries.
+            k: keys, the same shape.
+
+        Returns:
+            B×heads×N×N, each row a softmax over the keys.
+        """
+        scale = q.shape[-1] ** -0.5 if self.attention_scale is None else self.attention_scale
+        return torch.softmax((q * scale) @ k.transpose(-1, -2), dim=-1)
 
 
 class VisionTower(ABC):

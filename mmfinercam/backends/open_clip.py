@@ -71,7 +71,8 @@ class OpenCLIPBlock(TransformerBlock):
         self._inner = _identity_or(getattr(attn, "ln_inner", None))
         self._after = _identity_or(getattr(block, "ln_attn", None))  # scale_attn's norm of the output
         self._head_scale = getattr(attn, "head_scale", None)
-        self._scale = getattr(attn, "scale", None)
+        scale = getattr(attn, "scale", None)
+        self.attention_scale = None if scale is None else float(scale)
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102 - the interface's
         if self.batch_first:
@@ -91,9 +92,6 @@ class OpenCLIPBlock(TransformerBlock):
         qkv = F.linear(h, self.attn.in_proj_weight, self.attn.in_proj_bias)
         qkv = qkv.view(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         return self._q_norm(qkv[0]), self._k_norm(qkv[1]), qkv[2]
-
-    def attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:  # noqa: D102
-        return F.scaled_dot_product_attention(q, k, v, scale=self._scale)
 
     def attn_out(self, o: Tensor) -> Tensor:  # noqa: D102
         if self._head_scale is not None:

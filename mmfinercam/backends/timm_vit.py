@@ -43,7 +43,7 @@ class TimmBlock(TransformerBlock):
         self.block = block
         self.attn = attn
         self.num_heads = int(attn.num_heads)
-        self.scale = float(attn.scale)
+        self.attention_scale = float(attn.scale)
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102 - the interface's
         return self.block(x)
@@ -61,9 +61,6 @@ class TimmBlock(TransformerBlock):
         qkv = self.attn.qkv(h).view(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         return self.attn.q_norm(q), self.attn.k_norm(k), v
-
-    def attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:  # noqa: D102 - the interface's
-        return F.scaled_dot_product_attention(q, k, v, scale=self.scale)
 
     def attn_out(self, o: Tensor) -> Tensor:  # noqa: D102 - the interface's
         return self.block.ls1(self.attn.proj(self.attn.norm(merge_heads(o))))

@@ -53,7 +53,7 @@ class HFBlock(TransformerBlock):
         self.layer = layer
         self.attn = attn
         self.num_heads = int(getattr(attn, "num_heads", attn.embed_dim // attn.head_dim))
-        self.scale = float(attn.scale)
+        self.attention_scale = float(attn.scale)
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102 - the interface's
         out = self.layer(x, None)
@@ -74,9 +74,6 @@ class HFBlock(TransformerBlock):
             return t.view(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
         return split(self.attn.q_proj(h)), split(self.attn.k_proj(h)), split(self.attn.v_proj(h))
-
-    def attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:  # noqa: D102 - the interface's
-        return F.scaled_dot_product_attention(q, k, v, scale=self.scale)
 
     def attn_out(self, o: Tensor) -> Tensor:  # noqa: D102 - the interface's
         return self.attn.out_proj(merge_heads(o))

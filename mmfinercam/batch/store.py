@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
+from ..options import FinerOptions
 from ..results import record_schema
 from .inputs import Collection, check_row_prompts
 from .job import FORMAT_VERSION, BatchJob
@@ -166,7 +167,7 @@ class BatchOutput:
         }
         run = json.loads(json.dumps(run))  # tuples as lists, as read back
         path = self.out / "run.json"
-        old = json.loads(path.read_text()) if path.exists() else None
+        old = _with_defaults(json.loads(path.read_text())) if path.exists() else None
         if old == run:
             return
         # a folder holding no finished chunk holds no results: a run that stopped at once (a typo
@@ -176,6 +177,8 @@ class BatchOutput:
             changed = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
             if old.get("inputs") != run["inputs"]:
                 changed.append("inputs")
+            if old.get("format") != run["format"]:
+                changed.append("format")
             raise ConfigError(
                 f"{self.out} holds another run (differs in: {', '.join(changed)}); "
                 "use a new --out folder to start afresh"
@@ -306,3 +309,13 @@ def iter_results(out: str | Path, *, partial: bool = False) -> Iterator[dict[str
             "command again to finish it, or read what is done with iter_results(out, partial=True)"
         )
     raise ConfigError(f"no batch run in {out}: {summary.name} not found")
+
+
+def _with_defaults(run: Any) -> Any:
+    """A run.json's settings with the options it does not name (it was written before they
+    existed) at their defaults: such a run is the same run as one naming them at those values."""
+    options = run.get("job", {}).get("options") if isinstance(run, dict) else None
+    if isinstance(options, dict):
+        defaults = json.loads(json.dumps(FinerOptions().as_dict()))
+        run["job"]["options"] = {**defaults, **options}
+    return run

@@ -15,6 +15,7 @@ from typing import Any
 from .._device import DTYPE_CHOICES
 from ..errors import ConfigError
 from ..explain.finer import WEIGHTINGS
+from ..explain.refine import REFINERS
 from ..images import IMAGE_SUFFIXES, image_files
 from ..localizer import Localizer, ModelCache
 from ..options import FinerOptions, all_methods, dense_methods
@@ -88,12 +89,14 @@ class _Deprecated(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def add_finer_args(p: argparse.ArgumentParser, *, gradient: bool) -> None:
+def add_finer_args(p: argparse.ArgumentParser, *, gradient: bool, tiles: bool = False) -> None:
     """The Finer-CAM options that ``localize`` and ``batch`` share.
 
     Args:
         p: the command's parser.
-        gradient: whether the command offers the gradient CAMs too.
+        gradient: whether the command offers the gradient methods too.
+        tiles: whether it offers tiled and refined maps (``--tiles``, ``--multiscale``,
+            ``--refine``).
     """
     methods = all_methods() if gradient else dense_methods()
     ranks: dict[str, Any] = dict(type=int, nargs="+", default=[1, 2, 3], dest="contrast_ranks")
@@ -103,13 +106,29 @@ def add_finer_args(p: argparse.ArgumentParser, *, gradient: bool) -> None:
     p.add_argument("--ranks", action=_Deprecated, new="--contrast-ranks", help=argparse.SUPPRESS, **ranks)
     p.add_argument("--alpha", type=float, default=1.0, help="contrast strength (0 = plain map)")
     p.add_argument("--weighting", choices=WEIGHTINGS, default="softmax")
-    p.add_argument("--method", default="gem", choices=methods, help="dense token method or gradient CAM")
+    p.add_argument("--method", default="gem", choices=methods, help="dense token method or gradient method")
     p.add_argument("--depth", type=int, default=None, help="GEM depth (default: the model's)")
     side: dict[str, Any] = dict(type=POSITIVE, default=None, dest="short_side")
     p.add_argument(
         "--short-side", help="the shorter side images are resized to (default: the model's)", **side
     )
     p.add_argument("--image-size", action=_Deprecated, new="--short-side", help=argparse.SUPPRESS, **side)
+    if not tiles:
+        return
+    p.add_argument(
+        "--refine", choices=list(REFINERS), default=None, help="refine the maps by the image's edges"
+    )
+    group = p.add_mutually_exclusive_group()
+    group.add_argument(
+        "--tiles",
+        action="store_const",
+        const=True,
+        default=None,
+        help="explain images larger than the model's input window by window at full resolution "
+        "(--short-side sets the working size; default: only images past the patch limit)",
+    )
+    group.add_argument("--no-tiles", action="store_const", const=False, dest="tiles", help="never tile")
+    p.add_argument("--multiscale", action="store_true", help="with tiles, average in the whole image's map")
 
 
 def finer_options(args: argparse.Namespace, **more: Any) -> FinerOptions:
@@ -129,6 +148,9 @@ def finer_options(args: argparse.Namespace, **more: Any) -> FinerOptions:
         depth=args.depth,
         contrast_ranks=tuple(args.contrast_ranks),
         short_side=args.short_side,
+        tiles=getattr(args, "tiles", False),
+        refine=getattr(args, "refine", None),
+        multiscale=getattr(args, "multiscale", False),
         **more,
     )
 

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..options import cam_methods
+from ..options import dense_methods, gradient_methods
 from ._common import NON_NEGATIVE, POSITIVE, add_model_args, load_model, output_folder
 
 #: the name the command line calls it
@@ -26,19 +26,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--start", type=NON_NEGATIVE, default=0, help="first held-out index (seed offset)")
     p.add_argument("--folder", default=None, help="annotated folder (annotations.json) instead")
     p.add_argument("--alphas", type=float, nargs="+", default=[0.4, 0.6, 0.8, 1.0, 1.5])
-    cams = cam_methods()
+    dense, cams = dense_methods(), gradient_methods()
+    p.add_argument(
+        "--dense",
+        nargs="*",
+        default=None,
+        choices=dense,
+        metavar="METHOD",
+        help="dense methods to compare, plain and Finer (default: all): " + " ".join(dense),
+    )
     p.add_argument(
         "--cams",
         nargs="*",
-        default=["gradcam", "layercam"],
+        default=["gradcam", "layercam", "legrad"],
         choices=cams,
-        metavar="CAM",
-        help="gradient CAMs to compare, plain and Finer: " + " ".join(cams),
+        metavar="METHOD",
+        help="gradient methods to compare, plain and Finer: " + " ".join(cams),
+    )
+    p.add_argument(
+        "--scenes",
+        type=POSITIVE,
+        default=None,
+        metavar="N",
+        help="instead: N birds in scenes 8x larger, explained resized, tiled and at native size",
     )
     p.add_argument("--methods", nargs="+", default=None, help="keep methods whose name contains one")
     p.add_argument("--auc-steps", type=NON_NEGATIVE, default=8, help="deletion/insertion steps (0 = skip)")
     p.add_argument("--gallery", type=NON_NEGATIVE, default=6, help="images in the gallery (0 = none)")
-    p.add_argument("--no-smooth", action="store_true", help="leave out the GEM maps averaged over 8 views")
+    p.add_argument("--no-smooth", action="store_true", help="leave out the maps averaged over 8 views")
     p.add_argument("--out", "-o", default="mmfinercam-eval")
     add_model_args(p, default="testbed")
 
@@ -58,7 +73,9 @@ def run(args: argparse.Namespace) -> int:
     from ..apps.eval_report import write_report
     from ..apps.evaluate import default_methods, evaluate, folder_items, testbed_items
 
-    methods = every = default_methods(args.alphas, args.cams, smooth=not args.no_smooth)
+    if args.scenes:
+        return run_scenes(args)
+    methods = every = default_methods(args.alphas, args.cams, smooth=not args.no_smooth, dense=args.dense)
     for method in every:  # each method's settings checked before any model loads
         method.options  # noqa: B018
     if args.methods:
@@ -87,4 +104,37 @@ def run(args: argparse.Namespace) -> int:
     files = write_report(scores, out, items=items, maps=maps, header=header)
     print((Path(out) / "table.md").read_text())
     print("wrote " + ", ".join(str(f) for f in files.values()))
+    return 0
+
+
+def run_scenes(args: argparse.Namespace) -> int:
+    """The high-resolution table (:mod:`mmfinercam.apps.scenes`) of the dense methods asked.
+
+    Args:
+        args: the parsed ``eval`` options (``--scenes``, ``--start``, ``--dense``).
+
+    Returns:
+        0.
+
+    Raises:
+        ConfigError: for a model folder or annotated folder, which have no scenes.
+    """
+    from ..apps.evaluate import LABELS
+    from ..apps.scenes import evaluate_scenes, scene_methods, write_scene_table
+
+    if args.folder:
+        raise ConfigError("--scenes draws testbed scenes; it does not take --folder")
+    methods = scene_methods(args.dense or ["gem"], LABELS)
+    out = output_folder(args.out)
+    loc = load_model(args)
+    start = time.time()
+    scores = evaluate_scenes(loc, args.scenes, methods, start=args.start)
+    header = (
+        f"# mmfinercam eval --scenes\n\nModel: {loc.info.name}. {args.scenes} held-out birds from index "
+        f"{args.start}, each at its own scale in a scene 8 times larger; the part that separates it "
+        f"from its siblings scored.\n\nCommand: `{args.command_line}` ({time.time() - start:.0f} s)."
+    )
+    files = write_scene_table(scores, out, header)
+    print(files[0].read_text())
+    print("wrote " + ", ".join(str(f) for f in files))
     return 0

@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument(
         "--vocabulary", default=None, help="file or shipped vocabulary; the closest entries become contrasts"
     )
-    add_finer_args(p, gradient=True)
+    add_finer_args(p, gradient=True, tiles=True)
     p.add_argument(
         "--templates", default=None, help="template set name or file; 'verbatim' uses the prompts as written"
     )

@@ -63,6 +63,22 @@ class ContrastChoice:
     target_similarity: Tensor
     contrast_similarity: Tensor
 
+    def repeated(self, n: int) -> ContrastChoice:
+        """One image's choice for ``n`` views of it (the windows of a tiled image).
+
+        Args:
+            n: how many.
+
+        Returns:
+            The choice with each tensor's batch of one expanded to ``n``.
+        """
+        return ContrastChoice(
+            *(
+                t.expand(n, *t.shape[1:])
+                for t in (self.index, self.valid, self.target_similarity, self.contrast_similarity)
+            )
+        )
+
 
 @dataclass
 class ContrastPlan:

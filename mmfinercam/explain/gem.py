@@ -124,6 +124,32 @@ class GEMPath:
         self._sum: Tensor | None = None
         self._projections: list[tuple[Tensor, Tensor | None] | None] = []
 
+    def begin(self, grid: tuple[int, int]) -> None:
+        """Start a pass: the sum starts afresh at the first block.
+
+        Args:
+            grid: the patch grid (GEM's attention needs no layout).
+        """
+        self._sum = None
+
+    def attention(self, q: Tensor, k: Tensor, v: Tensor, h: Tensor, h_norms: Tensor | None) -> Tensor:
+        """The path's attention in one block: GEM's self-self attention.
+
+        Args:
+            q: B×heads×N×head_dim queries.
+            k: keys, the same shape.
+            v: values, the same shape.
+            h: the block's normalized input (for the adaptive temperature).
+            h_norms: the L2 norms of ``h``'s rows, where at hand.
+
+        Returns:
+            B×heads×N×head_dim outputs.
+        """
+        temp = self.temperature
+        if temp is None:
+            temp = gem_inverse_temperature(h, q.shape[-1], h_norms)  # type: ignore[assignment]
+        return self_self_attention(q, k, v, temp, self.iterations)  # type: ignore[arg-type]
+
     def block(
         self,
         i: int,
@@ -133,7 +159,7 @@ class GEMPath:
         h_norms: Tensor | None,
         qkv: tuple[Tensor, Tensor, Tensor],
     ) -> None:
-        """Add block ``i``'s GEM attention to the path's sum.
+        """Add block ``i``'s attention (:meth:`attention`) to the path's sum.
 
         Args:
             i: the block's index.
@@ -147,9 +173,8 @@ class GEMPath:
         if self._sum is None:  # B·N×C: x plus every block's projection bias, once
             self._projections = [b.attn_out_affine() for b in self.blocks[self.first :]]
             self._sum = _gem_start(x, self._projections)
-        temp = gem_inverse_temperature(h, q.shape[-1], h_norms) if self.needs_row_norms else self.temperature
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.attention_grad):
-            ss = self_self_attention(q, k, v, temp, self.iterations)  # type: ignore[arg-type]
+            ss = self.attention(q, k, v, h, h_norms)
         projection = self._projections[i - self.first]
         if projection is None:
             self._sum = self._sum + block.attn_out(ss).reshape(self._sum.shape)

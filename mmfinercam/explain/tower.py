@@ -1,8 +1,10 @@
 """The tower runner and the registry of dense token methods.
 
 A dense token method turns one image-tower pass into patch tokens that can be compared with
-text. The plain pass (``"raw"``) takes the last layer's tokens; GEM (``"gem"``,
-:mod:`.gem`) runs a second path through the last blocks. Every method shares one forward pass
+text. The plain pass (``"raw"``) takes the last layer's tokens; GEM (``"gem"``, :mod:`.gem`)
+and CLIP Surgery (:mod:`.clipsurgery`) run a second path through the last blocks; MaskCLIP,
+SCLIP, ClearCLIP and NACLIP (:mod:`.last_block`) run the last block again with an attention of
+their own. Every method shares one forward pass
 of the original model, :func:`run_tower`, and adds what it needs through a :class:`TokenPath`:
 a hook that sees each block's normalized input and its queries, keys and values from the block
 it starts at, and makes the tokens at the end.
@@ -41,6 +43,13 @@ class TokenPath(Protocol):
 
     first: int
     needs_row_norms: bool
+
+    def begin(self, grid: tuple[int, int]) -> None:
+        """Start a pass over images of this patch grid.
+
+        Args:
+            grid: the patch grid (rows, columns).
+        """
 
     def block(
         self,
@@ -138,6 +147,8 @@ def run_tower(tower: VisionTower, pixels: Tensor, path: TokenPath | None = None)
     grid = (pixels.shape[-2] // tower.patch_size[0], pixels.shape[-1] // tower.patch_size[1])
     x = tower.embed(pixels, kernels.layer_norm)
     first = len(blocks) if path is None else path.first
+    if path is not None:
+        path.begin(grid)
     # each branch's output is added to x in the pass of the norm that reads the sum
     pending: Tensor | None = None
     for i, block in enumerate(blocks):

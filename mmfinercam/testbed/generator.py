@@ -244,6 +244,41 @@ def held_out(n: int, start: int = 0, size: int = IMAGE_SIZE) -> list[Sample]:
     return [sample(first + i, size) for i in range(n)]
 
 
+def scene(seed: int, factor: int = 8, size: int = IMAGE_SIZE) -> tuple[Sample, Sample]:
+    """A held-out bird at its own scale inside a scene ``factor`` times larger.
+
+    The bird of :func:`sample` (drawn at ``size``, the scale the model was trained at) is pasted,
+    its own pixels only, at a random place on a background of ``factor × size`` pixels a side;
+    its part masks move with it, so they stay exact.
+
+    Args:
+        seed: the sample's seed.
+        factor: how many times larger the scene is than the bird's picture.
+        size: the bird's picture's side.
+
+    Returns:
+        The scene and the bird's own picture.
+    """
+    bird = sample(seed, size)
+    rng = random.Random(seed * 7919 + factor)
+    nprng = np.random.default_rng(seed * 7919 + factor)
+    side = factor * size
+    img = _background(side, rng, nprng)
+    x0, y0 = rng.randrange(side - size + 1), rng.randrange(side - size + 1)
+    visible = np.logical_or.reduce(list(bird.masks.values()))
+    img.paste(bird.image, (x0, y0), Image.fromarray(visible.astype(np.uint8) * 255))
+    masks = {}
+    for name, mask in bird.masks.items():
+        placed = np.zeros((side, side), dtype=bool)
+        placed[y0 : y0 + size, x0 : x0 + size] = mask
+        masks[name] = placed
+    arr = np.asarray(img).astype(np.float32)
+    background = ~np.logical_or.reduce(list(masks.values()))
+    arr[background] += nprng.normal(0, 3.0, (int(background.sum()), 3))  # the bird has its own
+    image = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    return Sample(image, bird.species, bird.species_index, masks, seed), bird
+
+
 def captions(sp: Species, rng: random.Random) -> str:
     """One training caption: the species name, a full description, or one trait phrase.
 

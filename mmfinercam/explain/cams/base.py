@@ -177,7 +177,8 @@ class BaseCAM:
             UnsupportedModelError: when the score does not depend on a target layer's output.
         """
         size = (images.shape[-2], images.shape[-1])
-        with torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad():  # a caller's inference mode too
+            images = images.clone() if images.is_inference() else images
             outputs, acts = self.forward_with_activations(images)
             grads: list[Tensor | None] = [None] * len(acts)
             if self.uses_gradients:

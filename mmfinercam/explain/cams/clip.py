@@ -14,9 +14,38 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...backends.base import Backend
-from .base import CAMOutput, cam_class
+from .base import CAM_METHODS, CAMOutput, cam_class
 from .layers import TokenGrid
 from .targets import ScoreFn, finer_score
+
+#: a gradient explainer of one CLIP model: ``run(pixels, text, score) -> CAMOutput``
+ClipRun = Callable[[Tensor, Tensor, ScoreFn], CAMOutput]
+
+#: gradient explainers of a CLIP tower that are not a layer CAM, by name: ``make(backend) -> run``
+CLIP_EXPLAINERS: dict[str, Callable[[Backend], ClipRun]] = {}
+
+
+def register_clip_explainer(name: str, make: Callable[[Backend], ClipRun]) -> Callable[[Backend], ClipRun]:
+    """Make a gradient explainer of CLIP towers available by name (beside the layer CAMs).
+
+    Args:
+        name: what users call it (``method="legrad"``).
+        make: ``make(backend) -> run(pixels, text, score) -> CAMOutput``.
+
+    Returns:
+        ``make``.
+    """
+    CLIP_EXPLAINERS[name] = make
+    return make
+
+
+def gradient_methods() -> list[str]:
+    """Every gradient method of a CLIP model: the layer CAMs, then the other explainers.
+
+    Returns:
+        Their names.
+    """
+    return [*CAM_METHODS, *CLIP_EXPLAINERS]
 
 
 def clip_capture(backend: Backend, text: Tensor) -> Callable[[Tensor], tuple[Tensor, list[Tensor]]]:
@@ -47,16 +76,22 @@ def clip_capture(backend: Backend, text: Tensor) -> Callable[[Tensor], tuple[Ten
     return capture
 
 
-def clip_cam(backend: Backend, method: str = "gradcam") -> Callable[[Tensor, Tensor, ScoreFn], CAMOutput]:
-    """A registered CAM over a CLIP backend.
+def clip_cam(backend: Backend, method: str = "gradcam") -> ClipRun:
+    """A registered gradient method over a CLIP backend.
 
     Args:
         backend: the model.
-        method: a name registered with :func:`~.base.register_cam`.
+        method: a name registered with :func:`register_clip_explainer` or, for a CAM over the
+            last block's normalized input, with :func:`~.base.register_cam`.
 
     Returns:
         ``run(pixels, text, score) -> CAMOutput``.
+
+    Raises:
+        ConfigError: for an unknown name.
     """
+    if method in CLIP_EXPLAINERS:
+        return CLIP_EXPLAINERS[method](backend)
     grid = TokenGrid(num_prefix=backend.vision.num_prefix_tokens, patch=backend.vision.patch_size)
     cam = cam_class(method)
 
@@ -87,8 +122,8 @@ def clip_finer_cam(
         alpha: the contrast strength.
 
     Returns:
-        B×h×w raw CAM maps (the layer's weighted sums, before ReLU) and the B×D weights
-        ``p_i / sum p_i``.
+        B×h×w raw maps (a CAM's weighted sums before ReLU, LeGrad's relevance) and the B×D
+        weights ``p_i / sum p_i``.
     """
     out = clip_cam(backend, method)(pixels, text, finer_score(target, contrast, alpha))
     p = torch.softmax(out.outputs, dim=-1).gather(1, contrast)
