@@ -32,6 +32,8 @@ MAX_PATCHES = 16_384
 #: a tiled image's whole-image pass (which chooses its contrasts) is at the model's input size,
 #: but at most this many windows' patches: a long strip's is made smaller
 WHOLE_WINDOWS = 4
+#: the most pixels a tiled image is held at (Pillow's own limit for opening an image): 537 MB
+TILED_MAX_PIXELS = 2 * 89_478_485
 
 
 def target_size(height: int, width: int, short_side: int, patch: tuple[int, int]) -> tuple[int, int]:
@@ -286,6 +288,12 @@ def prepare_images(
             if window is not None and (
                 (tiles is True and larger) or (tiles is None and patches > MAX_PATCHES)
             ):
+                if size[0] * size[1] > TILED_MAX_PIXELS:
+                    raise ImageLoadError(
+                        f"image of {height}×{width} px would be {size[0]}×{size[1]} px at a shorter side "
+                        f"of {side}, more than the {TILED_MAX_PIXELS:,} pixels a tiled image is held at; "
+                        "pass a smaller short_side"
+                    )
                 prepared.append(_tiled(i, name, image, (height, width), size, window, patch, mean, std))
                 continue
             if patches > MAX_PATCHES:

@@ -200,16 +200,17 @@ NB3 = [
         "md",
         "# Methods compared on the testbed\n\nThe eval table (pointing game and energy on the part "
         "that separates a species from its siblings, RD@5/10%, deletion/insertion AUC) and a gallery, for "
-        "plain and Finer variants of GEM, raw tokens, Grad-CAM and Layer-CAM, and the GEM maps averaged over "
-        "8 shifted and mirrored views (`shifts=2, flip=True`). The full-size run "
-        "(`mmfinercam eval --n 500`) is in `benchmarks/RESULTS.md`; this notebook uses a small split.\n\n"
+        "plain and Finer variants of GEM, raw tokens, Grad-CAM and Layer-CAM, each also averaged over "
+        "8 shifted and mirrored views (`shifts=2, flip=True`). The full-size run over every method "
+        "(`mmfinercam eval --n 500`: MaskCLIP, SCLIP, ClearCLIP, NACLIP, CLIP Surgery and LeGrad too) is in "
+        "`benchmarks/RESULTS.md`; this notebook uses a small split.\n\n"
         + SWITCH,
     ),
     (
         "code",
         "import mmfinercam as mf\nfrom mmfinercam.apps.eval_report import write_report\nfrom mmfinercam.apps.evaluate import default_methods, evaluate, testbed_items\n"
         "loc = mf.load('testbed', device='cpu')\nitems, names = testbed_items(48, start=2000)\n"
-        "methods = default_methods(alphas=(0.6, 1.0), cams=('gradcam', 'layercam'))\n[m.name for m in methods]",
+        "methods = default_methods(alphas=(0.6, 1.0), cams=('gradcam', 'layercam'), dense=('gem', 'raw'))\n[m.name for m in methods]",
     ),
     (
         "code",

@@ -122,3 +122,32 @@ def test_scene_keeps_the_bird_and_its_masks_exact():
     assert (
         np.asarray(big.image)[dy : dy + 96, dx : dx + 96][visible] == np.asarray(bird.image)[visible]
     ).all()
+
+
+def test_localize_tiles_a_large_photo_and_refines(tmp_path, capsys):
+    """``localize --tiles`` writes the map at the photo's own size from scores on its own grid;
+    ``--refine pamr`` and ``--multiscale`` go with it; a gradient method with tiles is one line."""
+    from PIL import Image
+
+    from mmfinercam.cli import main
+
+    photo = tmp_path / "sheet.png"
+    Image.fromarray(_image(200, 296, seed=5)).save(photo)
+    argv = ["localize", str(photo), "--target", "Alder finch", "--contrast", "Birch finch"]
+    argv += ["--model", "testbed", "--device", "cpu", "--no-overlay"]
+    assert main([*argv, "--tiles", "--method", "naclip", "--out", str(tmp_path / "a")]) == 0
+    scores = np.load(tmp_path / "a" / "sheet.scores.npy")
+    assert scores.shape == (25, 37) and np.load(tmp_path / "a" / "sheet.npy").shape == (200, 296)
+    assert main([*argv, "--tiles", "--multiscale", "--refine", "pamr", "--out", str(tmp_path / "b")]) == 0
+    assert np.load(tmp_path / "b" / "sheet.scores.npy").shape == (200, 296)  # refined: pixels
+    capsys.readouterr()
+    assert main([*argv, "--tiles", "--method", "gradcam", "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "tiles are for the dense methods" in err and "\n" not in err
+
+
+def test_an_absurd_working_size_is_refused_before_any_pixel_is_made(testbed):
+    with pytest.warns(UserWarning), pytest.raises(ImageLoadError, match="pixels a tiled image is held at"):
+        testbed.finer_cam(_image(60, 80), "Alder finch", ["Birch finch"], tiles=True, short_side=40_000)
+    ok = testbed.finer_cam(_image(60, 80), "Alder finch", ["Birch finch"], tiles=True, short_side=400)
+    assert ok.scores.shape == (1, 50, 67)
