@@ -63,15 +63,33 @@ def test_finer_cam_on_each_method(tiny_localizer, method):
     assert (finer.scores - plain.scores).abs().max() > 1e-4  # the contrasts take something away
 
 
-@pytest.mark.parametrize("method", NEW)
-def test_siglip_runs_every_dense_method(method):
+@pytest.mark.parametrize("kind", ["siglip", "siglip2"])
+def test_siglip_runs_every_dense_method(kind):
     pytest.importorskip("transformers")
     from test_transformers import _siglip_localizer
 
-    loc = _siglip_localizer("siglip")
+    loc = _siglip_localizer(kind)
     x = torch.randn(2, 3, 64, 64)
-    maps = loc.similarity_maps(x, ["a", "b"], method=method)
-    assert maps.shape == (2, 2, 4, 4) and torch.isfinite(maps).all()
+    for method in NEW:
+        maps = loc.similarity_maps(x, ["a", "b"], method=method)
+        assert maps.shape == (2, 2, 4, 4) and torch.isfinite(maps).all(), method
+        res = loc.finer_cam(x, "a", ["b", "c"], method=method)
+        assert res.scores.shape == (2, 4, 4)
+
+
+def test_a_timm_tower_runs_every_method_and_legrad():
+    from open_clip.model import CLIP
+
+    torch.manual_seed(0)  # open_clip with a timm ViT trunk pooled by its class token
+    vision = dict(
+        image_size=64, timm_model_name="vit_tiny_patch16_224", timm_pool="token", timm_proj="linear"
+    )
+    model = CLIP(embed_dim=32, vision_cfg=vision, text_cfg=dict(width=32, heads=2, layers=1)).eval()
+    loc = mf.Localizer.from_open_clip(model, open_clip.get_tokenizer("ViT-B-16"))
+    x = torch.randn(1, 3, 64, 80, generator=torch.Generator().manual_seed(2))
+    for method in [*NEW, "legrad"]:
+        res = loc.finer_cam(x, "a", ["b"], method=method, templates=["{}"])
+        assert res.scores.shape == (1, 4, 5) and torch.isfinite(res.scores).all(), method
 
 
 def test_legrad_on_a_tower_without_a_class_token_is_one_line():
