@@ -175,3 +175,15 @@ def test_page_end_to_end_in_chromium(server, browser, sample, tmp_path):
     details = _wait(lambda: browser.find_element(By.CSS_SELECTOR, "#details").text.strip())
     assert "Alder finch" in details and "Birch finch" in details
     browser.save_screenshot(str(tmp_path / "app.png"))
+
+
+def test_the_page_runs_any_dense_method(tmp_path, cache, sample):
+    path, target, contrast = sample
+    gem = localize_for_app(path, target, contrast, None, 1.0, "testbed", models=cache, out_dir=tmp_path / "g")
+    sclip = localize_for_app(
+        path, target, contrast, None, 1.0, "testbed", models=cache, out_dir=tmp_path / "s", method="sclip"
+    )
+    assert "method `sclip`" in sclip.details and "method `gem`" in gem.details
+    assert not np.array_equal(np.load(gem.files[0]), np.load(sclip.files[0]))
+    with pytest.raises(AppInputError, match="dense method"):
+        localize_for_app(path, target, contrast, None, 1.0, "testbed", models=cache, method="legrad")

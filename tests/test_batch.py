@@ -547,3 +547,14 @@ def test_a_run_made_before_a_setting_existed_resumes(tmp_path, collection_dir, t
     assert report.finished
     with pytest.raises(MMFinerCAMError, match=r"differs in: .*alpha"):
         BatchRunner(_job(tmp_path, alpha=0.5), collection, localizer=testbed).run(workers=0, progress=False)
+
+
+@pytest.mark.parametrize("method", ["sclip", "naclip"])
+def test_batch_runs_the_other_dense_methods_as_finer_cam_does(tmp_path, collection_dir, testbed, method):
+    collection = read_collection(collection_dir / "images")
+    BatchRunner(_job(tmp_path, method=method), collection, localizer=testbed).run(workers=0, progress=False)
+    rows = [r for r in iter_results(tmp_path) if r["status"] == "ok" and r["prompt_set"] == "red-wing"]
+    paths = [str(collection_dir / "images" / r["key"]) for r in rows]
+    ref = testbed.finer_cam(paths, "a bird with a red wing", ["a bird with a blue wing"], method=method)
+    for i, r in enumerate(rows):
+        np.testing.assert_allclose(load_map(tmp_path, r), ref.scores[i].numpy(), atol=2e-3)

@@ -23,7 +23,7 @@ from PIL import Image
 from ..errors import MMFinerCAMError
 from ..explain.finer import to_heatmap
 from ..localizer import ModelCache
-from ..options import FinerOptions
+from ..options import FinerOptions, dense_methods
 from ..outputs import output_stems, write_result
 from ..viz import blend, display_copy
 
@@ -110,6 +110,7 @@ def localize_for_app(
     models: ModelCache,
     max_pixels: int = MAX_PIXELS,
     out_dir: str | Path | None = None,
+    method: str = "gem",
 ) -> AppResult:
     """The plain map and Finer-CAM for one image, as the page shows them.
 
@@ -123,6 +124,7 @@ def localize_for_app(
         models: the process's model cache.
         max_pixels: the largest image taken.
         out_dir: where the downloads go (default: a new temporary folder).
+        method: a dense method (the page shows its plain map beside Finer-CAM's).
 
     Returns:
         The pictures, the details and the downloads.
@@ -145,7 +147,9 @@ def localize_for_app(
     except MMFinerCAMError as err:
         raise AppInputError(f"Model {model!r} cannot be loaded: {err}") from err
     try:
-        options = FinerOptions(alpha=float(alpha))
+        if method not in dense_methods():
+            raise AppInputError(f"Pick a dense method: {', '.join(dense_methods())}.")
+        options = FinerOptions(alpha=float(alpha), method=method)
         res = loc.finer_cam(rgb, target, contrasts or None, vocabulary=vocabulary, options=options)
     except (MMFinerCAMError, ValueError) as err:
         raise AppInputError(str(err)) from err
@@ -157,7 +161,7 @@ def localize_for_app(
     out = Path(out_dir or tempfile.mkdtemp(prefix="mmfinercam-app-"))
     out.mkdir(parents=True, exist_ok=True)
     stem = output_stems([str(image)])[0]
-    summary = write_result(res, 0, out, stem, overlay=False, extra={"model": model})
+    summary = write_result(res, 0, out, stem, overlay=False, extra={"model": model, "method": method})
     finer.save(out / f"{stem}.png")  # the overlay as the page shows it
     files = [out / summary["files"]["heatmap"], out / f"{stem}.png", out / summary["files"]["summary"]]
     return AppResult(plain, finer, _details(summary), [str(f) for f in files])
@@ -186,7 +190,7 @@ def _details(s: dict[str, Any]) -> str:
     )
     return (
         f"**{s['target']}** (similarity {s['target_similarity']:.3f}), alpha = {s['alpha']:g}, "
-        f"model `{s['model']}`\n\n{table}\n\n{peak}{doubt}"
+        f"model `{s['model']}`, method `{s['method']}`\n\n{table}\n\n{peak}{doubt}"
     )
 
 
@@ -213,10 +217,20 @@ def build_app(
     names = list(models) if models else local_models()
     cache = cache or ModelCache()
 
-    def run(image: str, target: str, contrast: str, vocabulary: str, alpha: float, model: str) -> tuple:
+    def run(
+        image: str, target: str, contrast: str, vocabulary: str, alpha: float, model: str, method: str
+    ) -> tuple:
         try:
             r = localize_for_app(
-                image, target, contrast, vocabulary, alpha, model, models=cache, max_pixels=max_pixels
+                image,
+                target,
+                contrast,
+                vocabulary,
+                alpha,
+                model,
+                models=cache,
+                max_pixels=max_pixels,
+                method=method,
             )
         except AppInputError as err:
             raise gr.Error(str(err), print_exception=False) from None
@@ -251,6 +265,9 @@ def build_app(
                 model = gr.Dropdown(
                     choices=names, value=names[0] if names else None, label="Model", elem_id="model"
                 )
+                method = gr.Dropdown(
+                    choices=dense_methods(), value="gem", label="Dense method", elem_id="method"
+                )
                 go = gr.Button("Localize", variant="primary", elem_id="run")
             with gr.Column(scale=2):
                 with gr.Row():
@@ -263,7 +280,8 @@ def build_app(
         samples = sample_rows()
         if samples:
             gr.Examples(samples, inputs=[image, target, contrast], label="Samples")
-        go.click(run, [image, target, contrast, vocabulary, alpha, model], [plain, finer, details, files])
+        inputs = [image, target, contrast, vocabulary, alpha, model, method]
+        go.click(run, inputs, [plain, finer, details, files])
     return page
 
 
