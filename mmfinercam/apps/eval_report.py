@@ -29,6 +29,10 @@ METRIC_COLUMNS = [
 ]
 
 
+#: the most methods a gallery shows (past it: each one-view plain and Finer map, alpha 1)
+GALLERY_COLUMNS = 24
+
+
 def write_report(
     scores: Sequence[MethodScores],
     out: str | Path,
@@ -107,6 +111,11 @@ def write_report(
     n = min((len(v) for v in (maps or {}).values()), default=0)
     if maps and items and n > 0:  # --gallery 0 keeps no maps: no gallery
         methods = list(maps)
+        if len(methods) > GALLERY_COLUMNS:  # a wide table: each method's plain and Finer (a=1) map
+            specs = {ms.spec.name: ms.spec for ms in scores}
+            methods = [
+                m for m in methods if m in specs and specs[m].views == 1 and specs[m].alpha in (0.0, 1.0)
+            ][:GALLERY_COLUMNS]
         fig, axes = plt.subplots(
             n, len(methods) + 1, figsize=(1.9 * (len(methods) + 1), 1.9 * n), squeeze=False
         )

@@ -83,11 +83,14 @@ class MethodSpec:
         return FinerOptions(alpha=self.alpha, method=self.method, shifts=self.shifts, flip=self.flip)
 
     @property
+    def views(self) -> int:
+        """How many shifted and mirrored views each map averages."""
+        return self.shifts**2 * (2 if self.flip else 1)
+
+    @property
     def family(self) -> str:
         """The method and its smoothing: one line in the metric-vs-alpha plot."""
-        if self.shifts == 1 and not self.flip:
-            return self.method
-        return f"{self.method}, {self.shifts**2 * (2 if self.flip else 1)} views"
+        return self.method if self.views == 1 else f"{self.method}, {self.views} views"
 
 
 #: each method's name in the tables
