@@ -203,8 +203,7 @@ NB3 = [
         "plain and Finer variants of GEM, raw tokens, Grad-CAM and Layer-CAM, each also averaged over "
         "8 shifted and mirrored views (`shifts=2, flip=True`). The full-size run over every method "
         "(`mmfinercam eval --n 500`: MaskCLIP, SCLIP, ClearCLIP, NACLIP, CLIP Surgery and LeGrad too) is in "
-        "`benchmarks/RESULTS.md`; this notebook uses a small split.\n\n"
-        + SWITCH,
+        "`benchmarks/RESULTS.md`; this notebook uses a small split.\n\n" + SWITCH,
     ),
     (
         "code",
